@@ -1,0 +1,186 @@
+"""The public capture functions: ``log_forward_pass`` and friends."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError
+from .build import build_log
+from .inputs import named_tensors, normalize_inputs
+from .lookup import build_key_map, select
+from .model_log import ModelLog
+from .recorder import CapturePlan, Recorder
+
+
+def log_forward_pass(
+    model: nn.Module,
+    input_args: Any,
+    input_kwargs: Mapping[str, Any] | None = None,
+    layers_to_save: str | list[str | int] | None = "all",
+    vis_opt: str = "none",
+    train_mode: bool = False,
+    activation_postfunc: Callable[[torch.Tensor], Any] | None = None,
+    save_raw_activation: bool = True,
+    random_seed: int | None = None,
+    **options: Any,
+) -> ModelLog:
+    """Run one forward pass of ``model`` and log every tensor operation.
+
+    Args:
+        model: any ``nn.Module``; it is left exactly as it was (hooks, flags, RNG).
+        input_args: a tensor, or a tuple/list of positional arguments (see
+            :mod:`lens_train.capture.inputs` for the list rule).
+        input_kwargs: keyword arguments for ``forward``.
+        layers_to_save: ``"all"``, ``None`` (metadata only), or a list of labels, short
+            labels, module addresses, ints and label substrings.
+        vis_opt: ``"none"``, ``"unrolled"`` or ``"rolled"`` to also render the graph
+            (``vis_mode`` is accepted as an alias).
+        train_mode: keep saved floating-point activations attached to the autograd graph.
+        activation_postfunc: also store ``f(activation)`` as ``transformed_activation``.
+        save_raw_activation: keep the raw activation too (metadata always describes it).
+        random_seed: seed for the forward pass (random when not given; always recorded).
+
+    Returns:
+        The :class:`ModelLog` of the pass.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+        >>> log = lt.log_forward_pass(model, torch.ones(2, 4))
+        >>> log["relu_1_2"].activation.shape
+        torch.Size([2, 3])
+    """
+    vis_opt = options.pop("vis_mode", vis_opt)
+    vis_kwargs = {k: options.pop(k) for k in list(options) if k.startswith("vis_")}
+    keep_templates = bool(options.pop("keep_call_templates", False))
+    record_rng = bool(options.pop("record_rng", False))
+    if options:
+        raise InvalidArgumentError(
+            f"log_forward_pass got unknown arguments {sorted(options)}. See help(lt.log_forward_pass) for the accepted ones."
+        )
+    if vis_opt not in ("none", "unrolled", "rolled"):
+        raise InvalidArgumentError(f"vis_opt must be 'none', 'unrolled' or 'rolled', got {vis_opt!r}.")
+    check_supported(model)
+    seed = random.randrange(2**31) if random_seed is None else int(random_seed)
+    base = dict(train_mode=train_mode, postfunc=activation_postfunc, save_raw=save_raw_activation,
+                keep_templates=keep_templates, record_rng=record_rng)
+    if layers_to_save == "all" or layers_to_save is None:
+        plan = CapturePlan(save="all" if layers_to_save == "all" else "none", **base)
+    else:
+        probe = run_capture(model, input_args, input_kwargs, CapturePlan(save="none"), seed)
+        chosen = select(build_key_map(probe.layers), probe.layers, layers_to_save)
+        plan = CapturePlan(save=frozenset(chosen), **base)
+    log = run_capture(model, input_args, input_kwargs, plan, seed)
+    log.meta["layers_to_save"] = layers_to_save if isinstance(layers_to_save, (str, type(None))) else list(layers_to_save)
+    if vis_opt != "none":
+        from ..viz import render_graph
+
+        render_graph(log, vis_opt=vis_opt, **vis_kwargs)
+    return log
+
+
+def get_model_activations(*args: Any, **kwargs: Any) -> ModelLog:
+    """Alias of :func:`log_forward_pass`.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> len(lt.get_model_activations(torch.nn.ReLU(), torch.ones(2)))
+        3
+    """
+    return log_forward_pass(*args, **kwargs)
+
+
+def get_model_metadata(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> ModelLog:
+    """``log_forward_pass(..., layers_to_save=None)``: full metadata, no activations.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> log = lt.get_model_metadata(torch.nn.ReLU(), torch.ones(2))
+        >>> log["relu_1_1"].activation is None, log["relu_1_1"].tensor_shape
+        (True, (2,))
+    """
+    return log_forward_pass(model, input_args, input_kwargs, layers_to_save=None, **kwargs)
+
+
+def check_supported(model: Any) -> None:
+    """Raise a clear error for models the engine cannot log faithfully."""
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}. Wrap a function in a module, "
+            "e.g. class M(nn.Module): def forward(self, x): return f(x)."
+        )
+    for address, m in model.named_modules():
+        where = f" (at {address!r})" if address else ""
+        if isinstance(m, torch.jit.ScriptModule):
+            raise UnsupportedModelError(
+                f"TorchScript modules cannot be logged{where}: their ops run outside Python. "
+                "Log the original nn.Module instead of the torch.jit.script/trace result."
+            )
+        if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
+            raise UnsupportedModelError(
+                f"torch.compile'd modules cannot be logged{where}: compiled graphs bypass op interception. "
+                "Log the original module instead: lt.log_forward_pass(model._orig_mod, x)."
+            )
+
+
+def _call_model(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    # The recorder stops its call-stack walks at this frame.
+    return model(*args, **kwargs)
+
+
+_STOP_CODE = _call_model.__code__
+
+
+def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
+                plan: CapturePlan, seed: int) -> ModelLog:
+    """One seeded, intercepted forward pass turned into a :class:`ModelLog`."""
+    args, kwargs = normalize_inputs(model, input_args, input_kwargs)
+    recorder = Recorder(model, plan, _STOP_CODE)
+    start = time.perf_counter()
+    with forked_rng(seed, _devices(args, kwargs, model)):
+        with recorder:
+            for name, t in named_tensors(args, kwargs):
+                recorder.add_input(t, name)
+            output = _call_model(model, args, kwargs)
+            recorder.add_outputs(output)
+    elapsed = time.perf_counter() - start
+    if not recorder.records:
+        raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
+    meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
+    log = build_log(recorder, model, meta)
+    log.output = output
+    return log
+
+
+def _devices(args: tuple, kwargs: dict, model: nn.Module) -> list[int]:
+    if not torch.cuda.is_available():
+        return []
+    devs = {t.device.index or 0 for _, t in named_tensors(args, kwargs) if t.is_cuda}
+    devs.update(p.device.index or 0 for p in model.parameters() if p.is_cuda)
+    return sorted(devs)
+
+
+@contextmanager
+def forked_rng(seed: int | None, cuda_devices: list[int] | None = None) -> Iterator[None]:
+    """Seed torch's RNG for a block and restore the previous RNG state afterwards.
+
+    Example:
+        >>> import torch
+        >>> with forked_rng(0):
+        ...     a = torch.rand(1)
+        >>> with forked_rng(0):
+        ...     b = torch.rand(1)
+        >>> bool(a == b)
+        True
+    """
+    with torch.random.fork_rng(devices=cuda_devices or [], enabled=True):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield

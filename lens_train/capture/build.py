@@ -1,0 +1,130 @@
+"""Assembling a :class:`ModelLog` from the raw records of a :class:`Recorder`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from torch import nn
+
+from .layer_log import LayerLog
+from .model_log import ModelLog, ModuleLog, ModuleTable
+from .passes import LayerGroup, group_passes
+from .recorder import Recorder
+
+
+def param_modules(model: nn.Module) -> frozenset[str]:
+    """Addresses of modules that own parameters (directly or in submodules)."""
+    return frozenset(a for a, m in model.named_modules() if a and any(True for _ in m.parameters()))
+
+
+def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> ModelLog:
+    """Label, group and link the recorder's records into a :class:`ModelLog`."""
+    records = recorder.records
+    groups = group_passes(records, param_modules(model))
+    pass_label, group_of, pass_num = _pass_labels(groups, len(records))
+    children: list[list[int]] = [[] for _ in records]
+    for rec in records:
+        for parent, _pos in rec.parents:
+            if rec.index not in children[parent]:
+                children[parent].append(rec.index)
+    param_info = {id(p): (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()) for a, p in model.named_parameters(remove_duplicate=False)}
+    layers = [_layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info) for rec in records]
+    meta = dict(meta)
+    meta["structure"] = _structure(records, children, groups)
+    params = list(model.parameters())
+    meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
+                param_bytes_total=sum(p.numel() * p.element_size() for p in params))
+    return ModelLog(type(model).__name__, layers, _modules(recorder, model, pass_label), meta)
+
+
+def _pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:
+    labels = [""] * n
+    group_of = [0] * n
+    pass_num = [1] * n
+    for gi, g in enumerate(groups):
+        for p, idx in enumerate(g.members, start=1):
+            labels[idx] = f"{g.label}:{p}" if len(g.members) > 1 else g.label
+            group_of[idx] = gi
+            pass_num[idx] = p
+    return labels, group_of, pass_num
+
+
+def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]], param_info: dict) -> LayerLog:
+    arg_locs: dict[str, list[Any]] = defaultdict(list)
+    for parent, pos in rec.parents:
+        arg_locs[labels[parent]].append(pos)
+    params = [param_info[p] for p in rec.param_ids if p in param_info]
+    return LayerLog(
+        layer_label=labels[rec.index],
+        layer_label_no_pass=group.label,
+        layer_label_short=f"{group.layer_type}_{group.type_index}",
+        layer_type=group.layer_type,
+        layer_type_num=group.type_index,
+        layer_index=group.layer_index,
+        operation_index=rec.index,
+        pass_num=pass_num,
+        num_passes=len(group.members),
+        func_name=rec.func_name,
+        grad_fn_name=rec.grad_fn_name,
+        tensor_shape=rec.shape,
+        tensor_dtype=rec.dtype,
+        tensor_fsize=rec.nbytes,
+        device=rec.device,
+        requires_grad=rec.requires_grad,
+        tensor_contents=rec.activation,
+        transformed_activation=rec.transformed_activation,
+        parent_layers=list(dict.fromkeys(labels[p] for p, _ in rec.parents)),
+        parent_layer_arg_locs=dict(arg_locs),
+        child_layers=[labels[c] for c in children[rec.index]],
+        containing_modules=[f"{a}:{n}" for a, n in rec.module_stack],
+        module_outputs=[f"{a}:{n}" for a, n in rec.output_of_modules],
+        parent_params=[p[1] for p in params],
+        num_params=sum(p[2] for p in params),
+        param_bytes=sum(p[3] for p in params),
+        param_addresses=[p[0] for p in params],
+        time_s=rec.time_s,
+        is_input=rec.is_input,
+        is_output=rec.is_output,
+        is_buffer=rec.is_buffer,
+        buffer_address=rec.buffer_address,
+        is_internally_generated=rec.is_internally_generated,
+        is_inplace=rec.is_inplace,
+        output_index=rec.output_index,
+        bool_values=list(rec.bool_values),
+        branch_start_layers=[labels[i] for i in rec.branch_starts],
+        pass_labels=[labels[m] for m in group.members],
+        raw_frames=rec.frames,
+    )
+
+
+def _structure(records: list[Any], children: list[list[int]], groups: list[LayerGroup]) -> dict[str, Any]:
+    max_passes = max((len(g.members) for g in groups), default=1)
+    branching = any(
+        len({records[c].op_id for c in kids if not records[c].is_output}) > 1 for kids in children
+    )
+    return {
+        "is_recurrent": max_passes > 1,
+        "max_passes": max_passes,
+        "is_branching": branching,
+        "has_conditionals": any(r.bool_values for r in records),
+    }
+
+
+def _modules(recorder: Recorder, model: nn.Module, labels: list[str]) -> ModuleTable:
+    table = ModuleTable()
+    counts = {a: sum(p.numel() for p in m.parameters()) for a, m in model.named_modules() if a}
+    for call in recorder.module_calls:
+        mod = table.get(call.address)
+        if mod is None:
+            mod = ModuleLog(call.address, call.module_type, call.depth, counts.get(call.address, 0))
+            dict.__setitem__(table, call.address, mod)
+        mod.calls.append({
+            "address": call.address,
+            "pass_num": call.pass_num,
+            "depth": call.depth,
+            "parent": f"{call.parent[0]}:{call.parent[1]}" if call.parent else None,
+            "inputs": [labels[i] for i in dict.fromkeys(call.input_records)],
+            "outputs": [labels[i] for i in dict.fromkeys(call.output_records)],
+        })
+    return table

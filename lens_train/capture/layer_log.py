@@ -1,0 +1,125 @@
+"""One pass of one layer, as users see it: ``log["conv2d_3_7"]``."""
+
+from __future__ import annotations
+
+import linecache
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .printing import format_layer
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """One frame of the Python call stack that led to an operation."""
+
+    file: str
+    line: int
+    function: str
+
+    @property
+    def code_context(self) -> str:
+        """The source line, read only when asked for."""
+        return linecache.getline(self.file, self.line).strip()
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line} in {self.function}: {self.code_context}"
+
+
+@dataclass(eq=False)
+class LayerLog:
+    """Everything logged about one pass of one layer.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> log = lt.log_forward_pass(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU()), torch.ones(1, 3))
+        >>> log["relu_1_2"].parent_layers, log["relu_1_2"].tensor_shape
+        (['linear_1_1'], (1, 2))
+    """
+
+    layer_label: str
+    layer_label_no_pass: str
+    layer_label_short: str
+    layer_type: str
+    layer_type_num: int
+    layer_index: int
+    operation_index: int
+    pass_num: int
+    num_passes: int
+    func_name: str
+    grad_fn_name: str | None
+    tensor_shape: tuple[int, ...]
+    tensor_dtype: torch.dtype | None
+    tensor_fsize: int
+    device: str
+    requires_grad: bool
+    tensor_contents: torch.Tensor | None
+    transformed_activation: Any
+    parent_layers: list[str]
+    parent_layer_arg_locs: dict[str, list[Any]]
+    child_layers: list[str]
+    containing_modules: list[str]
+    module_outputs: list[str]
+    parent_params: list[tuple[int, ...]]
+    num_params: int
+    param_bytes: int
+    param_addresses: list[str]
+    time_s: float
+    is_input: bool
+    is_output: bool
+    is_buffer: bool
+    buffer_address: str | None
+    is_internally_generated: bool
+    is_inplace: bool
+    output_index: int
+    bool_values: list[bool]
+    branch_start_layers: list[str]
+    pass_labels: list[str]
+    lookup_keys: list[str] = field(default_factory=list)
+    raw_frames: tuple[Any, ...] = ()
+    gradient: torch.Tensor | None = None
+    _materialize: Any = None
+
+    @property
+    def activation(self) -> torch.Tensor | None:
+        """Alias of ``tensor_contents``: the saved output of this pass (None if not saved)."""
+        return self.tensor_contents
+
+    @property
+    def is_saved(self) -> bool:
+        """Whether this pass's activation was saved."""
+        return self.tensor_contents is not None or self._materialize is not None
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether this tensor decided a Python ``if``/``while`` (was converted to bool)."""
+        return bool(self.bool_values)
+
+    @property
+    def bottom_level_module_output(self) -> str | None:
+        """The innermost module call whose output this tensor is (``"fc:2"``), if any."""
+        return self.module_outputs[0] if self.module_outputs else None
+
+    @property
+    def computed_inside_module(self) -> str | None:
+        """The innermost module call that ran this op, if any."""
+        return self.containing_modules[-1] if self.containing_modules else None
+
+    @property
+    def func_call_stack(self) -> list[FrameInfo]:
+        """The user-code frames (innermost first) that led to this op."""
+        return [FrameInfo(code.co_filename, line, code.co_name) for code, line in self.raw_frames]
+
+    def materialize_activation(self) -> torch.Tensor | None:
+        """The saved activation, read from disk first when the log was loaded lazily."""
+        if self.tensor_contents is None and self._materialize is not None:
+            self.tensor_contents = self._materialize(self)
+        return self.tensor_contents
+
+    def __str__(self) -> str:
+        return format_layer(self)
+
+    def __repr__(self) -> str:
+        return format_layer(self)

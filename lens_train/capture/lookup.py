@@ -1,0 +1,98 @@
+"""Resolving user keys (labels, module addresses, ints, substrings) to layer passes.
+
+Resolution order, so keys are never ambiguous: exact label, short label,
+``label:pass``, module address (with optional ``:pass``), then int position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..errors import AmbiguousLayerError, InvalidArgumentError, LayerNotFoundError, suggestion_text
+
+# A key maps to one pass index, or to several when it names a multi-pass layer or a
+# module called several times (then a ``:pass`` suffix is required).
+KeyMap = dict[str, int | tuple[int, ...]]
+
+
+def build_key_map(layers: Sequence[Any]) -> KeyMap:
+    """All lookup keys of all passes; higher-priority keys overwrite lower ones."""
+    module_keys: dict[str, list[int]] = {}
+    short_keys: dict[str, list[int]] = {}
+    label_keys: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        label_keys.setdefault(layer.layer_label_no_pass, []).append(i)
+        label_keys.setdefault(f"{layer.layer_label_no_pass}:{layer.pass_num}", []).append(i)
+        short_keys.setdefault(layer.layer_label_short, []).append(i)
+        short_keys.setdefault(f"{layer.layer_label_short}:{layer.pass_num}", []).append(i)
+        for mod in layer.module_outputs:
+            address = mod.rsplit(":", 1)[0]
+            module_keys.setdefault(mod, []).append(i)
+            module_keys.setdefault(address, []).append(i)
+    keys: KeyMap = {}
+    for table in (module_keys, short_keys, label_keys):
+        for key, idx in table.items():
+            uniq = tuple(dict.fromkeys(idx))
+            keys[key] = uniq[0] if len(uniq) == 1 else uniq
+    return keys
+
+
+def resolve(keys: KeyMap, layers: Sequence[Any], key: Any) -> int:
+    """The index of the one pass that ``key`` names, or a helpful error."""
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise LayerNotFoundError(
+            f"Layer keys are strings or ints, got {type(key).__name__} {key!r}. "
+            "Use a label like log['conv2d_3_7'], a module address like log['features.6'], or log[7]."
+        )
+    if isinstance(key, int):
+        n = len(layers)
+        if -n <= key < n:
+            return key % n
+        raise LayerNotFoundError(f"Layer index {key} is out of range for a log of {n} layers (use -{n}..{n - 1}).")
+    hit = keys.get(key)
+    if hit is None:
+        raise LayerNotFoundError(
+            f"No layer or module named {key!r}." + suggestion_text(key, keys, "log.layer_labels or log.modules")
+        )
+    if isinstance(hit, tuple):
+        names = ", ".join(layers[i].layer_label for i in hit)
+        raise AmbiguousLayerError(
+            f"{key!r} names {len(hit)} passes: {names}. Ask for one pass, e.g. log[{layers[hit[0]].layer_label!r}]."
+        )
+    return hit
+
+
+def select(keys: KeyMap, layers: Sequence[Any], selectors: Any) -> list[int]:
+    """Indices of the passes chosen by ``layers_to_save``-style selectors (in execution order).
+
+    Each selector is a key understood by :func:`resolve` (a multi-pass key selects all
+    its passes), or a substring of labels (``"linear"`` selects every linear op).
+    """
+    if isinstance(selectors, (str, int)):
+        selectors = [selectors]
+    if not isinstance(selectors, Iterable):
+        raise InvalidArgumentError(
+            f"layers_to_save must be 'all', None, or a list of names/ints, got {selectors!r}. "
+            "Example: layers_to_save=['conv2d_3_7', 'features.6', -1, 'linear']."
+        )
+    chosen: set[int] = set()
+    for sel in selectors:
+        chosen.update(_select_one(keys, layers, sel))
+    return sorted(chosen)
+
+
+def _select_one(keys: KeyMap, layers: Sequence[Any], sel: Any) -> Iterable[int]:
+    if isinstance(sel, int) and not isinstance(sel, bool):
+        return [resolve(keys, layers, sel)]
+    if not isinstance(sel, str):
+        raise InvalidArgumentError(f"layers_to_save entries must be strings or ints, got {type(sel).__name__} {sel!r}.")
+    hit = keys.get(sel)
+    if hit is not None:
+        return hit if isinstance(hit, tuple) else [hit]
+    matches = [i for i, layer in enumerate(layers) if sel in layer.layer_label]
+    if not matches:
+        raise LayerNotFoundError(
+            f"layers_to_save entry {sel!r} matches no layer." + suggestion_text(sel, keys, "log.layer_labels")
+        )
+    return matches

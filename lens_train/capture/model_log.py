@@ -1,0 +1,177 @@
+"""The log of one forward pass: an ordered list of layer passes with lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LayerNotFoundError, suggestion_text
+from .layer_log import LayerLog
+from .lookup import KeyMap, build_key_map, resolve, select
+from .printing import format_model_log
+
+
+@dataclass
+class ModuleLog:
+    """One module of the model and its calls during the forward pass.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> log = lt.log_forward_pass(torch.nn.Sequential(torch.nn.Linear(3, 2)), torch.ones(1, 3))
+        >>> log.modules["0"].module_type, log.modules["0"].num_passes
+        ('Linear', 1)
+    """
+
+    address: str
+    module_type: str
+    depth: int
+    num_params: int
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def num_passes(self) -> int:
+        """How many times the module was called."""
+        return len(self.calls)
+
+    @property
+    def output_layers(self) -> list[str]:
+        """Labels of the output tensors of every call, in call order."""
+        return [lab for c in self.calls for lab in c["outputs"]]
+
+
+class ModuleTable(dict):
+    """``log.modules``: module address -> :class:`ModuleLog`; ``"fc:2"`` gives one call."""
+
+    def __getitem__(self, key: str) -> Any:
+        if isinstance(key, str) and key not in self and ":" in key:
+            address, _, num = key.rpartition(":")
+            if address in self and num.isdigit() and 0 < int(num) <= len(dict.__getitem__(self, address).calls):
+                return dict.__getitem__(self, address).calls[int(num) - 1]
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            raise LayerNotFoundError(f"No module {key!r} was called." + suggestion_text(str(key), self, "list(log.modules)")) from None
+
+
+class ModelLog:
+    """Every operation of one forward pass, in execution order.
+
+    Index it with a label (``log["conv2d_3_7"]``), a short label (``log["conv2d_3"]``),
+    ``label:pass`` (``log["linear_1_1:2"]``), a module address (``log["features.6"]``),
+    or an int (``log[7]``, ``log[-1]``).
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> log = lt.log_forward_pass(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU()), torch.ones(1, 3))
+        >>> log.layer_labels
+        ['input_1_0', 'linear_1_1', 'relu_1_2', 'output_1_3']
+        >>> log["0"] is log["linear_1_1"] is log[1]
+        True
+    """
+
+    def __init__(self, model_name: str, layers: list[LayerLog], modules: ModuleTable, meta: dict[str, Any]) -> None:
+        self.model_name = model_name
+        self.layers = layers
+        self.modules = modules
+        self.meta = meta
+        self.random_seed: int | None = meta.get("random_seed")
+        self.elapsed_s: float = meta.get("elapsed_s", 0.0)
+        self.num_params_total: int = meta.get("num_params_total", 0)
+        self.num_param_tensors: int = meta.get("num_param_tensors", 0)
+        self.param_bytes_total: int = meta.get("param_bytes_total", 0)
+        self.structure: dict[str, Any] = meta.get("structure", {})
+        self._keys: KeyMap = build_key_map(layers)
+        per_layer: list[list[str]] = [[] for _ in layers]
+        for key, idx in self._keys.items():
+            if not isinstance(idx, tuple):
+                per_layer[idx].append(key)
+        for i, layer in enumerate(layers):
+            layer.lookup_keys = per_layer[i] + [str(i), str(i - len(layers))]
+
+    # -- lookup -----------------------------------------------------------------------
+    def __getitem__(self, key: str | int) -> LayerLog:
+        return self.layers[resolve(self._keys, self.layers, key)]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._keys
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[LayerLog]:
+        return iter(self.layers)
+
+    def select(self, selectors: Any) -> list[LayerLog]:
+        """The passes chosen by ``layers_to_save``-style selectors, in execution order."""
+        return [self.layers[i] for i in select(self._keys, self.layers, selectors)]
+
+    @property
+    def lookup_keys(self) -> list[str]:
+        """Every string key ``log[...]`` accepts."""
+        return list(self._keys)
+
+    @property
+    def layer_labels(self) -> list[str]:
+        """Labels of every layer pass, in execution order."""
+        return [layer.layer_label for layer in self.layers]
+
+    @property
+    def layer_labels_no_pass(self) -> list[str]:
+        """Labels of every layer (passes merged), in order of first execution."""
+        return list(dict.fromkeys(layer.layer_label_no_pass for layer in self.layers))
+
+    def layer_passes(self, label: str) -> list[LayerLog]:
+        """All passes of the layer ``label`` (with or without a ``:pass`` suffix)."""
+        base = self[label].layer_label_no_pass if ":" in label or label in self._keys and not isinstance(self._keys[label], tuple) else label
+        found = [layer for layer in self.layers if layer.layer_label_no_pass == base]
+        if not found:
+            raise LayerNotFoundError(f"No layer {label!r}." + suggestion_text(label, self.layer_labels_no_pass, "log.layer_labels_no_pass"))
+        return found
+
+    # -- summaries --------------------------------------------------------------------
+    @property
+    def input_layers(self) -> list[str]:
+        """Labels of the model's inputs."""
+        return [layer.layer_label for layer in self.layers if layer.is_input]
+
+    @property
+    def output_layers(self) -> list[str]:
+        """Labels of the model's outputs."""
+        return [layer.layer_label for layer in self.layers if layer.is_output]
+
+    @property
+    def buffer_layers(self) -> list[str]:
+        """Labels of buffers read during the forward pass."""
+        return [layer.layer_label for layer in self.layers if layer.is_buffer]
+
+    @property
+    def num_operations(self) -> int:
+        """Number of operations (layer passes that are not inputs, outputs or buffers)."""
+        return sum(1 for layer in self.layers if not (layer.is_input or layer.is_output or layer.is_buffer))
+
+    @property
+    def num_param_ops(self) -> int:
+        """Number of operations that used parameters."""
+        return sum(1 for layer in self.layers if layer.num_params)
+
+    @property
+    def num_saved(self) -> int:
+        """Number of layer passes whose activation was saved."""
+        return sum(1 for layer in self.layers if layer.is_saved)
+
+    @property
+    def total_activation_bytes(self) -> int:
+        """Bytes of every tensor computed (saved or not)."""
+        return sum(layer.tensor_fsize for layer in self.layers)
+
+    @property
+    def saved_activation_bytes(self) -> int:
+        """Bytes of the saved activations."""
+        return sum(layer.tensor_fsize for layer in self.layers if layer.is_saved)
+
+    def __str__(self) -> str:
+        return format_model_log(self)
+
+    def __repr__(self) -> str:
+        return format_model_log(self)

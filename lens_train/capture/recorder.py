@@ -1,0 +1,511 @@
+"""Interception of one forward pass: every torch call becomes an :class:`OpRecord`.
+
+A :class:`Recorder` is a ``TorchFunctionMode`` plus forward hooks on the model's
+modules. It is entered with ``with recorder:`` and removes everything it installed on
+every exit path. The hot path (``__torch_function__``) only looks up parents, runs
+the op, and appends records; labels and structure are derived afterwards.
+
+Granularity: an operation is a torch-level call a user could have written (a torch
+function, ``torch.nn.functional`` function, Tensor method, operator, indexing, or a
+tensor-valued property). A Python-implemented ``torch.nn.functional`` function that
+runs several ops (``multi_head_attention_forward``, ``normalize``...) is decomposed
+into those ops; one that runs a single op is recorded once, under its own name.
+Metadata reads (``.shape``, ``.dim()``, ``.dtype``) are not operations.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .records import OpRecord, TensorArg, make_ref
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_LENS_DIR = os.path.dirname(os.path.dirname(__file__))
+_Tensor = torch.Tensor
+_Parameter = nn.Parameter
+_perf = time.perf_counter
+_INPLACE_DUNDERS = frozenset({"__setitem__"})
+_TYPE_RENAMES = {torch._C.TensorBase.div: "truediv", torch.Tensor.__rdiv__: "rtruediv"}
+_FUNCTIONAL_GLOBALS = torch.nn.functional.__dict__
+_NO_GRAD_FALSE = lambda *a, **k: False  # noqa: E731 - stands in for has_torch_function*
+
+
+@dataclass(slots=True)
+class ModuleCall:
+    """One call of one module during the forward pass."""
+
+    address: str
+    module_type: str
+    pass_num: int
+    depth: int
+    parent: tuple[str, int] | None
+    input_records: list[int] = field(default_factory=list)
+    output_records: list[int] = field(default_factory=list)
+    first_op: int = -1
+    last_op: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePlan:
+    """What one capture saves; compiled once before the forward pass runs."""
+
+    save: str | frozenset[int] = "all"  # "all", "none", or record indices
+    train_mode: bool = False
+    postfunc: Callable[[torch.Tensor], Any] | None = None
+    save_raw: bool = True
+    record_rng: bool = False
+    keep_templates: bool = False
+    sink: Callable[[OpRecord], None] | None = None
+
+    def saves(self, index: int) -> bool:
+        s = self.save
+        return s == "all" or (s != "none" and index in s)
+
+
+def op_type(func: Any) -> tuple[str, str]:
+    """(function name, layer type) of a torch callable: ``max_pool2d`` -> ``maxpool2d``."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":  # tensor-valued property such as .T or .real
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    renamed = _TYPE_RENAMES.get(func) if _hashable(func) else None
+    return name, renamed or name.replace("_", "").lower()
+
+
+def _hashable(obj: Any) -> bool:
+    try:
+        hash(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_inplace(name: str, kwargs: dict) -> bool:
+    if name.endswith("_") and not name.endswith("__"):
+        return True
+    return name in _INPLACE_DUNDERS or kwargs.get("inplace") is True or "out" in kwargs
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, _Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        out = []
+        for v in value:
+            if isinstance(v, _Tensor):
+                out.append(v)
+            elif isinstance(v, (tuple, list)):
+                out.extend(t for t in v if isinstance(t, _Tensor))
+        return out
+    return []
+
+
+def _frame_is_user(code: Any) -> bool:
+    f = code.co_filename
+    return not (f.startswith(_TORCH_DIR) or f.startswith(_LENS_DIR) or f.startswith("<frozen"))
+
+
+class Recorder(TorchFunctionMode):
+    """Records every torch operation of one forward pass of ``model``.
+
+    Use through :func:`lens_train.log_forward_pass`; the recorder itself is internal.
+    """
+
+    def __init__(self, model: nn.Module, plan: CapturePlan, stop_code: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.plan = plan
+        self.records: list[OpRecord] = []
+        self.module_calls: list[ModuleCall] = []
+        self.error_record: str | None = None
+        self._stop_code = stop_code
+        self._owner: dict[int, OpRecord] = {}
+        self._by_storage: dict[int, list[OpRecord]] = {}
+        self._stack: tuple[tuple[str, int], ...] = ()
+        self._open_calls: list[ModuleCall] = []
+        self._calls_per_module: dict[str, int] = {}
+        self._pending_branch: list[OpRecord] = []
+        self._op_count = 0
+        self._type_cache: dict[Any, tuple[str, str]] = {}
+        self._code_is_user: dict[Any, bool] = {}
+        self._clones: dict[Any, Any] = {}
+        self._handles: list[Any] = []
+        self._saved_from_numpy: Any = None
+        self.addresses = _first_names(model.named_modules(remove_duplicate=False))
+        self.param_addresses = _first_names(model.named_parameters(remove_duplicate=False))
+        self.buffer_addresses = _first_names(model.named_buffers(remove_duplicate=False))
+        self._module_types = {id(m): type(m).__name__ for m in model.modules()}
+
+    # -- entering and leaving ---------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        for module in self.model.modules():
+            if module is self.model:
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+        self._saved_from_numpy = torch.from_numpy
+        torch.from_numpy = self._from_numpy
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            torch.from_numpy = self._saved_from_numpy
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+            self._owner.clear()
+            self._by_storage.clear()
+
+    # -- module hooks -------------------------------------------------------------------
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        address = self.addresses.get(id(module))
+        if address is None:
+            return
+        n = self._calls_per_module.get(address, 0) + 1
+        self._calls_per_module[address] = n
+        call = ModuleCall(address, self._module_types.get(id(module), type(module).__name__), n,
+                          len(self._stack) + 1, self._stack[-1] if self._stack else None)
+        call.first_op = len(self.records)
+        for t in _tensors_in(args):
+            rec = self._lookup(t)
+            if rec is not None:
+                call.input_records.append(rec.index)
+        self.module_calls.append(call)
+        self._open_calls.append(call)
+        self._stack = self._stack + ((address, n),)
+
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        address = self.addresses.get(id(module))
+        if address is None or not self._open_calls:
+            return
+        call = self._open_calls.pop()
+        self._stack = self._stack[:-1]
+        call.last_op = len(self.records) - 1
+        key = (call.address, call.pass_num)
+        for t in _flatten_output(output):
+            rec = self._lookup(t)
+            if rec is not None:
+                if key not in rec.output_of_modules:
+                    rec.output_of_modules.append(key)
+                call.output_records.append(rec.index)
+
+    # -- the hot path ---------------------------------------------------------------
+    def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if type(func) is types.FunctionType and func.__globals__ is _FUNCTIONAL_GLOBALS:
+            return self._run_python_function(func, args, kwargs)
+        names = self._type_cache.get(func) if _hashable(func) else None
+        if names is None:
+            names = op_type(func)
+            if _hashable(func):
+                self._type_cache[func] = names
+        name = names[0]
+        inplace = _is_inplace(name, kwargs)
+        parents, params = self._parents(args, kwargs)
+        template = self._template(args, kwargs) if self.plan.keep_templates else None
+        rng = torch.get_rng_state() if self.plan.record_rng else None
+        if inplace:
+            self._copy_on_write(kwargs["out"] if "out" in kwargs else args[0])
+        start = _perf()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            self._add_note(exc, names[1])
+            raise
+        elapsed = _perf() - start
+        if name == "__bool__":
+            self._note_condition(args[0], result)
+            return result
+        if name == "__setitem__":
+            outputs = [args[0]]
+        elif "out" in kwargs and isinstance(kwargs["out"], _Tensor):
+            outputs = [kwargs["out"]]
+        else:
+            outputs = _tensors_in(result)
+        if not outputs:
+            return result
+        self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
+        return result
+
+    def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
+        callsite, frames = self._callsite()
+        op_id = self._op_count
+        self._op_count += 1
+        for i, t in enumerate(outputs):
+            rec = self._new_record(names, func, op_id, i, parents, callsite, frames, t)
+            rec.param_ids = params
+            rec.time_s = elapsed
+            rec.is_inplace = inplace
+            rec.rng_state = rng
+            rec.call_template = template
+            rec.is_internally_generated = not parents
+            self._finish(rec, t)
+        target = outputs[0]
+        if inplace and target._base is not None:
+            base_rec = self._owner.get(id(target._base))
+            if base_rec is not None and base_rec.tensor_ref() is target._base:
+                rec = self._new_record(names, func, op_id, len(outputs), [(base_rec.index, "base")],
+                                       callsite, frames, target._base)
+                rec.is_inplace = True
+                rec.source_name = "view-base"
+                self._finish(rec, target._base)
+
+    def _new_record(self, names, func, op_id, out_index, parents, callsite, frames, t) -> OpRecord:  # noqa: ANN001
+        rec = OpRecord(len(self.records), names[0], names[1], func, op_id, out_index, list(parents),
+                       self._stack, callsite, frames)
+        if self._pending_branch:
+            for cond in self._pending_branch:
+                cond.branch_starts.append(rec.index)
+            self._pending_branch = []
+        return rec
+
+    def _finish(self, rec: OpRecord, t: torch.Tensor, clone: bool = False) -> None:
+        """Describe ``t`` on ``rec``, save it if planned, and make ``rec`` its owner."""
+        rec.shape = tuple(t.shape)
+        rec.dtype = t.dtype
+        rec.device = str(t.device)
+        rec.nbytes = t.nelement() * t.element_size()
+        rec.requires_grad = t.requires_grad
+        gf = t.grad_fn
+        rec.grad_fn_name = type(gf).__name__ if gf is not None else None
+        rec.version = t._version
+        rec.tensor_ref = make_ref(t)
+        self.records.append(rec)
+        self._owner[id(t)] = rec
+        if self.plan.saves(rec.index):
+            self._save(rec, t, clone)
+        if self.plan.sink is not None:
+            self.plan.sink(rec)
+
+    def _save(self, rec: OpRecord, t: torch.Tensor, clone: bool = False) -> None:
+        plan = self.plan
+        value = t if plan.train_mode else t.detach()
+        if clone:
+            value = value.clone()
+        if plan.postfunc is not None:
+            rec.transformed_activation = plan.postfunc(value)
+        if plan.save_raw:
+            rec.activation = value
+            if not clone and value.layout == torch.strided and value.device.type != "meta":
+                self._by_storage.setdefault(_storage_key(value), []).append(rec)
+
+    def _copy_on_write(self, target: Any) -> None:
+        """Clone saved values that share ``target``'s memory before an in-place op changes it."""
+        if not isinstance(target, _Tensor) or not self._by_storage:
+            return
+        for rec in self._by_storage.pop(_storage_key(target), ()):
+            if rec.activation is not None:
+                rec.activation = rec.activation.clone()
+
+    # -- parents, sources, call sites -------------------------------------------------
+    def _lookup(self, t: torch.Tensor) -> OpRecord | None:
+        rec = self._owner.get(id(t))
+        if rec is not None and rec.tensor_ref() is t:
+            return rec
+        return None
+
+    def _parents(self, args: tuple, kwargs: dict) -> tuple[list, tuple]:
+        parents: list[tuple[int, Any]] = []
+        params: list[int] = []
+        for pos, a in enumerate(args):
+            if isinstance(a, _Tensor):
+                self._link(a, pos, parents, params)
+            elif isinstance(a, (list, tuple)):
+                for j, b in enumerate(a):
+                    if isinstance(b, _Tensor):
+                        self._link(b, (pos, j), parents, params)
+        for key, a in kwargs.items():
+            if isinstance(a, _Tensor) and key != "out":
+                self._link(a, key, parents, params)
+        return parents, tuple(params)
+
+    def _link(self, t: torch.Tensor, pos: Any, parents: list, params: list) -> None:
+        rec = self._owner.get(id(t))
+        if rec is None or rec.tensor_ref() is not t:
+            if isinstance(t, _Parameter):
+                params.append(id(t))
+                return
+            rec = self._source(t)
+        parents.append((rec.index, pos))
+
+    def _source(self, t: torch.Tensor, name: str | None = None) -> OpRecord:
+        """A record for a tensor that enters the graph without an op: input, buffer, constant."""
+        address = self.buffer_addresses.get(id(t))
+        if name is not None:
+            names = ("input", "input")
+        elif address is not None:
+            names = ("buffer", "buffer")
+        else:
+            names = ("tensor", "tensor")
+        rec = OpRecord(len(self.records), names[0], names[1], None, self._op_count, 0, [],
+                       self._stack, (), ())
+        self._op_count += 1
+        rec.is_input = name is not None
+        rec.source_name = name
+        rec.is_buffer = address is not None
+        rec.buffer_address = address
+        rec.is_internally_generated = name is None and address is None
+        # buffers change inside C ops (BatchNorm running stats), unseen: snapshot them now
+        self._finish(rec, t, clone=address is not None)
+        return rec
+
+    def add_input(self, t: torch.Tensor, name: str) -> None:
+        """Register one tensor of the model's input (called before the forward pass)."""
+        with torch._C.DisableTorchFunction():
+            if self._lookup(t) is None:
+                self._source(t, name)
+
+    def add_outputs(self, output: Any) -> None:
+        """Append ``output_N`` records for the model's output tensors."""
+        with torch._C.DisableTorchFunction():
+            self._add_outputs(output)
+
+    def _add_outputs(self, output: Any) -> None:
+        for t in _flatten_output(output):
+            rec = self._lookup(t)
+            if rec is None:
+                rec = self._source(t)
+            out = OpRecord(len(self.records), "output", "output", None, self._op_count, 0,
+                           [(rec.index, 0)], (), (), ())
+            self._op_count += 1
+            out.is_output = True
+            self._finish(out, t)
+            if rec.activation is not None and out.activation is None and self.plan.saves(out.index):
+                out.activation = rec.activation
+
+    def _callsite(self) -> tuple[tuple, tuple]:
+        f = sys._getframe(1)
+        key = []
+        frames = []
+        stop = self._stop_code
+        user = self._code_is_user
+        while f is not None:
+            code = f.f_code
+            if code is stop:
+                break
+            is_user = user.get(code)
+            if is_user is None:
+                is_user = user[code] = _frame_is_user(code)
+            if is_user:
+                key.append((code, f.f_lasti))
+                frames.append((code, f.f_lineno))
+            f = f.f_back
+        return tuple(key), tuple(frames)
+
+    def _template(self, args: tuple, kwargs: dict) -> tuple:
+        def conv(v: Any) -> Any:
+            if isinstance(v, _Tensor):
+                rec = self._lookup(v)
+                return TensorArg(rec.index) if rec is not None else TensorArg(None, v)
+            if isinstance(v, (list, tuple)) and any(isinstance(x, _Tensor) for x in v):
+                return type(v)(conv(x) for x in v) if type(v) in (list, tuple) else list(map(conv, v))
+            return v
+
+        return tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
+
+    # -- special calls ------------------------------------------------------------------
+    def _note_condition(self, t: Any, value: Any) -> None:
+        rec = self._lookup(t) if isinstance(t, _Tensor) else None
+        if rec is not None:
+            rec.bool_values.append(bool(value))
+            self._pending_branch.append(rec)
+
+    def _run_python_function(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run a Python torch.nn.functional function with interception still on inside it."""
+        clone = self._clones.get(func)
+        if clone is None:
+            clone = self._clones[func] = _undispatched_copy(func)
+        start = len(self.records)
+        ops_before = self._op_count
+        TorchFunctionMode.__enter__(self)
+        try:
+            result = clone(*args, **kwargs)
+        finally:
+            TorchFunctionMode.__exit__(self, None, None, None)
+        if self._op_count - ops_before == 1 and len(self.records) > start:
+            # a thin wrapper around one op: name the op after the function the user called
+            names = self._type_cache.get(func) or op_type(func)
+            for rec in self.records[start:]:
+                if rec.source_name is None and not rec.is_buffer:
+                    rec.func_name, rec.layer_type = names
+        return result
+
+    def _from_numpy(self, array: Any) -> torch.Tensor:
+        t = self._saved_from_numpy(array)
+        callsite, frames = self._callsite()
+        rec = OpRecord(len(self.records), "from_numpy", "fromnumpy", self._saved_from_numpy,
+                       self._op_count, 0, [], self._stack, callsite, frames)
+        self._op_count += 1
+        rec.is_internally_generated = True
+        self._finish(rec, t)
+        return t
+
+    def _add_note(self, exc: BaseException, layer_type: str) -> None:
+        notes = getattr(exc, "__notes__", ())
+        if any(n.startswith("lens_train:") for n in notes):
+            return
+        where = f" inside module '{self._stack[-1][0]}' (call {self._stack[-1][1]})" if self._stack else ""
+        self.error_record = f"{layer_type} (operation #{self._op_count + 1}){where}"
+        exc.add_note(f"lens_train: raised while capturing {self.error_record}")
+
+
+def _first_names(named: Any) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for name, obj in named:
+        out.setdefault(id(obj), name)
+    return out
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return id(t)
+
+
+def _flatten_output(value: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    _flatten_into(value, out, 0)
+    return out
+
+
+def _flatten_into(value: Any, out: list, depth: int) -> None:
+    if isinstance(value, _Tensor):
+        out.append(value)
+    elif depth > 8:
+        return
+    elif isinstance(value, dict):
+        for v in value.values():
+            _flatten_into(v, out, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _flatten_into(v, out, depth + 1)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            _flatten_into(getattr(value, name, None), out, depth + 1)
+
+
+def _undispatched_copy(func: types.FunctionType) -> types.FunctionType:
+    """A copy of ``func`` whose own ``has_torch_function`` checks are off.
+
+    Calling it with the mode active records the ops inside ``func`` without
+    re-dispatching ``func`` itself to the mode (which would recurse forever).
+    """
+    glb = dict(func.__globals__)
+    for name in ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic"):
+        if name in glb:
+            glb[name] = _NO_GRAD_FALSE
+    copy = types.FunctionType(func.__code__, glb, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    return copy

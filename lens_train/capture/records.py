@@ -1,0 +1,68 @@
+"""The raw record of one tensor produced during a captured forward pass."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# One frame of a call stack as captured: (code object, line number). Turned into
+# readable records only when printed, so capture never reads source files.
+RawFrame = tuple[Any, int]
+
+
+@dataclass(slots=True, eq=False)
+class OpRecord:
+    """One tensor produced by one operation (an op with k tensor outputs gives k records)."""
+
+    index: int
+    func_name: str
+    layer_type: str
+    func: Callable[..., Any] | None
+    op_id: int
+    output_index: int
+    parents: list[tuple[int, Any]]
+    module_stack: tuple[tuple[str, int], ...]
+    callsite: tuple[Any, ...]
+    frames: tuple[RawFrame, ...]
+    param_ids: tuple[int, ...] = ()
+    shape: tuple[int, ...] = ()
+    dtype: Any = None
+    device: str = "cpu"
+    nbytes: int = 0
+    requires_grad: bool = False
+    grad_fn_name: str | None = None
+    time_s: float = 0.0
+    is_input: bool = False
+    is_output: bool = False
+    is_buffer: bool = False
+    buffer_address: str | None = None
+    is_internally_generated: bool = False
+    is_inplace: bool = False
+    source_name: str | None = None
+    activation: Any = None
+    transformed_activation: Any = None
+    version: int = 0
+    tensor_ref: Any = None
+    output_of_modules: list[tuple[str, int]] = field(default_factory=list)
+    bool_values: list[bool] = field(default_factory=list)
+    branch_starts: list[int] = field(default_factory=list)
+    rng_state: Any = None
+    call_template: Any = None
+
+    def live_tensor(self) -> Any:
+        """The tensor this record describes, if it is still alive."""
+        return self.tensor_ref() if self.tensor_ref is not None else None
+
+
+def make_ref(tensor: Any) -> Any:
+    """A weak reference to ``tensor`` (tensors are weak-referenceable)."""
+    return weakref.ref(tensor)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorArg:
+    """Placeholder for a tensor argument inside a recorded call template."""
+
+    record_index: int | None
+    constant: Any = None

@@ -1,0 +1,68 @@
+"""Errors raised by lens_train.
+
+Every error derives from :class:`LensTrainError` and also from the built-in type
+user code would naturally catch (``KeyError``, ``ValueError``, ``TypeError``).
+
+Example:
+    >>> from lens_train.errors import LayerNotFoundError, LensTrainError
+    >>> issubclass(LayerNotFoundError, KeyError) and issubclass(LayerNotFoundError, LensTrainError)
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LensTrainError(Exception):
+    """Base class of every error raised by lens_train."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; show it plainly instead.
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerNotFoundError(LensTrainError, KeyError):
+    """A layer, module or op name that does not exist."""
+
+
+class AmbiguousLayerError(LensTrainError, KeyError):
+    """A name that matches several layers where one is required."""
+
+
+class CaptureError(LensTrainError, RuntimeError):
+    """The forward pass could not be captured as asked."""
+
+
+class UnsupportedModelError(LensTrainError, TypeError):
+    """A model or context the capture engine cannot log faithfully."""
+
+
+class InvalidArgumentError(LensTrainError, ValueError):
+    """An argument value that lens_train cannot use."""
+
+
+class BundleError(LensTrainError, ValueError):
+    """A bundle on disk that is missing, corrupted or of an unknown format."""
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Return up to ``n`` candidates closest to ``name`` (substring matches first).
+
+    Example:
+        >>> closest("conv2d_3", ["conv2d_3_7", "relu_3_8", "linear_1_17"])
+        ['conv2d_3_7']
+    """
+    pool = list(dict.fromkeys(candidates))
+    lowered = name.lower()
+    contains = [c for c in pool if lowered and lowered in c.lower()]
+    fuzzy = difflib.get_close_matches(name, pool, n=n, cutoff=0.5)
+    return list(dict.fromkeys(contains[:n] + fuzzy))[:n]
+
+
+def suggestion_text(name: str, candidates: Iterable[str], listing_call: str) -> str:
+    """Message tail naming the closest candidates and how to list all of them."""
+    near = closest(str(name), candidates)
+    hint = f" Closest: {', '.join(repr(c) for c in near)}." if near else ""
+    return f"{hint} List every name with {listing_call}."
