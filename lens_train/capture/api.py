@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -144,19 +145,32 @@ def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, An
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     recorder = Recorder(model, plan, _STOP_CODE)
     start = time.perf_counter()
-    with forked_rng(seed, _devices(args, kwargs, model)):
+    with forked_rng(seed, _devices(args, kwargs, model)), _gc_paused():
         with recorder:
             for name, t in named_tensors(args, kwargs):
                 recorder.add_input(t, name)
             output = _call_model(model, args, kwargs)
             recorder.add_outputs(output)
-    elapsed = time.perf_counter() - start
-    if not recorder.records:
-        raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
-    meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
-    log = build_log(recorder, model, meta)
+        elapsed = time.perf_counter() - start
+        if not recorder.records:
+            raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
+        meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
+        log = build_log(recorder, model, meta)
     log.output = output
     return log
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # A capture allocates many small records; a full collection of torch's large heap
+    # in the middle would cost more than the capture itself. Nothing here is cyclic.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _devices(args: tuple, kwargs: dict, model: nn.Module) -> list[int]:

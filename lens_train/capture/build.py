@@ -13,15 +13,22 @@ from .passes import LayerGroup, group_passes
 from .recorder import Recorder
 
 
-def param_modules(model: nn.Module) -> frozenset[str]:
-    """Addresses of modules that own parameters (directly or in submodules)."""
-    return frozenset(a for a, m in model.named_modules() if a and any(True for _ in m.parameters()))
+def module_param_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter count of every module that owns parameters (directly or in submodules)."""
+    counts: dict[str, int] = {}
+    for address, p in model.named_parameters():
+        parts = address.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            counts[prefix] = counts.get(prefix, 0) + p.numel()
+    return counts
 
 
 def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> ModelLog:
     """Label, group and link the recorder's records into a :class:`ModelLog`."""
     records = recorder.records
-    groups = group_passes(records, param_modules(model))
+    counts = module_param_counts(model)
+    groups = group_passes(records, frozenset(counts))
     pass_label, group_of, pass_num = _pass_labels(groups, len(records))
     children: list[list[int]] = [[] for _ in records]
     for rec in records:
@@ -29,13 +36,17 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
             if rec.index not in children[parent]:
                 children[parent].append(rec.index)
     param_info = {id(p): (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()) for a, p in model.named_parameters(remove_duplicate=False)}
-    layers = [_layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info) for rec in records]
+    group_labels = [[pass_label[m] for m in g.members] for g in groups]
+    layers = [
+        _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info, group_labels[group_of[rec.index]])
+        for rec in records
+    ]
     meta = dict(meta)
     meta["structure"] = _structure(records, children, groups)
     params = list(model.parameters())
     meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
                 param_bytes_total=sum(p.numel() * p.element_size() for p in params))
-    return ModelLog(type(model).__name__, layers, _modules(recorder, model, pass_label), meta)
+    return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label), meta)
 
 
 def _pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:
@@ -50,7 +61,8 @@ def _pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int]
     return labels, group_of, pass_num
 
 
-def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]], param_info: dict) -> LayerLog:
+def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
+           param_info: dict, pass_labels: list[str]) -> LayerLog:
     arg_locs: dict[str, list[Any]] = defaultdict(list)
     for parent, pos in rec.parents:
         arg_locs[labels[parent]].append(pos)
@@ -70,7 +82,7 @@ def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, childr
         tensor_shape=rec.shape,
         tensor_dtype=rec.dtype,
         tensor_fsize=rec.nbytes,
-        device=rec.device,
+        device=str(rec.device),
         requires_grad=rec.requires_grad,
         tensor_contents=rec.activation,
         transformed_activation=rec.transformed_activation,
@@ -93,7 +105,7 @@ def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, childr
         output_index=rec.output_index,
         bool_values=list(rec.bool_values),
         branch_start_layers=[labels[i] for i in rec.branch_starts],
-        pass_labels=[labels[m] for m in group.members],
+        pass_labels=pass_labels,
         raw_frames=rec.frames,
     )
 
@@ -111,9 +123,8 @@ def _structure(records: list[Any], children: list[list[int]], groups: list[Layer
     }
 
 
-def _modules(recorder: Recorder, model: nn.Module, labels: list[str]) -> ModuleTable:
+def _modules(recorder: Recorder, counts: dict[str, int], labels: list[str]) -> ModuleTable:
     table = ModuleTable()
-    counts = {a: sum(p.numel() for p in m.parameters()) for a, m in model.named_modules() if a}
     for call in recorder.module_calls:
         mod = table.get(call.address)
         if mod is None:

@@ -37,6 +37,18 @@ _perf = time.perf_counter
 _INPLACE_DUNDERS = frozenset({"__setitem__"})
 _TYPE_RENAMES = {torch._C.TensorBase.div: "truediv", torch.Tensor.__rdiv__: "rtruediv"}
 _FUNCTIONAL_GLOBALS = torch.nn.functional.__dict__
+_OP, _COMPOSITE, _METADATA, _BOOL = range(4)
+# Calls that read metadata and never produce a tensor: skipped without any work.
+_METADATA_NAMES = frozenset({
+    "shape", "dtype", "device", "dim", "size", "numel", "nelement", "requires_grad", "is_floating_point",
+    "is_complex", "__len__", "stride", "is_contiguous", "data_ptr", "element_size", "ndim", "ndimension",
+    "is_cuda", "layout", "names", "is_sparse", "storage_offset", "get_device", "_version", "grad_fn",
+    "is_leaf", "is_quantized", "is_meta", "is_nested", "__format__", "__repr__", "__hash__", "__index__",
+    "__int__", "__float__", "item", "tolist", "untyped_storage", "is_mkldnn",
+})
+# torch.nn.functional functions seen to run exactly one op: recorded as that one op
+# without re-entering them (learned on first use, shared by all captures).
+_THIN_FUNCTIONS: set[Any] = set()
 _NO_GRAD_FALSE = lambda *a, **k: False  # noqa: E731 - stands in for has_torch_function*
 
 
@@ -109,9 +121,12 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _frame_is_user(code: Any) -> bool:
+def _frame_kind(code: Any) -> int:
+    """0: lens_train's own frame (ignored), 1: library frame, 2: user-code frame."""
     f = code.co_filename
-    return not (f.startswith(_TORCH_DIR) or f.startswith(_LENS_DIR) or f.startswith("<frozen"))
+    if f.startswith(_LENS_DIR):
+        return 0
+    return 1 if f.startswith(_TORCH_DIR) or f.startswith("<frozen") else 2
 
 
 class Recorder(TorchFunctionMode):
@@ -136,7 +151,7 @@ class Recorder(TorchFunctionMode):
         self._pending_branch: list[OpRecord] = []
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
-        self._code_is_user: dict[Any, bool] = {}
+        self._code_kind: dict[Any, int] = {}
         self._clones: dict[Any, Any] = {}
         self._handles: list[Any] = []
         self._saved_from_numpy: Any = None
@@ -203,18 +218,25 @@ class Recorder(TorchFunctionMode):
     # -- the hot path ---------------------------------------------------------------
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if type(func) is types.FunctionType and func.__globals__ is _FUNCTIONAL_GLOBALS:
+        try:
+            names = self._type_cache[func]
+        except (KeyError, TypeError):
+            names = self._classify(func)
+        kind = names[2]
+        if kind == _METADATA:
+            return func(*args, **kwargs)
+        if kind == _COMPOSITE:
             return self._run_python_function(func, args, kwargs)
-        names = self._type_cache.get(func) if _hashable(func) else None
-        if names is None:
-            names = op_type(func)
-            if _hashable(func):
-                self._type_cache[func] = names
+        if kind == _BOOL:
+            result = func(*args, **kwargs)
+            self._note_condition(args[0], result)
+            return result
         name = names[0]
         inplace = _is_inplace(name, kwargs)
         parents, params = self._parents(args, kwargs)
-        template = self._template(args, kwargs) if self.plan.keep_templates else None
-        rng = torch.get_rng_state() if self.plan.record_rng else None
+        plan = self.plan
+        template = self._template(args, kwargs) if plan.keep_templates else None
+        rng = torch.get_rng_state() if plan.record_rng else None
         if inplace:
             self._copy_on_write(kwargs["out"] if "out" in kwargs else args[0])
         start = _perf()
@@ -224,19 +246,30 @@ class Recorder(TorchFunctionMode):
             self._add_note(exc, names[1])
             raise
         elapsed = _perf() - start
-        if name == "__bool__":
-            self._note_condition(args[0], result)
-            return result
         if name == "__setitem__":
             outputs = [args[0]]
         elif "out" in kwargs and isinstance(kwargs["out"], _Tensor):
             outputs = [kwargs["out"]]
         else:
             outputs = _tensors_in(result)
-        if not outputs:
-            return result
-        self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
+        if outputs:
+            self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
         return result
+
+    def _classify(self, func: Any) -> tuple[str, str, int]:
+        name, layer_type = op_type(func)
+        if type(func) is types.FunctionType and func.__globals__ is _FUNCTIONAL_GLOBALS and func not in _THIN_FUNCTIONS:
+            kind = _COMPOSITE
+        elif name == "__bool__":
+            kind = _BOOL
+        elif name in _METADATA_NAMES:
+            kind = _METADATA
+        else:
+            kind = _OP
+        names = (name, layer_type, kind)
+        if _hashable(func):
+            self._type_cache[func] = names
+        return names
 
     def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
         callsite, frames = self._callsite()
@@ -274,7 +307,7 @@ class Recorder(TorchFunctionMode):
         """Describe ``t`` on ``rec``, save it if planned, and make ``rec`` its owner."""
         rec.shape = tuple(t.shape)
         rec.dtype = t.dtype
-        rec.device = str(t.device)
+        rec.device = t.device
         rec.nbytes = t.nelement() * t.element_size()
         rec.requires_grad = t.requires_grad
         gf = t.grad_fn
@@ -385,21 +418,29 @@ class Recorder(TorchFunctionMode):
                 out.activation = rec.activation
 
     def _callsite(self) -> tuple[tuple, tuple]:
+        """(call-site key, user frames): every frame below the model call, innermost first.
+
+        The key holds (code, instruction offset) of every frame, library frames
+        included, so two statements never share a key while a loop body always does.
+        Only user-code frames are kept for display.
+        """
         f = sys._getframe(1)
         key = []
         frames = []
         stop = self._stop_code
-        user = self._code_is_user
+        kinds = self._code_kind
         while f is not None:
             code = f.f_code
             if code is stop:
                 break
-            is_user = user.get(code)
-            if is_user is None:
-                is_user = user[code] = _frame_is_user(code)
-            if is_user:
-                key.append((code, f.f_lasti))
-                frames.append((code, f.f_lineno))
+            kind = kinds.get(code)
+            if kind is None:
+                kind = kinds[code] = _frame_kind(code)
+            if kind:
+                key.append(id(code))  # code objects hash slowly; their ids are stable while loaded
+                key.append(f.f_lasti)
+                if kind == 2:
+                    frames.append((code, f.f_lineno))
             f = f.f_back
         return tuple(key), tuple(frames)
 
@@ -433,12 +474,14 @@ class Recorder(TorchFunctionMode):
             result = clone(*args, **kwargs)
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
-        if self._op_count - ops_before == 1 and len(self.records) > start:
+        new = [r for r in self.records[start:] if r.func is not None]
+        if self._op_count - ops_before == 1 and new:
             # a thin wrapper around one op: name the op after the function the user called
-            names = self._type_cache.get(func) or op_type(func)
-            for rec in self.records[start:]:
-                if rec.source_name is None and not rec.is_buffer:
-                    rec.func_name, rec.layer_type = names
+            name, layer_type = op_type(func)
+            for rec in new:
+                rec.func_name, rec.layer_type = name, layer_type
+            _THIN_FUNCTIONS.add(func)
+            self._type_cache.pop(func, None)
         return result
 
     def _from_numpy(self, array: Any) -> torch.Tensor:

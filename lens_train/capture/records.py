@@ -28,7 +28,7 @@ class OpRecord:
     param_ids: tuple[int, ...] = ()
     shape: tuple[int, ...] = ()
     dtype: Any = None
-    device: str = "cpu"
+    device: Any = "cpu"
     nbytes: int = 0
     requires_grad: bool = False
     grad_fn_name: str | None = None
