@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from torch import nn
@@ -63,9 +62,9 @@ def _pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int]
 
 def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
            param_info: dict, pass_labels: list[str]) -> LayerLog:
-    arg_locs: dict[str, list[Any]] = defaultdict(list)
+    arg_locs: dict[str, list[Any]] = {}
     for parent, pos in rec.parents:
-        arg_locs[labels[parent]].append(pos)
+        arg_locs.setdefault(labels[parent], []).append(pos)
     params = [param_info[p] for p in rec.param_ids if p in param_info]
     return LayerLog(
         layer_label=labels[rec.index],
@@ -87,7 +86,7 @@ def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, childr
         tensor_contents=rec.activation,
         transformed_activation=rec.transformed_activation,
         parent_layers=list(dict.fromkeys(labels[p] for p, _ in rec.parents)),
-        parent_layer_arg_locs=dict(arg_locs),
+        parent_layer_arg_locs=arg_locs,
         child_layers=[labels[c] for c in children[rec.index]],
         containing_modules=[f"{a}:{n}" for a, n in rec.module_stack],
         module_outputs=[f"{a}:{n}" for a, n in rec.output_of_modules],

@@ -212,7 +212,7 @@ class Recorder(TorchFunctionMode):
             rec = self._lookup(t)
             if rec is not None:
                 if key not in rec.output_of_modules:
-                    rec.output_of_modules.append(key)
+                    rec.output_of_modules += (key,)
                 call.output_records.append(rec.index)
 
     # -- the hot path ---------------------------------------------------------------
@@ -299,7 +299,7 @@ class Recorder(TorchFunctionMode):
                        self._stack, callsite, frames)
         if self._pending_branch:
             for cond in self._pending_branch:
-                cond.branch_starts.append(rec.index)
+                cond.branch_starts += (rec.index,)
             self._pending_branch = []
         return rec
 
@@ -459,7 +459,7 @@ class Recorder(TorchFunctionMode):
     def _note_condition(self, t: Any, value: Any) -> None:
         rec = self._lookup(t) if isinstance(t, _Tensor) else None
         if rec is not None:
-            rec.bool_values.append(bool(value))
+            rec.bool_values += (bool(value),)
             self._pending_branch.append(rec)
 
     def _run_python_function(self, func: Any, args: tuple, kwargs: dict) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 # One frame of a call stack as captured: (code object, line number). Turned into
@@ -44,9 +44,10 @@ class OpRecord:
     transformed_activation: Any = None
     version: int = 0
     tensor_ref: Any = None
-    output_of_modules: list[tuple[str, int]] = field(default_factory=list)
-    bool_values: list[bool] = field(default_factory=list)
-    branch_starts: list[int] = field(default_factory=list)
+    # Rarely filled: tuples, replaced (not appended to) so no list is allocated per record.
+    output_of_modules: tuple[tuple[str, int], ...] = ()
+    bool_values: tuple[bool, ...] = ()
+    branch_starts: tuple[int, ...] = ()
     rng_state: Any = None
     call_template: Any = None
 
