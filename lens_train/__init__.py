@@ -1,21 +1,46 @@
 """lens_train: a model's insides, usable while it trains."""
 
-from . import errors
+from . import callbacks, errors, fastlog
+from .bundle import load, save
 from .capture import LayerLog, ModelLog, ModuleLog, get_model_activations, get_model_metadata, log_forward_pass
-from .errors import BundleError, LayerNotFoundError, LensTrainError
+from .capture.validation import validate_model_activations
+from .extract import Extract
+from .errors import BundleError, BundleWarning, LayerNotFoundError, LensTrainError
+from .lens_module import LensModule
+from .snapshots import load_snapshots
+from .train import AuxiliaryLoss, Distillation, Inspect, Probes, Taps, get_layers, get_nodes, losses
+from .viz import show_model_graph
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuxiliaryLoss",
     "BundleError",
+    "BundleWarning",
+    "Distillation",
+    "Extract",
+    "Inspect",
     "LayerLog",
     "LayerNotFoundError",
+    "LensModule",
     "LensTrainError",
     "ModelLog",
     "ModuleLog",
+    "Probes",
+    "Taps",
     "__version__",
+    "callbacks",
     "errors",
+    "fastlog",
     "get_model_activations",
+    "get_layers",
     "get_model_metadata",
+    "load",
+    "get_nodes",
+    "load_snapshots",
     "log_forward_pass",
+    "save",
+    "losses",
+    "show_model_graph",
+    "validate_model_activations",
 ]

@@ -43,8 +43,32 @@ class InvalidArgumentError(LensTrainError, ValueError):
     """An argument value that lens_train cannot use."""
 
 
+class TapError(LensTrainError, RuntimeError):
+    """A tapped activation that this training step cannot provide as asked."""
+
+
+class ConfigError(LensTrainError, ValueError):
+    """An experiment config or ``lens-train`` command line that cannot run as written."""
+
+
+class DifferentPathError(LensTrainError, ValueError):
+    """An input that takes a different path through the model than the logged one."""
+
+
 class BundleError(LensTrainError, ValueError):
     """A bundle on disk that is missing, corrupted or of an unknown format."""
+
+
+class BundleWarning(UserWarning):
+    """A bundle loaded without data a writer wrote but never committed (listed in the message)."""
+
+
+class MissingDependencyError(LensTrainError, ImportError):
+    """An optional package a feature needs is not installed (the message says how to install it)."""
+
+
+class RenderError(LensTrainError, RuntimeError):
+    """A graph picture could not be drawn (no Graphviz program, or it failed)."""
 
 
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:

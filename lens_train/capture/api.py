@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from .build import build_log
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
 from .model_log import ModelLog
+from .gradients import GradientHooks
 from .recorder import CapturePlan, Recorder
 
 
@@ -30,6 +32,9 @@ def log_forward_pass(
     activation_postfunc: Callable[[torch.Tensor], Any] | None = None,
     save_raw_activation: bool = True,
     random_seed: int | None = None,
+    save_gradients: bool = False,
+    save_activations_to: str | os.PathLike | None = None,
+    keep_activations_in_memory: bool = True,
     **options: Any,
 ) -> ModelLog:
     """Run one forward pass of ``model`` and log every tensor operation.
@@ -47,6 +52,12 @@ def log_forward_pass(
         activation_postfunc: also store ``f(activation)`` as ``transformed_activation``.
         save_raw_activation: keep the raw activation too (metadata always describes it).
         random_seed: seed for the forward pass (random when not given; always recorded).
+        save_gradients: after a ``backward()``, give every saved layer pass its
+            ``layer.gradient`` (implies ``train_mode``; see :mod:`lens_train.capture.gradients`).
+        save_activations_to: a new bundle directory to write each saved activation to as
+            it is produced (``lt.load(path)`` reads it back; see :mod:`lens_train.bundle_stream`).
+        keep_activations_in_memory: with ``False`` (needs ``save_activations_to``) the log
+            keeps no activation in memory; ``layer.materialize_activation()`` reads it from disk.
 
     Returns:
         The :class:`ModelLog` of the pass.
@@ -70,16 +81,25 @@ def log_forward_pass(
         raise InvalidArgumentError(f"vis_opt must be 'none', 'unrolled' or 'rolled', got {vis_opt!r}.")
     check_supported(model)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
-    base = dict(train_mode=train_mode, postfunc=activation_postfunc, save_raw=save_raw_activation,
-                keep_templates=keep_templates, record_rng=record_rng)
+    grads = GradientHooks() if save_gradients else None
+    base = dict(train_mode=train_mode or save_gradients, postfunc=activation_postfunc, save_raw=save_raw_activation,
+                keep_templates=keep_templates, record_rng=record_rng, sink=grads.sink if grads else None)
     if layers_to_save == "all" or layers_to_save is None:
         plan = CapturePlan(save="all" if layers_to_save == "all" else "none", **base)
     else:
         probe = run_capture(model, input_args, input_kwargs, CapturePlan(save="none"), seed)
         chosen = select(build_key_map(probe.layers), probe.layers, layers_to_save)
         plan = CapturePlan(save=frozenset(chosen), **base)
-    log = run_capture(model, input_args, input_kwargs, plan, seed)
+    from ..bundle_stream import open_capture_stream  # bundles build on capture: imported when used
+
+    stream = open_capture_stream(save_activations_to, keep_activations_in_memory)
+    log = stream.run(lambda p: run_capture(model, input_args, input_kwargs, p, seed), plan)
+    if grads is not None:
+        grads.bind(log)
+    log.capture_plan = plan  # what save_new_activations re-runs
+    log.meta["save_gradients"] = save_gradients
     log.meta["layers_to_save"] = layers_to_save if isinstance(layers_to_save, (str, type(None))) else list(layers_to_save)
+    stream.finish(log)
     if vis_opt != "none":
         from ..viz import render_graph
 
@@ -142,6 +162,17 @@ _STOP_CODE = _call_model.__code__
 def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
                 plan: CapturePlan, seed: int) -> ModelLog:
     """One seeded, intercepted forward pass turned into a :class:`ModelLog`."""
+    with _gc_paused():
+        recorder, output, elapsed = record_forward(model, input_args, input_kwargs, plan, seed)
+        meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
+        log = build_log(recorder, model, meta)
+    log.output = output
+    return log
+
+
+def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
+                   plan: CapturePlan, seed: int) -> tuple[Recorder, Any, float]:
+    """One seeded, intercepted forward pass: (recorder with raw records, output, seconds)."""
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     recorder = Recorder(model, plan, _STOP_CODE)
     start = time.perf_counter()
@@ -151,13 +182,10 @@ def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, An
                 recorder.add_input(t, name)
             output = _call_model(model, args, kwargs)
             recorder.add_outputs(output)
-        elapsed = time.perf_counter() - start
-        if not recorder.records:
-            raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
-        meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
-        log = build_log(recorder, model, meta)
-    log.output = output
-    return log
+    elapsed = time.perf_counter() - start
+    if not recorder.records:
+        raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
+    return recorder, output, elapsed
 
 
 @contextmanager
@@ -196,5 +224,9 @@ def forked_rng(seed: int | None, cuda_devices: list[int] | None = None) -> Itera
     """
     with torch.random.fork_rng(devices=cuda_devices or [], enabled=True):
         if seed is not None:
-            torch.manual_seed(seed)
+            # torch.manual_seed also seeds every lazily-initialised backend (~100 us);
+            # only the generators this pass can use need it.
+            torch.default_generator.manual_seed(seed)
+            for d in cuda_devices or []:
+                torch.cuda.default_generators[d].manual_seed(seed)
         yield

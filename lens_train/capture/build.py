@@ -8,7 +8,7 @@ from torch import nn
 
 from .layer_log import LayerLog
 from .model_log import ModelLog, ModuleLog, ModuleTable
-from .passes import LayerGroup, group_passes
+from .passes import LayerGroup, group_passes, pass_labels
 from .recorder import Recorder
 
 
@@ -28,12 +28,13 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     records = recorder.records
     counts = module_param_counts(model)
     groups = group_passes(records, frozenset(counts))
-    pass_label, group_of, pass_num = _pass_labels(groups, len(records))
+    pass_label, group_of, pass_num = pass_labels(groups, len(records))
     children: list[list[int]] = [[] for _ in records]
     for rec in records:
         for parent, _pos in rec.parents:
-            if rec.index not in children[parent]:
-                children[parent].append(rec.index)
+            kids = children[parent]
+            if not kids or kids[-1] != rec.index:  # records come in order: repeats are adjacent
+                kids.append(rec.index)
     param_info = {id(p): (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()) for a, p in model.named_parameters(remove_duplicate=False)}
     group_labels = [[pass_label[m] for m in g.members] for g in groups]
     layers = [
@@ -46,18 +47,6 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
                 param_bytes_total=sum(p.numel() * p.element_size() for p in params))
     return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label), meta)
-
-
-def _pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:
-    labels = [""] * n
-    group_of = [0] * n
-    pass_num = [1] * n
-    for gi, g in enumerate(groups):
-        for p, idx in enumerate(g.members, start=1):
-            labels[idx] = f"{g.label}:{p}" if len(g.members) > 1 else g.label
-            group_of[idx] = gi
-            pass_num[idx] = p
-    return labels, group_of, pass_num
 
 
 def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],

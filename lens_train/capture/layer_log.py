@@ -110,7 +110,8 @@ class LayerLog:
     @property
     def func_call_stack(self) -> list[FrameInfo]:
         """The user-code frames (innermost first) that led to this op."""
-        return [FrameInfo(code.co_filename, line, code.co_name) for code, line in self.raw_frames]
+        # captured frames are (code, line); frames read back from a bundle are FrameInfo already
+        return [f if isinstance(f, FrameInfo) else FrameInfo(f[0].co_filename, f[1], f[0].co_name) for f in self.raw_frames]
 
     def materialize_activation(self) -> torch.Tensor | None:
         """The saved activation, read from disk first when the log was loaded lazily."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 from ..errors import LayerNotFoundError, suggestion_text
@@ -169,6 +171,86 @@ class ModelLog:
     def saved_activation_bytes(self) -> int:
         """Bytes of the saved activations."""
         return sum(layer.tensor_fsize for layer in self.layers if layer.is_saved)
+
+    # -- tables (lens_train.export builds on capture, so it is imported when used) ------
+    def to_pandas(self) -> Any:
+        """One row per layer pass as a ``pandas.DataFrame`` (needs pandas); see :mod:`lens_train.export`."""
+        from ..export import to_pandas
+
+        return to_pandas(self)
+
+    def to_csv(self, path: str | PathLike[str] | None = None) -> str | None:
+        """The layer table as CSV, written to ``path`` (returned as text without one).
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> lt.log_forward_pass(torch.nn.ReLU(), torch.ones(2)).to_csv().splitlines()[1][:20]
+            'input_1_0,input_1_0,'
+        """
+        from ..export import to_csv
+
+        return to_csv(self, path)
+
+    def to_json(self, path: str | PathLike[str] | None = None) -> str | None:
+        """The layer table as a JSON list of rows, written to ``path`` (returned as text without one).
+
+        Example:
+            >>> import json, torch, lens_train as lt
+            >>> json.loads(lt.log_forward_pass(torch.nn.ReLU(), torch.ones(2)).to_json())[1]["layer_label"]
+            'relu_1_1'
+        """
+        from ..export import to_json
+
+        return to_json(self, path)
+
+    # -- pictures (lens_train.viz builds on capture, so it is imported when used) --------
+    def render_graph(self, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None,
+                     vis_outpath: str | PathLike[str] = "graph", vis_fileformat: str = "svg", vis_save_only: bool = False,
+                     vis_module: str | None = None) -> Path | None:
+        """Draw this log's graph to a file; see :func:`lens_train.viz.render_graph`.
+
+        Example:
+            >>> import os, tempfile, torch, lens_train as lt
+            >>> log = lt.log_forward_pass(torch.nn.Linear(2, 2), torch.ones(1, 2), layers_to_save=None)
+            >>> log.render_graph(vis_outpath=os.path.join(tempfile.mkdtemp(), "g"), vis_save_only=True).name
+            'g.svg'
+        """
+        from ..viz import render_graph
+
+        return render_graph(self, vis_opt=vis_opt, vis_nesting_depth=vis_nesting_depth, vis_outpath=vis_outpath,
+                            vis_fileformat=vis_fileformat, vis_save_only=vis_save_only, vis_module=vis_module)
+
+    def to_dot(self, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None, vis_module: str | None = None) -> str:
+        """The graph's Graphviz DOT source; see :func:`lens_train.viz.to_dot`.
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> log = lt.log_forward_pass(torch.nn.Linear(2, 2), torch.ones(1, 2), layers_to_save=None)
+            >>> log.to_dot().startswith('digraph "Linear"')
+            True
+        """
+        from ..viz import to_dot
+
+        return to_dot(self, vis_opt=vis_opt, vis_nesting_depth=vis_nesting_depth, vis_module=vis_module)
+
+    # -- re-running (capture.replay re-runs the engine, which builds on this class) ----
+    def save_new_activations(self, model: Any, input_args: Any, input_kwargs: Any = None,
+                             random_seed: int | None = None) -> ModelLog:
+        """Re-run the pass on new input and refresh every saved activation in place.
+
+        See :func:`lens_train.capture.replay.save_new_activations`.
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+            >>> log = lt.log_forward_pass(model, torch.ones(1, 2))
+            >>> _ = log.save_new_activations(model, torch.zeros(3, 2))
+            >>> log["linear_1_1"].activation.shape
+            torch.Size([3, 2])
+        """
+        from .replay import save_new_activations
+
+        return save_new_activations(self, model, input_args, input_kwargs, random_seed)
 
     def __str__(self) -> str:
         return format_model_log(self)

@@ -1,22 +1,30 @@
 """From raw records to layers: which records are passes of one layer, and their labels.
 
-Records are passes of one layer when they sit at the same place (same op type, same
-output position, same innermost module, same Python call site) in repeated loop
-bodies, and the repetition is a real loop:
+Records are candidate passes of one layer when they sit at the same place: same op
+type, same output position, same innermost module, same Python call site (every
+frame from the model call down, so only a loop, comprehension or recursion can repeat
+it) and same parameters. Candidates are passes only when the repetition is a real
+loop. For two consecutive candidates ``prev`` and ``cur`` (one loop iteration lies
+between them) the rules, in order:
 
-* the op applies the same parameters again (weight sharing, RNN-style loops), or
-* the op runs inside repeated calls of one module that owns parameters, or
-* each repetition depends on the previous one (a parameter-free loop body whose
-  iterations feed each other).
+1. both run inside repeated calls of one module that owns parameters: passes;
+2. the ops between them re-apply weights (an op with parameters that itself has
+   several passes): passes (weight sharing, RNN-style loops);
+3. the ops between them apply other weights only once each: separate layers (a loop
+   over distinct blocks, e.g. ``for blk in self.blocks: x = x + blk(x)``);
+4. a parameter-free body: passes when the iterations feed each other, i.e. ``cur``
+   descends from ``prev``, or an op between them is itself carried from one
+   iteration to the next in lockstep with them (the ``x`` of
+   ``while x.norm() > 1: x = x / 2`` carries the ``norm`` ops along).
 
-Everything else is a distinct layer: corresponding ops of distinct blocks differ by
-module address, and a parameter-free module called from two statements differs by
-call site. All steps are linear in the number of records (the dependency check walks
-back only across the ops between two repetitions).
+An op with parameters is one layer at each place it runs (all its candidates are
+passes). Everything runs in time linear in the number of records: rules 1-3 are
+prefix-count lookups, and dependency walks never go back past ``prev``.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -42,12 +50,15 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str]) -> list
     buckets: dict[tuple, list[int]] = defaultdict(list)
     for rec in records:
         buckets[_pass_key(rec)].append(rec.index)
+    ctx = _LoopContext(records, buckets, param_modules)
     groups: list[LayerGroup] = []
     for key, members in buckets.items():
         if len(members) == 1 or key[0] == "source":
             groups.extend(LayerGroup([m], records[m].layer_type) for m in members)
-            continue
-        groups.extend(_split_loops(records, members, param_modules))
+        elif records[members[0]].param_ids:
+            groups.append(LayerGroup(list(members), records[members[0]].layer_type))
+        else:
+            groups.extend(_split_loops(ctx, members))
     groups.sort(key=lambda g: g.members[0])
     counts: dict[str, int] = defaultdict(int)
     for i, g in enumerate(groups):
@@ -58,6 +69,19 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str]) -> list
     return groups
 
 
+def pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:
+    """(label with ``:pass`` suffix when needed, group index, pass number) of every record."""
+    labels = [""] * n
+    group_of = [0] * n
+    pass_num = [1] * n
+    for gi, g in enumerate(groups):
+        for p, idx in enumerate(g.members, start=1):
+            labels[idx] = f"{g.label}:{p}" if len(g.members) > 1 else g.label
+            group_of[idx] = gi
+            pass_num[idx] = p
+    return labels, group_of, pass_num
+
+
 def _pass_key(rec: OpRecord) -> tuple:
     if rec.layer_type in _SOURCE_TYPES and rec.func is None:
         return ("source", rec.index)
@@ -65,25 +89,79 @@ def _pass_key(rec: OpRecord) -> tuple:
     return (rec.layer_type, rec.output_index, module, rec.callsite, rec.param_ids)
 
 
-def _split_loops(records: list[OpRecord], members: list[int], param_modules: frozenset[str]) -> list[LayerGroup]:
-    first = records[members[0]]
-    if first.param_ids:
-        return [LayerGroup(list(members), first.layer_type)]
-    groups = [LayerGroup([members[0]], first.layer_type)]
+class _LoopContext:
+    """Prefix counts of parameter use and the carried (loop-fed) records, for rules 1-4."""
+
+    def __init__(self, records: list[OpRecord], buckets: dict[tuple, list[int]], param_modules: frozenset[str]) -> None:
+        self.records = records
+        self.param_modules = param_modules
+        n = len(records)
+        shared = bytearray(n)
+        for key, members in buckets.items():
+            if key[0] != "source" and len(members) > 1 and records[members[0]].param_ids:
+                for m in members:
+                    shared[m] = 1
+        self.shared_before = _prefix(shared)
+        self.params_before = _prefix(bytearray(1 if r.param_ids else 0 for r in records))
+        # carried pairs: a parameter-free candidate descending from the one before it
+        self.next_carried: dict[int, int] = {}
+        self.prev_carried: dict[int, int] = {}
+        for key, members in buckets.items():
+            if key[0] == "source" or len(members) < 2 or records[members[0]].param_ids:
+                continue
+            for prev, cur in zip(members, members[1:]):
+                if self.params_between(prev, cur) == 0 and _depends_on(records, records[cur], prev):
+                    self.next_carried[prev] = cur
+                    self.prev_carried[cur] = prev
+        self.carried = sorted(set(self.next_carried) | set(self.prev_carried))
+
+    def params_between(self, a: int, b: int) -> int:
+        return self.params_before[b] - self.params_before[a + 1]
+
+    def shared_between(self, a: int, b: int) -> int:
+        return self.shared_before[b] - self.shared_before[a + 1]
+
+    def carried_in_lockstep(self, prev: int, cur: int) -> bool:
+        """Whether a carried pair of another place straddles ``prev`` or ``cur``."""
+        lo = bisect_right(self.carried, prev)
+        hi = bisect_left(self.carried, cur)
+        for c in self.carried[lo:hi]:
+            if self.next_carried.get(c, -1) > cur or -1 < self.prev_carried.get(c, cur) < prev:
+                return True
+        return False
+
+
+def _prefix(flags: bytearray) -> list[int]:
+    out = [0] * (len(flags) + 1)
+    total = 0
+    for i, f in enumerate(flags):
+        total += f
+        out[i + 1] = total
+    return out
+
+
+def _split_loops(ctx: _LoopContext, members: list[int]) -> list[LayerGroup]:
+    layer_type = ctx.records[members[0]].layer_type
+    groups = [LayerGroup([members[0]], layer_type)]
     for prev, cur in zip(members, members[1:]):
-        if _same_loop(records, records[prev], records[cur], param_modules):
+        if _same_loop(ctx, prev, cur):
             groups[-1].members.append(cur)
         else:
-            groups.append(LayerGroup([cur], first.layer_type))
+            groups.append(LayerGroup([cur], layer_type))
     return groups
 
 
-def _same_loop(records: list[OpRecord], prev: OpRecord, cur: OpRecord, param_modules: frozenset[str]) -> bool:
-    if prev.module_stack and cur.module_stack:
-        a, b = prev.module_stack[-1], cur.module_stack[-1]
-        if a[0] == b[0] and a[1] != b[1] and a[0] in param_modules:
+def _same_loop(ctx: _LoopContext, prev: int, cur: int) -> bool:
+    a_stack, b_stack = ctx.records[prev].module_stack, ctx.records[cur].module_stack
+    if a_stack and b_stack:
+        a, b = a_stack[-1], b_stack[-1]
+        if a[0] == b[0] and a[1] != b[1] and a[0] in ctx.param_modules:
             return True
-    return _depends_on(records, cur, prev.index)
+    if ctx.shared_between(prev, cur):
+        return True
+    if ctx.params_between(prev, cur):
+        return False
+    return ctx.next_carried.get(prev) == cur or ctx.carried_in_lockstep(prev, cur)
 
 
 def _depends_on(records: list[OpRecord], rec: OpRecord, target: int) -> bool:

@@ -27,7 +27,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .records import OpRecord, TensorArg, make_ref
+from ..errors import UnsupportedModelError
+from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
+
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _LENS_DIR = os.path.dirname(os.path.dirname(__file__))
@@ -38,6 +41,7 @@ _INPLACE_DUNDERS = frozenset({"__setitem__"})
 _TYPE_RENAMES = {torch._C.TensorBase.div: "truediv", torch.Tensor.__rdiv__: "rtruediv"}
 _FUNCTIONAL_GLOBALS = torch.nn.functional.__dict__
 _OP, _COMPOSITE, _METADATA, _BOOL = range(4)
+OP, COMPOSITE, METADATA, BOOL = _OP, _COMPOSITE, _METADATA, _BOOL
 # Calls that read metadata and never produce a tensor: skipped without any work.
 _METADATA_NAMES = frozenset({
     "shape", "dtype", "device", "dim", "size", "numel", "nelement", "requires_grad", "is_floating_point",
@@ -46,6 +50,8 @@ _METADATA_NAMES = frozenset({
     "is_leaf", "is_quantized", "is_meta", "is_nested", "__format__", "__repr__", "__hash__", "__index__",
     "__int__", "__float__", "item", "tolist", "untyped_storage", "is_mkldnn",
 })
+# Ops that update running-statistics buffers inside the kernel without bumping their version.
+_HIDDEN_BUFFER_WRITERS = frozenset({"batchnorm", "instancenorm"})
 # torch.nn.functional functions seen to run exactly one op: recorded as that one op
 # without re-entering them (learned on first use, shared by all captures).
 _THIN_FUNCTIONS: set[Any] = set()
@@ -91,6 +97,30 @@ def op_type(func: Any) -> tuple[str, str]:
         name = getattr(getattr(func, "__self__", None), "__name__", name)
     renamed = _TYPE_RENAMES.get(func) if _hashable(func) else None
     return name, renamed or name.replace("_", "").lower()
+
+
+def classify_call(func: Any) -> tuple[str, str, int]:
+    """(function name, layer type, kind) of a torch callable seen by a function mode.
+
+    ``kind`` is ``OP`` (an operation), ``COMPOSITE`` (a Python ``torch.nn.functional``
+    function to run with interception on inside), ``METADATA`` (a read such as ``.shape``:
+    not an operation) or ``BOOL`` (``Tensor.__bool__``: a Python condition).
+
+    Example:
+        >>> import torch
+        >>> classify_call(torch.relu)[0], classify_call(torch.Tensor.dim)[2] == METADATA
+        ('relu', True)
+    """
+    name, layer_type = op_type(func)
+    if type(func) is types.FunctionType and func.__globals__ is _FUNCTIONAL_GLOBALS and func not in _THIN_FUNCTIONS:
+        kind = _COMPOSITE
+    elif name == "__bool__":
+        kind = _BOOL
+    elif name in _METADATA_NAMES:
+        kind = _METADATA
+    else:
+        kind = _OP
+    return name, layer_type, kind
 
 
 def _hashable(obj: Any) -> bool:
@@ -254,19 +284,18 @@ class Recorder(TorchFunctionMode):
             outputs = _tensors_in(result)
         if outputs:
             self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
+        if names[1] in _HIDDEN_BUFFER_WRITERS:
+            self._forget_buffers(args, kwargs)
         return result
 
+    def _forget_buffers(self, args: tuple, kwargs: dict) -> None:
+        """Buffers an op updated inside its kernel (no version bump): their next read is a new value."""
+        for t in (*args, *kwargs.values()):
+            if isinstance(t, _Tensor) and id(t) in self.buffer_addresses:
+                self._owner.pop(id(t), None)
+
     def _classify(self, func: Any) -> tuple[str, str, int]:
-        name, layer_type = op_type(func)
-        if type(func) is types.FunctionType and func.__globals__ is _FUNCTIONAL_GLOBALS and func not in _THIN_FUNCTIONS:
-            kind = _COMPOSITE
-        elif name == "__bool__":
-            kind = _BOOL
-        elif name in _METADATA_NAMES:
-            kind = _METADATA
-        else:
-            kind = _OP
-        names = (name, layer_type, kind)
+        names = classify_call(func)
         if _hashable(func):
             self._type_cache[func] = names
         return names
@@ -286,13 +315,20 @@ class Recorder(TorchFunctionMode):
             self._finish(rec, t)
         target = outputs[0]
         if inplace and target._base is not None:
-            base_rec = self._owner.get(id(target._base))
-            if base_rec is not None and base_rec.tensor_ref() is target._base:
-                rec = self._new_record(names, func, op_id, len(outputs), [(base_rec.index, "base")],
-                                       callsite, frames, target._base)
+            base = target._base
+            base_rec = self._owner.get(id(base))
+            if base_rec is not None and base_rec.tensor_ref() is base:
+                # the base changed through its view: a new value of the base, fed by the view
+                view_rec = len(self.records) - len(outputs)
+                rec = self._new_record(names, func, op_id, len(outputs), [(base_rec.index, "base"), (view_rec, "view")],
+                                       callsite, frames, base)
                 rec.is_inplace = True
                 rec.source_name = "view-base"
-                self._finish(rec, target._base)
+                rec.rng_state = rng
+                if template is not None:
+                    rec.call_template = ViewBaseTemplate(template, tuple(target.shape), tuple(target.stride()),
+                                                         target.storage_offset() - base.storage_offset())
+                self._finish(rec, base)
 
     def _new_record(self, names, func, op_id, out_index, parents, callsite, frames, t) -> OpRecord:  # noqa: ANN001
         rec = OpRecord(len(self.records), names[0], names[1], func, op_id, out_index, list(parents),
@@ -370,10 +406,40 @@ class Recorder(TorchFunctionMode):
                 params.append(id(t))
                 return
             rec = self._source(t)
+        elif rec.version != t._version:
+            rec = self._refresh(t)
         parents.append((rec.index, pos))
+
+    def _refresh(self, t: torch.Tensor) -> OpRecord:
+        """A record for the new value of ``t``, changed in place through another view or inside a C op.
+
+        A view of a recorded base becomes ``as_strided(base)`` of the base's current
+        record; anything else (a buffer updated by BatchNorm...) enters as a new source.
+        """
+        base = t._base
+        base_rec = self._lookup(base) if base is not None else None
+        if base_rec is None or base_rec.version != base._version:
+            return self._source(t)
+        geometry = (tuple(t.shape), tuple(t.stride()), t.storage_offset() - base.storage_offset())
+        callsite, frames = self._callsite()
+        rec = self._new_record(("as_strided", "asstrided"), torch.as_strided, self._op_count, 0,
+                               [(base_rec.index, 0)], callsite, frames, t)
+        self._op_count += 1
+        rec.source_name = "view-refresh"
+        if self.plan.keep_templates:
+            rec.call_template = ((TensorArg(base_rec.index), *geometry), {})
+        self._finish(rec, t)
+        return rec
 
     def _source(self, t: torch.Tensor, name: str | None = None) -> OpRecord:
         """A record for a tensor that enters the graph without an op: input, buffer, constant."""
+        if _is_functorch_wrapped(t):
+            raise UnsupportedModelError(
+                "torch.func transforms (vmap, grad, jacrev, functional_call inside a transform...) cannot be logged "
+                "inside forward: their ops run on wrapped tensors whose values do not exist outside the transform. "
+                "Log the model with the transform removed (e.g. run the function on the whole batch, or use "
+                "torch.autograd.grad instead of torch.func.grad)."
+            )
         address = self.buffer_addresses.get(id(t))
         if name is not None:
             names = ("input", "input")
@@ -409,6 +475,8 @@ class Recorder(TorchFunctionMode):
             rec = self._lookup(t)
             if rec is None:
                 rec = self._source(t)
+            elif rec.version != t._version:
+                rec = self._refresh(t)
             out = OpRecord(len(self.records), "output", "output", None, self._op_count, 0,
                            [(rec.index, 0)], (), (), ())
             self._op_count += 1
@@ -468,18 +536,20 @@ class Recorder(TorchFunctionMode):
         if clone is None:
             clone = self._clones[func] = _undispatched_copy(func)
         start = len(self.records)
-        ops_before = self._op_count
         TorchFunctionMode.__enter__(self)
         try:
             result = clone(*args, **kwargs)
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
         new = [r for r in self.records[start:] if r.func is not None]
-        if self._op_count - ops_before == 1 and new:
-            # a thin wrapper around one op: name the op after the function the user called
+        if new and len({r.op_id for r in new}) == 1:  # inputs/buffers first seen inside do not count
+            # a thin wrapper around one op: name the op after the function the user called, and
+            # give it the call site later (thin) calls will have, so loop passes line up
             name, layer_type = op_type(func)
+            callsite, frames = self._callsite()
             for rec in new:
                 rec.func_name, rec.layer_type = name, layer_type
+                rec.callsite, rec.frames = callsite, frames
             _THIN_FUNCTIONS.add(func)
             self._type_cache.pop(func, None)
         return result

@@ -67,3 +67,13 @@ class TensorArg:
 
     record_index: int | None
     constant: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ViewBaseTemplate:
+    """Call template of an in-place op seen from its view's base: the op, and where the view sits."""
+
+    template: Any
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int

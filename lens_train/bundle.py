@@ -1,0 +1,210 @@
+"""Portable bundles: ``lt.save(log, path)`` and ``lt.load(path, lazy=False)``.
+
+A bundle is a directory of safetensors shards and checksummed JSON (``docs/bundles.md``).
+Saving is atomic: the bundle is written into a temporary sibling directory and renamed
+into place, so a crash leaves the old bundle (or none), never a half-written one.
+Loading never unpickles or evaluates anything, so an untrusted bundle cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .bundle_format import MANIFEST_NAME
+from .bundle_metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
+from .bundle_reader import BundleReader
+from .bundle_writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
+from .capture.layer_log import LayerLog
+from .capture.model_log import ModelLog
+from .errors import BundleError, BundleWarning
+
+
+def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+    """Write ``log`` (metadata and every saved tensor) to the bundle directory ``path``.
+
+    An existing bundle at ``path`` is replaced atomically: until the new one is complete
+    on disk the old one stays in place.
+
+    Args:
+        log: a :class:`ModelLog` (captured, or loaded from another bundle).
+        path: the bundle directory to write.
+        shard_size: activations are split across ``.safetensors`` files of about this many bytes.
+
+    Example:
+        >>> import tempfile, torch, lens_train as lt
+        >>> log = lt.log_forward_pass(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU()), torch.ones(1, 3))
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> lt.save(log, path)
+        >>> torch.equal(lt.load(path)["relu_1_2"].activation, log["relu_1_2"].activation)
+        True
+    """
+    if not isinstance(log, ModelLog):
+        raise BundleError(f"lt.save needs a ModelLog, got {type(log).__name__}. Example: lt.save(lt.log_forward_pass(model, x), path).")
+    target = Path(path)
+    _check_replaceable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
+        with BundleWriter(tmp, kind="capture", shard_size=shard_size, header_reserve=1024 + 200 * saved) as writer:
+            encoder = LogEncoder(writer.append)
+            writer.commit(encoder.encode_log(log))
+        fsync_dir(tmp)
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_replaceable(target: Path) -> None:
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_NAME).is_file()):
+        raise BundleError(
+            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Save to a new path "
+            "(lt.save(log, 'runs/new_bundle'))."
+        )
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished ``tmp`` to ``target``; an old bundle is moved aside first, then deleted."""
+    if not target.exists():
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
+        return
+    old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
+    """Read the bundle at ``path`` back into a :class:`ModelLog`.
+
+    Args:
+        path: a bundle directory written by :func:`save` or by a streaming capture
+            (``log_forward_pass(..., save_activations_to=path)``).
+        lazy: read only metadata now; ``log[key].materialize_activation()`` reads one
+            layer's tensors (activation, and its transformed activation and gradient)
+            when asked; ``log.output`` (the model's return value) stays None. Checksums
+            are verified whenever tensor bytes are read.
+
+    Raises:
+        BundleError: the path is not a bundle, a file is missing, truncated or modified,
+            a checksum does not match, or the format version is unknown.
+
+    Example:
+        >>> import tempfile, torch, lens_train as lt
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> lt.save(lt.log_forward_pass(torch.nn.ReLU(), torch.tensor([-1.0, 2.0])), path)
+        >>> log = lt.load(path, lazy=True)
+        >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation()
+        (True, tensor([0., 2.]))
+    """
+    reader = BundleReader(path)
+    captures = [i for i, u in enumerate(reader.units) if u["metadata"].get("kind") == "capture"]
+    if not captures:
+        left = " Left out: " + " ".join(reader.left_out) if reader.left_out else ""
+        what = "no committed capture: its writer stopped before the capture finished" if not reader.units else (
+            f"{len(reader.units)} units of kind {reader.manifest.get('kind')!r}, no capture; read them with "
+            "lens_train.bundle_reader.BundleReader(path)")
+        raise BundleError(f"Bundle {str(reader.path)!r} holds {what}.{left}")
+    index = captures[-1]
+    where = f"{reader.path / MANIFEST_NAME}, unit {index}"
+    try:
+        log = _restore(reader, index, lazy, where)
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise BundleError(f"{where}: the capture metadata is malformed ({type(exc).__name__}: {exc}).") from None
+    if reader.left_out:
+        warnings.warn(BundleWarning(f"Bundle {str(reader.path)!r}: loaded its committed capture; left out: " + " ".join(reader.left_out)), stacklevel=2)
+    log.bundle_info = {"path": str(reader.path), "manifest": reader.manifest, "notes": list(reader.units[index]["metadata"].get("notes", [])),
+                       "left_out": list(reader.left_out)}
+    return log
+
+
+def _restore(reader: BundleReader, index: int, lazy: bool, where: str) -> ModelLog:
+    unit = reader.units[index]["metadata"]
+    if lazy:
+        def get(name: str) -> Any:
+            return reader.read_tensor(index, name)
+    else:
+        tensors = reader.read_tensors(index, reader.tensor_names(index))
+
+        def get(name: str) -> Any:
+            if name not in tensors:
+                raise BundleError(f"{where} refers to tensor {name!r}, which the unit does not hold.")
+            return tensors[name]
+    hooks = materializers(reader, index, unit, where) if lazy else None
+    layers = []
+    for i, fields in enumerate(layer_fields(unit, get, where)):
+        hook = hooks[i] if hooks else None
+        for field in TENSOR_FIELDS:
+            fields[field] = None if hook is not None and hook.defers(field) else decode_value(fields.get(field), get, where)
+        layers.append(LayerLog(**fields, _materialize=hook))
+    log = ModelLog(unit["model_name"], layers, modules_from_json(unit["modules"], where), decode_value(unit["meta"], get, where))
+    log.output = None if lazy else decode_value(unit.get("output"), get, where)
+    return log
+
+
+class Materializer:
+    """The ``_materialize`` hook of a layer whose tensors stay on disk until asked for."""
+
+    def __init__(self, reader: BundleReader, unit: int, deferred: dict[str, Any], where: str) -> None:
+        self.reader, self.unit, self.deferred, self.where = reader, unit, deferred, where
+
+    def defers(self, field: str) -> bool:
+        """Whether ``field`` is read only when the layer is materialized."""
+        return field in self.deferred
+
+    def __call__(self, layer: LayerLog) -> Any:
+        tensors = self.reader.read_tensors(self.unit, sorted({n for data in self.deferred.values() for n in tensor_names(data)}))
+        values = {f: decode_value(data, tensors.__getitem__, self.where) for f, data in self.deferred.items()}
+        for field in ("transformed_activation", "gradient"):
+            if field in values:
+                setattr(layer, field, values[field])
+        return values.get("tensor_contents")
+
+
+def materializers(reader: BundleReader, index: int, unit: dict[str, Any], where: str,
+                  require_activation: bool = True) -> list[Materializer | None]:
+    """Per layer, a hook reading its stored tensors on demand.
+
+    None for layers without stored tensors, and with ``require_activation`` for layers
+    without a raw activation (their other tensors are then read at once).
+    """
+    table = unit["layers"]
+    columns = table["columns"]
+    slots = [(columns.index(f), f) for f in TENSOR_FIELDS if f in columns]
+    hooks: list[Materializer | None] = []
+    for row in table["rows"]:
+        deferred = {f: row[i] for i, f in slots if tensor_names(row[i])}
+        wanted = "tensor_contents" in deferred if require_activation else bool(deferred)
+        hooks.append(Materializer(reader, index, deferred, where) if wanted else None)
+    return hooks
+
+
+def tensor_names(data: Any) -> list[str]:
+    """Names of the stored tensors an encoded value refers to.
+
+    Example:
+        >>> tensor_names({"$tuple": [{"$tensor": "a/1"}, 3]})
+        ['a/1']
+    """
+    if isinstance(data, list):
+        return [n for v in data for n in tensor_names(v)]
+    if isinstance(data, dict):
+        if len(data) == 1 and "$tensor" in data and isinstance(data["$tensor"], str):
+            return [data["$tensor"]]
+        return [n for v in data.values() for n in tensor_names(v)]
+    return []

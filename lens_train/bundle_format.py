@@ -1,0 +1,198 @@
+"""The bytes of a bundle: checksums, checksummed JSON frames, and tensor storage.
+
+Everything here is pure and file-free, so the writer and the reader agree by
+construction. The layout itself is documented in ``docs/bundles.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from .errors import BundleError
+
+FORMAT_NAME = "lens_train.bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+JOURNAL_NAME = "commits.jsonl"
+SHARD_PATTERN = re.compile(r"activations-(\d{5})\.safetensors\Z")
+# Tensors are checksummed per block so that large tensors hash on several cores.
+CHECKSUM_BLOCK = 16 << 20
+_INLINE_CHECKSUM = 4 << 20
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lens-train-crc32")
+
+# safetensors dtype tags of the dtypes stored natively; complex tensors are stored as
+# their real view, every other dtype as raw bytes (the manifest keeps the true dtype).
+_SAFETENSORS_TAGS: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+for _name, _tag in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"),
+                    ("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")):
+    if isinstance(getattr(torch, _name, None), torch.dtype):
+        _SAFETENSORS_TAGS[getattr(torch, _name)] = _tag
+
+
+def shard_name(number: int) -> str:
+    """File name of shard ``number``.
+
+    Example:
+        >>> shard_name(3)
+        'activations-00003.safetensors'
+    """
+    return f"activations-{number:05d}.safetensors"
+
+
+# -- checksums ------------------------------------------------------------------------
+def checksum(data: memoryview | bytes) -> list[str]:
+    """CRC-32 (zlib) of each :data:`CHECKSUM_BLOCK` bytes of ``data``, as hex strings.
+
+    Example:
+        >>> checksum(b"lens")
+        ['2cdaf8c3']
+    """
+    return [f"{c:08x}" for c in _resolve(start_checksum(data))]
+
+
+def start_checksum(data: memoryview | bytes) -> list[Any]:
+    """Checksum blocks of ``data``, large ones computed in worker threads (zlib frees the GIL)."""
+    mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    n = len(mv)
+    if n <= _INLINE_CHECKSUM:
+        return [zlib.crc32(mv[i:i + CHECKSUM_BLOCK]) for i in range(0, max(n, 1), CHECKSUM_BLOCK)]
+    return [_POOL.submit(zlib.crc32, mv[i:i + CHECKSUM_BLOCK]) for i in range(0, n, CHECKSUM_BLOCK)]
+
+
+def finish_checksum(pending: list[Any]) -> list[str]:
+    """The hex checksum list of a :func:`start_checksum` result."""
+    return [f"{c:08x}" for c in _resolve(pending)]
+
+
+def _resolve(pending: list[Any]) -> list[int]:
+    return [p.result() if isinstance(p, Future) else p for p in pending]
+
+
+# -- checksummed JSON frames ------------------------------------------------------------
+def frame(key: str, obj: Any) -> bytes:
+    """``obj`` as one line of JSON, ``{"crc32":"...","<key>":...}``, checksummed over its exact bytes.
+
+    Example:
+        >>> frame("unit", {"a": 1})
+        b'{"crc32":"561bacaf","unit":{"a":1}}\\n'
+    """
+    body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
+    return b'{"crc32":"%08x","%s":%s}\n' % (zlib.crc32(body), key.encode("ascii"), body)
+
+
+def unframe(data: bytes, key: str, where: str) -> Any:
+    """The object of a :func:`frame` line; ``BundleError`` naming ``where`` if it was altered.
+
+    Example:
+        >>> unframe(frame("unit", [1, 2]), "unit", "x")
+        [1, 2]
+    """
+    match = re.fullmatch(rb'\{"crc32":"([0-9a-f]{8})","' + key.encode("ascii") + rb'":(.*)\}\n?', data, re.DOTALL)
+    if match is None:
+        raise BundleError(f"{where} is not a lens_train {key} record (it was truncated or modified).")
+    body = match.group(2)
+    if f"{zlib.crc32(body):08x}".encode("ascii") != match.group(1):
+        raise BundleError(f"{where} fails its checksum: the file was modified or corrupted after it was written.")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{where} holds invalid JSON ({exc}).") from None
+
+
+# -- tensors ------------------------------------------------------------------------------
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``'float32'``.
+
+    Example:
+        >>> dtype_name(torch.bfloat16)
+        'bfloat16'
+    """
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: Any, where: str) -> torch.dtype:
+    """The torch dtype called ``name``; only dtypes are ever looked up, nothing else in torch.
+
+    Example:
+        >>> parse_dtype("complex64", "x")
+        torch.complex64
+    """
+    value = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not isinstance(value, torch.dtype):
+        raise BundleError(f"{where} names an unknown dtype {name!r} (written by a newer torch?).")
+    return value
+
+
+def to_stored(tensor: torch.Tensor) -> tuple[torch.Tensor, str, str, list[int]]:
+    """(contiguous CPU tensor, storage kind, safetensors tag, safetensors shape) of ``tensor``.
+
+    The stored bytes are always the tensor's own contiguous bytes; the kind only says
+    how the safetensors header describes them to other readers.
+
+    Example:
+        >>> _, kind, tag, shape = to_stored(torch.zeros(3, dtype=torch.complex64))
+        >>> kind, tag, shape
+        ('complex_as_real', 'F32', [3, 2])
+    """
+    t = tensor.detach()
+    if t.layout != torch.strided or t.is_quantized or t.device.type == "meta":
+        kind = "meta" if t.device.type == "meta" else str(t.layout if t.layout != torch.strided else "quantized")
+        raise TypeError(f"{kind} tensors have no storable bytes")
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    t = t.resolve_conj().resolve_neg().contiguous()
+    if t.is_complex():
+        real = torch.view_as_real(t)
+        return t, "complex_as_real", _SAFETENSORS_TAGS[real.dtype], list(real.shape)
+    tag = _SAFETENSORS_TAGS.get(t.dtype)
+    if tag is None:
+        return t, "bytes", "U8", [t.numel() * t.element_size()]
+    return t, "native", tag, list(t.shape)
+
+
+def byte_view(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without copying.
+
+    Example:
+        >>> len(byte_view(torch.zeros(2, 3, dtype=torch.float16)))
+        12
+    """
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def from_bytes(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """The tensor whose contiguous bytes are the uint8 tensor ``raw``.
+
+    Example:
+        >>> t = torch.arange(6.0).reshape(2, 3)
+        >>> torch.equal(from_bytes(t.reshape(-1).view(torch.uint8), torch.float32, [2, 3]), t)
+        True
+    """
+    if raw.numel() == 0:
+        return torch.empty(shape, dtype=dtype)
+    return raw.view(dtype).reshape(shape)
+
+
+def expected_nbytes(dtype: torch.dtype, shape: list[int]) -> int:
+    """Bytes of a contiguous tensor of ``dtype`` and ``shape``.
+
+    Example:
+        >>> expected_nbytes(torch.complex128, [2, 2])
+        64
+    """
+    n = dtype.itemsize
+    for s in shape:
+        n *= s
+    return n

@@ -1,0 +1,208 @@
+"""Reading a bundle: committed units only, every byte checked before it is returned."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bundle_format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
+                            byte_view, checksum, expected_nbytes, finish_checksum, from_bytes, parse_dtype,
+                            start_checksum, unframe)
+from .errors import BundleError
+from .capture.printing import human_bytes
+
+
+class BundleReader:
+    """The committed units of the bundle at ``path`` and their tensors.
+
+    Opening reads only ``manifest.json`` (and ``commits.jsonl`` of a bundle still being
+    streamed); tensors are read, and checked against their checksums, on request.
+    ``left_out`` lists what a writer wrote but never committed.
+
+    Example:
+        >>> import tempfile, torch, lens_train as lt
+        >>> path = tempfile.mkdtemp() + "/b"
+        >>> lt.save(lt.log_forward_pass(torch.nn.ReLU(), -torch.ones(2)), path)
+        >>> reader = BundleReader(path)
+        >>> len(reader.units), reader.left_out, reader.read_tensor(0, "activation/1")
+        (1, [], tensor([0., 0.]))
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        manifest = _read_manifest(self.path)
+        self.manifest = {k: v for k, v in manifest.items() if k != "units"}
+        self.left_out: list[str] = []
+        self.units = _checked_units(manifest["units"], MANIFEST_NAME)
+        if not manifest["complete"]:
+            self.units += self._journal_units(len(self.units))
+        self._report_orphans()
+        self._checked_shards: set[str] = set()
+
+    def _journal_units(self, start: int) -> list[dict[str, Any]]:
+        path = self.path / JOURNAL_NAME
+        if not path.is_file():
+            return []
+        lines = _read_file(path).split(b"\n")
+        units = []
+        for i, line in enumerate(lines):
+            if not line:
+                continue
+            if i == len(lines) - 1:  # no newline after it: the writer stopped while writing it
+                self.left_out.append(f"{JOURNAL_NAME}: an unfinished commit record ({len(line)} bytes) at its end was ignored.")
+                continue
+            units.append(unframe(line, "unit", f"{path}, line {i + 1}"))
+        return _checked_units(units[start:], JOURNAL_NAME, start)
+
+    def _report_orphans(self) -> None:
+        used = {s["file"] for u in self.units for s in u["shards"]}
+        for f in sorted(os.listdir(self.path)):
+            if SHARD_PATTERN.match(f) and f not in used:
+                size = human_bytes((self.path / f).stat().st_size)
+                self.left_out.append(f"{f} ({size}): written but never committed (the writer stopped before its unit's commit).")
+
+    # -- tensors ------------------------------------------------------------------------
+    def tensor_names(self, unit: int) -> list[str]:
+        """Names of the tensors of committed unit ``unit``."""
+        return list(self._unit(unit)["tensors"])
+
+    def read_tensor(self, unit: int, name: str) -> torch.Tensor:
+        """Tensor ``name`` of unit ``unit``, read from disk and checked against its checksum."""
+        return self.read_tensors(unit, [name])[name]
+
+    def read_tensors(self, unit: int, names: list[str]) -> dict[str, torch.Tensor]:
+        """Several tensors of one unit, read in file order; checksums are computed while reading."""
+        u = self._unit(unit)
+        entries = sorted((self._entry(u, n) for n in names), key=lambda e: (e["shard"], e["offset"]))
+        pending = []
+        by_shard: dict[str, list[dict]] = {}
+        for e in entries:
+            by_shard.setdefault(e["shard"], []).append(e)
+        for shard, group in by_shard.items():
+            path = self._check_shard(u, shard)
+            with open(path, "rb", buffering=0) as f:
+                for e in group:
+                    raw = torch.empty(e["nbytes"], dtype=torch.uint8)
+                    view = byte_view(raw)
+                    f.seek(e["offset"])
+                    _read_exact(f, view, path, e["name"])
+                    pending.append((e, raw, start_checksum(view)))
+        out = {}
+        for e, raw, crc in pending:
+            if finish_checksum(crc) != e["crc32"]:
+                raise BundleError(f"{self.path / e['shard']}: tensor {e['name']!r} fails its checksum (the file was modified or corrupted).")
+            out[e["name"]] = from_bytes(raw, e["dtype"], e["shape"])
+        return out
+
+    def _unit(self, unit: int) -> dict[str, Any]:
+        if not isinstance(unit, int) or not -len(self.units) <= unit < len(self.units):
+            raise BundleError(f"Bundle {str(self.path)!r} has no committed unit {unit!r} (it has {len(self.units)}).")
+        return self.units[unit]
+
+    def _entry(self, unit: dict[str, Any], name: str) -> dict[str, Any]:
+        e = unit["tensors"].get(name)
+        where = f"{self.path / MANIFEST_NAME}: tensor {name!r}"
+        if e is None:
+            raise BundleError(f"{where} is not in unit {unit['index']} of this bundle.")
+        return _checked_entry(e, name, unit, where)
+
+    def _check_shard(self, unit: dict[str, Any], name: str) -> Path:
+        path = self.path / name
+        if name in self._checked_shards:
+            return path
+        info = next(s for s in unit["shards"] if s["file"] == name)
+        if not path.is_file():
+            raise BundleError(f"{path}: shard file is missing.")
+        size = path.stat().st_size
+        if size != info["size"]:
+            problem = "truncated" if size < info["size"] else "modified (it grew)"
+            raise BundleError(f"{path}: shard file is {problem}: {size} bytes, the manifest says {info['size']}.")
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 <= n <= size - 8:
+                raise BundleError(f"{path}: shard header is corrupted (header length {n}).")
+            head += f.read(n)
+        if checksum(head)[0] != info["header_crc32"]:
+            raise BundleError(f"{path}: shard header fails its checksum (the file was modified or corrupted).")
+        self._checked_shards.add(name)
+        return path
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror}).") from None
+
+
+def _read_exact(f: Any, view: memoryview, path: Path, name: str) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise BundleError(f"{path}: shard is truncated: tensor {name!r} ends past the end of the file.")
+        done += n
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise BundleError(f"No bundle at {str(path)!r}: the path does not exist.{_interrupted_hint(path)} Write one with lt.save(log, path).")
+    if not path.is_dir():
+        raise BundleError(f"{str(path)!r} is a file, not a bundle; a bundle is the directory lt.save(log, path) writes.")
+    file = path / MANIFEST_NAME
+    if not file.is_file():
+        raise BundleError(f"{str(path)!r} is not a lens_train bundle: it has no {MANIFEST_NAME}.")
+    manifest = unframe(_read_file(file), "manifest", str(file))
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{file} is not a lens_train bundle manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}).")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{file}: unknown bundle format version {version!r}; this lens_train reads version {FORMAT_VERSION}. "
+            "Load it with the lens_train version that wrote it (see manifest 'library')."
+        )
+    if not isinstance(manifest.get("units"), list) or not isinstance(manifest.get("complete"), bool):
+        raise BundleError(f"{file} lacks its 'units' list or 'complete' flag.")
+    return manifest
+
+
+def _interrupted_hint(path: Path) -> str:
+    old = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+    return f" A save replacing it was interrupted; the previous bundle is at {str(old[-1])!r}." if old else ""
+
+
+def _checked_units(units: list[Any], where: str, start: int = 0) -> list[dict[str, Any]]:
+    for i, u in enumerate(units, start):
+        ok = (isinstance(u, dict) and u.get("index") == i and isinstance(u.get("metadata"), dict)
+              and isinstance(u.get("tensors"), dict) and isinstance(u.get("shards"), list)
+              and all(_is_shard(s) for s in u["shards"]))
+        if not ok:
+            raise BundleError(f"{where}: commit record {i} is malformed.")
+    return units
+
+
+def _is_shard(s: Any) -> bool:
+    return (isinstance(s, dict) and isinstance(s.get("file"), str) and SHARD_PATTERN.match(s["file"]) is not None
+            and type(s.get("size")) is int and isinstance(s.get("header_crc32"), str))
+
+
+def _checked_entry(e: Any, name: str, unit: dict[str, Any], where: str) -> dict[str, Any]:
+    """A tensor entry with every field checked, its dtype parsed and its name added."""
+    if not isinstance(e, dict):
+        raise BundleError(f"{where} has a malformed entry.")
+    shard = next((s for s in unit["shards"] if s["file"] == e.get("shard")), None)
+    shape, offset, nbytes, crcs = e.get("shape"), e.get("offset"), e.get("nbytes"), e.get("crc32")
+    if (shard is None or not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape)
+            or type(offset) is not int or type(nbytes) is not int or offset < 0 or nbytes < 0
+            or offset + nbytes > shard["size"] or not isinstance(crcs, list)
+            or len(crcs) != max(1, -(-nbytes // CHECKSUM_BLOCK))):
+        raise BundleError(f"{where} has a malformed entry (shard, offset, size, shape or checksum).")
+    dtype = parse_dtype(e.get("dtype"), where)
+    if expected_nbytes(dtype, shape) != nbytes:
+        raise BundleError(f"{where}: {nbytes} bytes do not fit shape {shape} of dtype {dtype}.")
+    return {**e, "name": name, "dtype": dtype}

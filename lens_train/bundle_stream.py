@@ -1,0 +1,159 @@
+"""Streaming capture: ``log_forward_pass(..., save_activations_to=path)`` writes as the model runs.
+
+Each saved activation is appended to the bundle the moment its op finishes; with
+``keep_activations_in_memory=False`` the log lets go of it right after, so memory stays
+near a plain forward pass plus one activation. The capture is committed as one unit
+once the log is built; a capture that fails leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .bundle import Materializer, materializers
+from .bundle_format import MANIFEST_NAME
+from .bundle_metadata import TENSOR_FIELDS, LogEncoder
+from .bundle_reader import BundleReader
+from .bundle_writer import BundleWriter
+from .capture.layer_log import LayerLog
+from .capture.model_log import ModelLog
+from .capture.recorder import CapturePlan
+from .capture.records import OpRecord
+from .errors import InvalidArgumentError
+
+
+class _NoStream:
+    """Stands in for a stream when activations stay in memory only."""
+
+    def run(self, capture: Callable[[CapturePlan], ModelLog], plan: CapturePlan) -> ModelLog:
+        return capture(plan)
+
+    def finish(self, log: ModelLog) -> None:
+        pass
+
+
+def open_capture_stream(path: str | os.PathLike | None, keep_in_memory: bool = True) -> CaptureStream | _NoStream:
+    """The stream a capture writes through (a no-op one when ``path`` is None).
+
+    Example:
+        >>> open_capture_stream(None).run(lambda plan: plan.save, CapturePlan())
+        'all'
+    """
+    if path is None:
+        if not keep_in_memory:
+            raise InvalidArgumentError(
+                "keep_activations_in_memory=False would discard every activation: also pass save_activations_to, "
+                "e.g. lt.log_forward_pass(model, x, save_activations_to='run/bundle', keep_activations_in_memory=False)."
+            )
+        return _NoStream()
+    return CaptureStream(path, keep_in_memory)
+
+
+class _StreamEncoder(LogEncoder):
+    """A LogEncoder that refers to the values the stream already wrote instead of writing them again."""
+
+    def __init__(self, put: Callable[[str, torch.Tensor], None]) -> None:
+        super().__init__(put)
+        self.written: dict[tuple[int, str], Any] = {}
+
+    def field(self, layer: LayerLog, column: str, value: Any) -> Any:
+        done = self.written.get((layer.operation_index, column))
+        return done if done is not None else super().field(layer, column, value)
+
+
+class CaptureStream:
+    """Writes one capture's activations into a new bundle as they are produced.
+
+    Example:
+        >>> import tempfile, torch, lens_train as lt
+        >>> path = tempfile.mkdtemp() + "/stream"
+        >>> log = lt.log_forward_pass(torch.nn.ReLU(), -torch.ones(2), save_activations_to=path,
+        ...                           keep_activations_in_memory=False)
+        >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation()
+        (True, tensor([0., 0.]))
+    """
+
+    def __init__(self, path: str | os.PathLike, keep_in_memory: bool) -> None:
+        self.keep = keep_in_memory
+        # without a copy in memory, each tensor must be fully written before the log drops it
+        self.writer = BundleWriter(path, kind="capture", max_pending_bytes=(256 << 20) if keep_in_memory else 0)
+        self.encoder = _StreamEncoder(self.writer.append)
+        self.active = True
+
+    def run(self, capture: Callable[[CapturePlan], ModelLog], plan: CapturePlan) -> ModelLog:
+        """``capture(plan + this stream's sink)``; on failure the bundle directory is removed."""
+        downstream = plan.sink
+
+        def sink(rec: OpRecord) -> None:
+            if downstream is not None:
+                downstream(rec)
+            self.sink(rec)
+
+        try:
+            return capture(dataclasses.replace(plan, sink=sink))
+        except BaseException:
+            self.abort()
+            raise
+
+    def sink(self, rec: OpRecord) -> None:
+        """Write ``rec``'s saved tensors now (called by the recorder for each finished record)."""
+        if not self.active:  # a re-run of the plan (save_new_activations) after the stream ended
+            return
+        for field, value in (("tensor_contents", rec.activation), ("transformed_activation", rec.transformed_activation)):
+            if value is None or (field != "tensor_contents" and not _has_tensor(value)):
+                continue
+            what = f"{field} of operation {rec.index}"
+            self.encoder.written[(rec.index, field)] = self.encoder.value(value, f"{TENSOR_FIELDS[field]}/{rec.index}", what)
+            if not self.keep:
+                setattr(rec, "activation" if field == "tensor_contents" else field, None)
+        if not rec.is_output:
+            # memory of a dropped tensor may be reused: only the model's outputs, which stay
+            # alive, may be recognised again (as parts of log.output)
+            self.encoder.seen.clear()
+
+    def finish(self, log: ModelLog) -> None:
+        """Commit the capture as the bundle's one unit; layers then read dropped activations from disk."""
+        if not self.active:
+            return
+        try:
+            unit = self.encoder.encode_log(log)
+            self.writer.commit(unit)
+            self.writer.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.active = False
+        if not self.keep:
+            reader = BundleReader(self.writer.path)
+            hooks = materializers(reader, 0, unit, f"{self.writer.path / MANIFEST_NAME}, unit 0", require_activation=False)
+            for layer, hook in zip(log.layers, hooks):
+                _attach(layer, hook)
+        log.bundle_info = {"path": str(self.writer.path), "notes": list(unit["notes"]), "left_out": []}
+
+    def abort(self) -> None:
+        """Stop writing and remove the bundle (nothing was committed)."""
+        self.active = False
+        self.writer.abort(remove_if_empty=True)
+
+
+def _attach(layer: LayerLog, hook: Materializer | None) -> None:
+    if hook is None:
+        return
+    layer._materialize = hook
+    if hook.defers("transformed_activation") and layer.transformed_activation is not None:
+        hook.deferred.pop("transformed_activation")  # still in memory
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_tensor(v) for v in value.values())
+    return False

@@ -1,0 +1,485 @@
+"""Replay validation: are the saved activations the values the model really computed?
+
+:func:`validate_model_activations` runs three checks on one seeded forward pass:
+
+1. **Output.** The captured pass returns what a plain forward pass with the same seed
+   returns (capture changed nothing).
+2. **Replay.** Working back from the outputs, every operation is re-run from its
+   parents' *saved* values, with that op's random-number state restored, and must
+   reproduce its own saved value. A wrong saved value, a wrong parent link or a missed
+   in-place change shows up as a mismatch here.
+3. **Perturbation.** Each tensor parent of each op is replaced by different values;
+   the op's output must change. This proves the recorded edge is real. It is skipped
+   when the output legitimately does not depend on that value; every such case is a
+   row of :data:`PERTURBATION_EXEMPTIONS`, the one table of exemptions.
+
+Memory: the replay walks the records from last to first and drops each saved value as
+soon as nothing later needs it; only one op's inputs are copied at a time, so the
+check never holds two copies of the activations.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import check_supported, forked_rng, record_forward
+from .build import module_param_counts
+from .inputs import normalize_inputs
+from .passes import group_passes, pass_labels
+from .records import OpRecord, TensorArg, ViewBaseTemplate
+from .recorder import CapturePlan
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """One row of the perturbation-exemption table.
+
+    A perturbed parent that leaves an op's output unchanged is accepted only when a
+    row matches: the op's function name is in ``funcs`` (``None``: any op), the parent
+    sits at one of ``positions`` (``None``: any; ints are positional arguments,
+    strings keyword names) and, if ``index_like``, the parent is an integer or bool
+    tensor.
+    """
+
+    category: str
+    why: str
+    funcs: frozenset[str] | None = None
+    positions: frozenset[int | str] | None = None
+    index_like: bool = False
+    zero_output: bool = False
+
+    def applies(self, func_name: str, positions: set[Any], value: torch.Tensor, output: torch.Tensor) -> bool:
+        """Whether this row covers a perturbed parent ``value`` of ``func_name`` at ``positions``."""
+        if self.funcs is not None and func_name not in self.funcs:
+            return False
+        if self.positions is not None and not positions & self.positions:
+            return False
+        if self.zero_output and bool(output.any()):
+            return False
+        return not self.index_like or not (value.is_floating_point() or value.is_complex())
+
+
+_COMPARISONS = {
+    "gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal", "equal",
+    "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "isclose", "allclose", "isnan", "isinf",
+    "isfinite", "isposinf", "isneginf", "isreal", "signbit",
+}
+_THRESHOLDS = {
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clip_", "clamp_min",
+    "clamp_max", "threshold", "threshold_", "hardsigmoid", "hardswish", "hardshrink", "softshrink", "sign",
+    "sgn", "heaviside", "round", "floor", "ceil", "trunc", "floor_divide", "__floordiv__", "remainder",
+    "fmod", "__mod__", "sigmoid", "tanh", "softmax", "log_softmax", "erf",
+}
+_SELECTIONS = {
+    "argmax", "argmin", "argsort", "sort", "topk", "kthvalue", "max", "min", "amax", "amin", "maximum",
+    "minimum", "fmax", "fmin", "where", "masked_fill", "masked_fill_", "median", "mode", "unique",
+    "bucketize", "searchsorted", "nonzero", "count_nonzero", "any", "all", "logical_and", "logical_or",
+    "logical_not", "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "__and__",
+    "__or__", "__xor__", "__invert__", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "cummax", "cummin",
+}
+_SHAPE_ONLY = {
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+    "new_zeros", "new_ones", "new_empty", "new_full", "new_empty_strided",
+}
+_SHAPE_OF_SECOND = {"expand_as", "view_as", "reshape_as", "type_as", "to", "broadcast_tensors"}
+_OVERWRITE = {
+    "copy_", "zero_", "fill_", "normal_", "uniform_", "bernoulli_", "random_", "exponential_", "geometric_",
+    "cauchy_", "log_normal_", "__setitem__", "index_put_", "index_fill_", "index_copy_", "masked_scatter_",
+    "scatter_", "set_", "resize_", "detach_", "scatter_reduce", "scatter_reduce_", "index_reduce", "index_reduce_",
+}
+
+#: Every case in which a changed parent may leave an op's output unchanged.
+PERTURBATION_EXEMPTIONS: tuple[Exemption, ...] = (
+    Exemption("shape-only", "the output depends only on the input's shape, dtype or device", frozenset(_SHAPE_ONLY)),
+    Exemption("shape of the second argument", "`x.expand_as(y)`, `x.type_as(y)`...: only y's shape/dtype is used",
+              frozenset(_SHAPE_OF_SECOND), frozenset({1, "other"})),
+    Exemption("overwritten in place", "the op overwrites its target, so the target's old values cannot matter "
+              "where every element is written", frozenset(_OVERWRITE), frozenset({0, "base"})),
+    Exemption("out= argument", "an `out=` tensor is overwritten by the result", None, frozenset({"out"})),
+    Exemption("running statistics", "in training mode batch/instance norm normalize with the batch's own "
+              "statistics and only update the running ones (in place)", frozenset({"batch_norm", "instance_norm"}),
+              frozenset({1, 2, 3, 4, "running_mean", "running_var"})),
+    Exemption("comparison", "a comparison is flat wherever the changed values stay on the same side",
+              frozenset(_COMPARISONS)),
+    Exemption("saturating", "thresholds, rounding and saturating functions are flat on whole ranges",
+              frozenset(_THRESHOLDS)),
+    Exemption("selection", "max/min/sort/where pick some values; changing the ones not picked changes nothing",
+              frozenset(_SELECTIONS)),
+    Exemption("zero factor", "a product with an all-zero factor is zero whatever the other factor holds",
+              frozenset({"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "mm", "bmm", "einsum", "linear"}),
+              zero_output=True),
+    Exemption("index or mask tensor", "integer and bool tensors used as indices or masks may select equal "
+              "values after a change", None, None, index_like=True),
+)
+
+#: Ops whose output is not a function of their inputs, so a replay cannot reproduce it.
+REPLAY_EXEMPTIONS: dict[str, str] = {
+    **{name: "returns uninitialized memory"
+       for name in ("empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided")},
+    "grad": "differentiates the live autograd graph, which saved values do not carry",
+}
+# Frequent ops known never to write into their arguments: replayed on the saved values
+# themselves. Every other op gets copies, so a hidden in-place write (batch_norm's running
+# statistics) cannot corrupt a saved value.
+_PURE = frozenset({
+    "linear", "matmul", "mm", "bmm", "addmm", "conv1d", "conv2d", "conv3d", "add", "sub", "mul", "div",
+    "truediv", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+    "__matmul__", "relu", "gelu", "silu", "tanh", "sigmoid", "softmax", "log_softmax", "layer_norm",
+    "dropout", "scaled_dot_product_attention", "view", "reshape", "transpose", "permute", "contiguous",
+    "__getitem__", "cat", "stack", "mean", "sum", "exp", "log", "sqrt", "pow", "__pow__", "unsqueeze",
+    "squeeze", "flatten", "chunk", "split", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "embedding",
+})
+
+
+@dataclass
+class _Report:
+    labels: list[str] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    replayed: int = 0
+    perturbed: int = 0
+    exempt: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def text(self) -> str:
+        lines = [f"validate_model_activations: {'PASSED' if self.ok else 'FAILED'}",
+                 f"\treplayed {self.replayed} ops; {self.perturbed} parent links perturbed"]
+        if self.exempt:
+            lines.append("\tperturbation exemptions used: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.exempt.items())))
+        if self.skipped:
+            lines.append("\tnot replayed: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.skipped.items())))
+        if self.failures:
+            index, reason = min(self.failures)
+            where = self.labels[index] if 0 <= index < len(self.labels) else "the output"
+            lines.append(f"\tfirst failing op: {where}: {reason}")
+            if len(self.failures) > 1:
+                lines.append(f"\t({len(self.failures) - 1} more failures)")
+        return "\n".join(lines)
+
+
+def validate_model_activations(
+    model: nn.Module,
+    input_args: Any,
+    input_kwargs: Mapping[str, Any] | None = None,
+    verbose: bool = False,
+    random_seed: int | None = None,
+) -> bool:
+    """Check that a captured forward pass saves exactly the values the model computes.
+
+    Runs the output, replay and perturbation checks described in
+    :mod:`lens_train.capture.validation`. The model is left as it was: buffers changed
+    by the forward passes (BatchNorm running statistics...) are restored.
+
+    Args:
+        model: the model to check.
+        input_args: positional inputs (see :func:`lens_train.log_forward_pass`).
+        input_kwargs: keyword inputs.
+        verbose: print a summary naming the first failing op and why.
+        random_seed: seed shared by every pass (random when not given).
+
+    Returns:
+        True when every check passes; False (never an exception) when a saved
+        activation is wrong. Errors raised by the model's own forward pass propagate.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Dropout(0.5))
+        >>> lt.validate_model_activations(model, torch.randn(2, 4))
+        True
+    """
+    check_supported(model)
+    seed = random.randrange(2**31) if random_seed is None else int(random_seed)
+    args, kwargs = normalize_inputs(model, input_args, input_kwargs)
+    with _state_kept(model) as restore:
+        report = _validate(model, args, kwargs, seed, restore)
+    if verbose:
+        print(report.text())
+    return report.ok
+
+
+def _validate(model: nn.Module, args: tuple, kwargs: dict, seed: int, restore: Any) -> _Report:
+    report = _Report()
+    versions = [p._version for p in model.parameters()]
+    with forked_rng(seed):
+        expected = model(*_cloned(args), **_cloned(kwargs))
+    if [p._version for p in model.parameters()] != versions:
+        report.failures.append((-1, "the forward pass changes parameters in place, so no two passes compute the same "
+                                    "values; validate a model whose forward leaves its parameters unchanged"))
+        return report
+    restore()
+    plan = CapturePlan(save="all", keep_templates=True, record_rng=True)
+    recorder, output, _ = record_forward(model, _cloned(args), _cloned(kwargs), plan, seed)
+    records = recorder.records
+    groups = group_passes(records, frozenset(module_param_counts(model)))
+    report.labels = pass_labels(groups, len(records))[0]
+    reason = _compare_outputs(expected, output)
+    del expected, output
+    if reason:
+        report.failures.append((-1, reason))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for rec in reversed(records):
+            _check_record(rec, records, report)
+            rec.activation = None  # every later op (the ones that read it) is checked already
+    return report
+
+
+# -- the checks -----------------------------------------------------------------------
+def _compare_outputs(expected: Any, got: Any) -> str | None:
+    want, have = _leaves(expected), _leaves(got)
+    if len(want) != len(have):
+        return f"the captured pass returned {len(have)} tensors, a plain forward pass {len(want)}"
+    for i, (a, b) in enumerate(zip(want, have)):
+        if not _same(a.detach(), b.detach()):
+            return f"output tensor {i} differs from a plain forward pass with the same seed ({_diff(a, b)})"
+    return None
+
+
+def _check_record(rec: OpRecord, records: list[OpRecord], report: _Report) -> None:
+    if rec.is_output:
+        parent = records[rec.parents[0][0]].activation
+        if parent is not None and rec.activation is not None and not _same(parent, rec.activation):
+            report.failures.append((rec.index, "the output differs from the tensor it returns"))
+        return
+    if rec.func is None or rec.activation is None:
+        return
+    if rec.func_name in REPLAY_EXEMPTIONS or rec.call_template is None:
+        key = REPLAY_EXEMPTIONS.get(rec.func_name, "created outside torch (from_numpy)")
+        report.skipped[key] = report.skipped.get(key, 0) + 1
+        return
+    report.replayed += 1
+    try:
+        value = _replay(rec, records)
+    except Exception as exc:  # noqa: BLE001 - a failed replay is a finding, never a crash
+        report.failures.append((rec.index, f"re-running {rec.func_name} from its parents' saved values raised "
+                                           f"{type(exc).__name__}: {exc}"))
+        return
+    if not _same(value, rec.activation):
+        report.failures.append((rec.index, f"re-running {rec.func_name} from its parents' saved values gives "
+                                           f"different values ({_diff(value, rec.activation)})"))
+        return
+    for parent, positions in _tensor_parents(rec).items():
+        _perturb_parent(rec, records, parent, positions, report)
+
+
+def _perturb_parent(rec: OpRecord, records: list[OpRecord], parent: int, positions: set[Any], report: _Report) -> None:
+    value = records[parent].activation
+    if value is None or value.numel() == 0:
+        return
+    report.perturbed += 1
+    for other in _perturbations(value):
+        try:
+            out = _replay(rec, records, {parent: other})
+        except Exception:  # noqa: BLE001 - the op rejects arbitrary values: the value clearly matters
+            return
+        if not _equal(out, rec.activation):
+            return
+    for row in PERTURBATION_EXEMPTIONS:
+        if row.applies(rec.func_name, positions, value, rec.activation):
+            report.exempt[row.category] = report.exempt.get(row.category, 0) + 1
+            return
+    label = report.labels[parent] if parent < len(report.labels) else str(parent)
+    report.failures.append((rec.index, f"its output did not change when its parent {label} (argument "
+                                       f"{sorted(map(str, positions))}) was replaced by different values, so the "
+                                       "recorded link is not what the op used"))
+
+
+# -- replay ---------------------------------------------------------------------------
+def _replay(rec: OpRecord, records: list[OpRecord], swap: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Re-run ``rec``'s op on copies of its parents' saved values; return its output."""
+    template = rec.call_template
+    copies: dict[int, torch.Tensor] = {}
+    pure = rec.func_name in _PURE and not rec.is_inplace and not isinstance(template, ViewBaseTemplate)
+
+    def value_of(arg: TensorArg) -> Any:
+        if arg.record_index is None:
+            return arg.constant
+        if arg.record_index not in copies:
+            saved = (swap or {}).get(arg.record_index, records[arg.record_index].activation)
+            if saved is None:
+                raise ValueError(f"the saved value of parent #{arg.record_index} was dropped")
+            copies[arg.record_index] = saved if pure else saved.clone()
+        return copies[arg.record_index]
+
+    if isinstance(template, ViewBaseTemplate):
+        base = value_of(TensorArg(rec.parents[0][0]))
+        view = base.as_strided(template.size, template.stride, base.storage_offset() + template.offset)
+        args, kwargs = _fill(template.template[0], value_of), _fill(template.template[1], value_of)
+        if "out" in kwargs:
+            kwargs["out"] = view
+        else:
+            args = (view, *args[1:])
+        _run(rec, args, kwargs)
+        return base
+    args, kwargs = _fill(template[0], value_of), _fill(template[1], value_of)
+    result = _run(rec, args, kwargs)
+    if rec.func_name == "__setitem__":
+        return args[0]
+    if isinstance(kwargs.get("out"), torch.Tensor):
+        return kwargs["out"]
+    return _tensors_of(result)[rec.output_index]
+
+
+def _run(rec: OpRecord, args: tuple, kwargs: dict) -> Any:
+    if rec.rng_state is not None:
+        torch.set_rng_state(rec.rng_state)
+    return rec.func(*args, **kwargs)
+
+
+def _fill(value: Any, value_of: Any) -> Any:
+    if isinstance(value, TensorArg):
+        return value_of(value)
+    if isinstance(value, tuple):
+        return tuple(_fill(v, value_of) for v in value)
+    if isinstance(value, list):
+        return [_fill(v, value_of) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, value_of) for k, v in value.items()}
+    return value
+
+
+def _tensor_parents(rec: OpRecord) -> dict[int, set[Any]]:
+    """Parent record index -> the argument positions (int or keyword) it fills."""
+    template = rec.call_template
+    found: dict[int, set[Any]] = {}
+    if isinstance(template, ViewBaseTemplate):
+        found[rec.parents[0][0]] = {"base"}
+        template = template.template
+    for pos, arg in [*enumerate(template[0]), *template[1].items()]:
+        for ta in _tensor_args(arg):
+            if ta.record_index is not None and not (isinstance(rec.call_template, ViewBaseTemplate) and pos in (0, "out")):
+                found.setdefault(ta.record_index, set()).add(pos)
+    return found
+
+
+def _tensor_args(value: Any) -> Iterator[TensorArg]:
+    if isinstance(value, TensorArg):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensor_args(v)
+
+
+def _perturbations(v: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Up to three different stand-ins for ``v``, made only as needed: far above it, far below it, random.
+
+    The shifts vary per element: a uniform shift would leave softmax or layer_norm unchanged.
+    """
+    if v.dtype == torch.bool:
+        yield ~v
+        yield torch.zeros_like(v) if bool(v.any()) else torch.ones_like(v)
+        return
+    if not (v.is_floating_point() or v.is_complex()):
+        yield v + 1
+        yield v - 1
+        yield torch.zeros_like(v) if bool(v.any()) else torch.ones_like(v)
+        return
+    scale = float(v.abs().max()) if v.numel() else 0.0
+    scale = 1.0 if scale != scale or scale in (float("inf"), 0.0) else scale + 1.0
+    gen = torch.Generator().manual_seed(v.numel())
+    for sign in (1.0, -1.0):
+        noise = torch.rand(v.shape, generator=gen).to(v.device)
+        yield v + (sign * 2.0 * scale * (noise + 1.0)).to(v.dtype)
+    yield (torch.randn(v.shape, generator=gen).to(v.device) * 4.0 * scale).to(v.dtype)
+
+
+# -- values -----------------------------------------------------------------------------
+def _same(a: Any, b: Any) -> bool:
+    """Equal, or equal up to float rounding (a replay may take another kernel path)."""
+    if _equal(a, b):
+        return True
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.allclose(a, b.to(a.device), rtol=1e-4, atol=1e-6, equal_nan=True))
+    return False
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return a is b
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.device.type == "meta" or a.layout != torch.strided:
+        return True
+    return bool(torch.equal(a, b.to(a.device)))
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> str:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return f"shape/dtype {tuple(a.shape)} {a.dtype} vs saved {tuple(b.shape)} {b.dtype}"
+    try:
+        return f"max abs difference {float((a.detach().double() - b.detach().double().to(a.device)).abs().max()):.3g}"
+    except (RuntimeError, TypeError):
+        return "values differ"
+
+
+def _tensors_of(result: Any) -> list[torch.Tensor]:
+    if isinstance(result, torch.Tensor):
+        return [result]
+    out: list[torch.Tensor] = []
+    if isinstance(result, (tuple, list)):
+        for v in result:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (tuple, list)):
+                out.extend(t for t in v if isinstance(t, torch.Tensor))
+    return out
+
+
+def _leaves(value: Any, depth: int = 0) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 8:
+        return []
+    if isinstance(value, Mapping):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif hasattr(value, "__dataclass_fields__"):
+        items = [getattr(value, n, None) for n in value.__dataclass_fields__]
+    else:
+        return []
+    return [t for v in items for t in _leaves(v, depth + 1)]
+
+
+def _cloned(value: Any) -> Any:
+    """The inputs with every tensor copied, so a model that edits its inputs sees fresh ones each pass."""
+    if isinstance(value, torch.Tensor):
+        copy = value.detach().clone()
+        return copy.requires_grad_(value.requires_grad) if copy.is_leaf and value.requires_grad else copy
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_cloned(v) for v in value)
+    return value
+
+
+@contextmanager
+def _state_kept(model: nn.Module) -> Iterator[Any]:
+    """Snapshot the model's buffers; yield a function that restores them (also run on exit)."""
+    saved = [(m, dict(m._buffers), {n: b.detach().clone() for n, b in m._buffers.items() if b is not None})
+             for m in model.modules()]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for module, buffers, values in saved:
+                module._buffers.clear()
+                module._buffers.update(buffers)
+                for name, value in values.items():
+                    buffers[name].copy_(value)
+
+    try:
+        yield restore
+    finally:
+        restore()

@@ -1,0 +1,146 @@
+"""``lens-train``: the Hydra app that runs the experiments in ``configs/``.
+
+``lens-train`` (or ``python -m lens_train``) composes ``configs/train.yaml`` with the
+command-line overrides and runs :func:`lens_train.experiments.run.run_experiment`.
+Before Hydra starts, config-group overrides (``model=nope``) are checked against the
+files in ``configs/`` so a typo gets a one-line answer listing the options, not a
+traceback. The config directory is ``$LENS_TRAIN_CONFIG_DIR`` when set, else the
+``configs/`` folder of the source checkout; ``--config-dir`` adds a folder of your own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError, LensTrainError, closest
+
+CONFIG_NAME = "train"
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def config_dir() -> Path:
+    """The folder holding ``train.yaml`` and the config groups.
+
+    Example:
+        >>> (config_dir() / "train.yaml").is_file()
+        True
+    """
+    env = os.environ.get("LENS_TRAIN_CONFIG_DIR")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "configs"]
+    for path in candidates:
+        if (path / f"{CONFIG_NAME}.yaml").is_file():
+            return path
+    raise ConfigError(
+        f"No {CONFIG_NAME}.yaml found in {[str(p) for p in candidates]}. lens-train reads the configs/ folder of "
+        "the lens_train source checkout; with another install set LENS_TRAIN_CONFIG_DIR=/path/to/lens_train/configs."
+    )
+
+
+def group_options(directory: Path, group: str) -> list[str]:
+    """The options of one config group (``model`` -> ``['cnn', 'mlp', 'transformer']``).
+
+    Example:
+        >>> group_options(config_dir(), "model")
+        ['cnn', 'mlp', 'transformer']
+    """
+    folder = directory / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _split_choice(value: str) -> list[str]:
+    # `model=cnn`, a sweep `model=cnn,mlp`, a list `lens=[probes,stats]`, or null.
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "null"]
+
+
+def check_group_overrides(overrides: Sequence[str], directory: Path) -> str | None:
+    """A message for the first override choosing a config that does not exist, else ``None``.
+
+    Example:
+        >>> print(check_group_overrides(["model=nope"], config_dir()))
+        lens-train: unknown model 'nope'. Available models: cnn, mlp, transformer.
+        Example: lens-train model=cnn
+        >>> check_group_overrides(["model=mlp", "trainer.max_epochs=2"], config_dir()) is None
+        True
+    """
+    for override in overrides:
+        if override.startswith("-") or "=" not in override:
+            continue
+        key, _, value = override.partition("=")
+        group = key.lstrip("+~").split("@")[0]
+        options = group_options(directory, group)
+        if not options or "." in group or value.startswith(("choice(", "range(", "glob(", "interval(")):
+            continue
+        for name in _split_choice(value):
+            if name not in options:
+                near = closest(name, options)
+                hint = f" Did you mean {near[0]!r}?" if near else ""
+                return (
+                    f"lens-train: unknown {group} {name!r}.{hint} Available {group}s: {', '.join(options)}.\n"
+                    f"Example: lens-train {group}={near[0] if near else options[0]}"
+                )
+    return None
+
+
+def _uses_ddp(trainer_cfg: object) -> bool:
+    strategy = str(getattr(trainer_cfg, "get", lambda *_: None)("strategy") or "")
+    devices = getattr(trainer_cfg, "get", lambda *_: None)("devices")
+    return "ddp" in strategy or (isinstance(devices, int) and devices > 1)
+
+
+def _task(cfg: object) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import InstantiationException
+    from hydra.types import RunMode
+
+    from .experiments.run import run_experiment
+
+    try:
+        if HydraConfig.get().mode == RunMode.MULTIRUN and _uses_ddp(cfg.trainer):
+            raise ConfigError(
+                "Multirun (-m) cannot be combined with trainer=ddp: Lightning's DDP launcher re-runs the command "
+                "once per process and cannot follow Hydra's per-job sweep directories. Sweep on one process "
+                "(lens-train -m trainer=cpu lens.aux_loss.weight=0.1,0.3), or launch each DDP run separately "
+                "(lens-train trainer=ddp lens.aux_loss.weight=0.1)."
+            )
+        results = run_experiment(cfg)
+    except (LensTrainError, InstantiationException) as exc:
+        print(f"lens-train: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    # The return value is what sweepers (e.g. Optuna) optimize.
+    return results[-1].test_acc if results else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``lens-train`` and ``python -m lens_train``.
+
+    Example:
+        >>> main(["model=nope"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+    import hydra
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        directory = config_dir()
+    except ConfigError as exc:
+        print(f"lens-train: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    message = check_group_overrides(args, directory)
+    if message:
+        print(message, file=sys.stderr)
+        raise SystemExit(2)
+    app = hydra.main(config_path=str(directory), config_name=CONFIG_NAME, version_base="1.3")(_task)
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "lens-train", *args]
+    try:
+        app()
+    finally:
+        sys.argv = saved

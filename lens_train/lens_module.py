@@ -1,0 +1,116 @@
+"""``LensModule``: taps inside a LightningModule's own steps, written explicitly.
+
+The callbacks add capabilities to an unmodified module; this mixin is for users who
+want the taps in their own code, and it is the supported path for manual optimization
+(where Lightning ignores the loss a step returns, so no callback can add to it).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from .errors import InvalidArgumentError, TapError
+from .train import Taps
+
+_STEPS = ("training_step", "validation_step", "test_step", "predict_step")
+
+
+class LensModule:
+    """Mixin for a ``LightningModule``: ``self.taps`` holds this step's taps.
+
+    Declare the layers once with :meth:`configure_lens`; every ``training_step``,
+    ``validation_step``, ``test_step`` and ``predict_step`` of the class then runs inside
+    the taps, so ``self.taps["layer2"]`` is the graph-connected activation of the step's
+    forward pass. Put the mixin first: ``class MyModule(lt.LensModule, L.LightningModule)``.
+
+    Example:
+        >>> import torch, lightning.pytorch as pl, lens_train as lt
+        >>> class Lit(lt.LensModule, pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        ...         self.configure_lens(["net.1"])
+        ...     def training_step(self, batch, batch_idx):
+        ...         out = self.net(batch)
+        ...         return out.sum() + self.taps["net.1"].abs().mean()
+        >>> module = Lit()
+        >>> loss = module.training_step(torch.ones(3, 4), 0)
+        >>> module.taps["net.1"].shape
+        torch.Size([3, 8])
+    """
+
+    def configure_lens(self, layers: Any, passes: str = "error", missing: str = "error",
+                       save_gradients: bool = False, example_input: Any = None) -> None:
+        """Choose the tapped layers (see :class:`lens_train.Taps` for every argument).
+
+        Call it in ``__init__`` after the submodules exist. The taps are created on first
+        use, so the module stays picklable (``ddp_spawn``) until then.
+        """
+        if not isinstance(self, nn.Module):
+            raise InvalidArgumentError(
+                f"LensModule is a mixin for LightningModules; {type(self).__name__} is not an nn.Module. "
+                "Write class MyModule(lt.LensModule, L.LightningModule)."
+            )
+        self.__dict__["_lens_config"] = {"layers": layers, "passes": passes, "missing": missing,
+                                         "save_gradients": save_gradients, "example_input": example_input}
+        self._lens_drop()
+
+    @property
+    def taps(self) -> Taps:
+        """The taps of the current (or last) step."""
+        taps = self._lens_taps()
+        if taps is None:
+            raise TapError(
+                f"{type(self).__name__} has no taps configured. Call self.configure_lens(layers=[...]) in __init__."
+            )
+        return taps
+
+    def _lens_taps(self) -> Taps | None:
+        config = self.__dict__.get("_lens_config")
+        if config is None:
+            return None
+        taps = self.__dict__.get("_lens_taps_obj")
+        if taps is None:
+            example = config["example_input"]
+            kwargs = example if isinstance(example, Mapping) else None
+            taps = Taps(self, config["layers"], example_input=None if kwargs is not None else example,
+                        example_kwargs=kwargs, passes=config["passes"], missing=config["missing"],
+                        save_gradients=config["save_gradients"])
+            self.__dict__["_lens_taps_obj"] = taps
+        return taps
+
+    def _lens_drop(self) -> None:
+        taps = self.__dict__.pop("_lens_taps_obj", None)
+        if taps is not None:
+            taps.remove()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Taps hold hooks and weak references; they are rebuilt after unpickling.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_lens_taps_obj", None)
+        return state
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _STEPS:
+            fn = cls.__dict__.get(name)
+            if fn is not None and callable(fn) and not getattr(fn, "_lens_tapped", False):
+                setattr(cls, name, _tapped(fn))
+
+
+def _tapped(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def step(self: LensModule, *args: Any, **kwargs: Any) -> Any:
+        taps = self._lens_taps()
+        if taps is None or taps._active:
+            return fn(self, *args, **kwargs)
+        with taps:
+            return fn(self, *args, **kwargs)
+
+    step._lens_tapped = True  # type: ignore[attr-defined]
+    return step

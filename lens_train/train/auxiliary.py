@@ -1,0 +1,166 @@
+"""``lt.AuxiliaryLoss``: weighted losses on tapped activations (deep supervision, sparsity...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError, LayerNotFoundError
+from .losses import TapLoss, as_loss
+from .structures import select_item
+from .taps import tap_example
+
+
+class AuxiliaryLoss(nn.Module):
+    """Losses on tapped layers, added to the task loss: ``total, terms = aux(taps, targets=y, step=s)``.
+
+    Args:
+        losses: ``{layer: loss}``; a loss is a built-in from ``lt.losses`` or any callable
+            ``(activation, targets) -> scalar``.
+        weights: per-layer multipliers (default 1.0).
+        weight: a global multiplier.
+        schedule: a callable ``step -> multiplier`` (see ``lt.train.schedules``), or
+            ``{layer: schedule}``; the step is then passed explicitly to each call.
+        select: picks one element of a structured output (an index, key, attribute or
+            callable), for all layers or as ``{layer: selector}``.
+        model, example_input, example_kwargs: build the heads now (or call :meth:`setup`).
+
+    Heads exist before the optimizer does; :meth:`check_optimizer` says loudly when an
+    optimizer would not train them. A layer that did not run (``Taps(missing="skip")``)
+    contributes a zero that still touches its head's parameters, so DDP's reducer sees
+    every parameter used.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+        >>> aux = lt.AuxiliaryLoss({"1": lt.losses.deep_supervision(num_classes=3)}, weights={"1": 0.3},
+        ...                        model=model, example_input=x)
+        >>> taps = lt.Taps(model, aux.layers)
+        >>> with taps:
+        ...     out = model(x)
+        >>> total, terms = aux(taps, targets=y)
+        >>> sorted(terms), total.requires_grad
+        (['1'], True)
+    """
+
+    def __init__(self, losses: Mapping[str, Any], weights: Mapping[str, float] | None = None, weight: float = 1.0,
+                 schedule: Callable[[int], float] | Mapping[str, Callable[[int], float]] | None = None,
+                 select: Any = None, model: nn.Module | None = None, example_input: Any = None,
+                 example_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(losses, Mapping) or not losses:
+            raise InvalidArgumentError(
+                f"losses must be a non-empty dict {{layer: loss}}, got {losses!r}. "
+                "Example: lt.AuxiliaryLoss({'layer2': lt.losses.deep_supervision(num_classes=10)})."
+            )
+        self.layers: list[str] = list(losses)
+        self.terms = nn.ModuleList(as_loss(loss, f"loss for {layer!r}") for layer, loss in losses.items())
+        self.weights = _per_layer(weights, self.layers, "weights", float, 1.0)
+        self.weight = float(weight)
+        self.schedules = _schedules(schedule, self.layers)
+        self.select = dict(select) if isinstance(select, Mapping) else {layer: select for layer in self.layers}
+        if (model is None) != (example_input is None and example_kwargs is None):
+            raise InvalidArgumentError("Pass both model= and example_input= to build heads now, or neither and call aux.setup(model, x).")
+        if model is not None:
+            self.setup(model, example_input, example_kwargs)
+
+    def setup(self, model: nn.Module, example_input: Any, example_kwargs: Mapping[str, Any] | None = None) -> AuxiliaryLoss:
+        """Build every head from one example forward pass (before creating the optimizer)."""
+        values, _ = tap_example(model, self.layers, example_input, example_kwargs)
+        for layer, term in zip(self.layers, self.terms):
+            value = values.get(layer)
+            if value is None:
+                raise LayerNotFoundError(f"AuxiliaryLoss: layer {layer!r} did not run on the example input, so its head cannot be built.")
+            term.build(select_item(value, self.select.get(layer)))
+        return self
+
+    @property
+    def is_built(self) -> bool:
+        """Whether every head exists."""
+        return all(t.is_built for t in self.terms)
+
+    def forward(self, taps: Any, targets: Any = None, step: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, {layer: weighted term})`` for this step's taps."""
+        self._check_ready(step)
+        scale = self.weight * (self.schedules[None](step) if None in self.schedules else 1.0)
+        terms: dict[str, torch.Tensor] = {}
+        device = None
+        for layer, term in zip(self.layers, self.terms):
+            value = _tap(taps, layer)
+            w = scale * self.weights[layer] * (self.schedules[layer](step) if layer in self.schedules else 1.0)
+            if value is None:
+                terms[layer] = _zero_term(term, device)
+                continue
+            value = select_item(value, self.select.get(layer))
+            device = getattr(value, "device", device)
+            terms[layer] = term(value, targets) * w
+        total = torch.stack([t.reshape(()).float().to(device or t.device) for t in terms.values()]).sum()
+        return total, terms
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise if some head's parameters are in no param group of ``optimizer``."""
+        check_in_optimizer("AuxiliaryLoss", zip(self.layers, self.terms), optimizer, "aux")
+
+    def _check_ready(self, step: int | None) -> None:
+        if not self.is_built:
+            missing = [layer for layer, t in zip(self.layers, self.terms) if not t.is_built]
+            raise InvalidArgumentError(
+                f"AuxiliaryLoss heads for {missing} are not built. Build them before creating the optimizer: "
+                "aux.setup(model, example_input), then torch.optim.AdamW([*model.parameters(), *aux.parameters()])."
+            )
+        if self.schedules and step is None:
+            raise InvalidArgumentError("This AuxiliaryLoss has a schedule: pass the step, aux(taps, targets=y, step=global_step).")
+
+
+def check_in_optimizer(what: str, named: Iterable[tuple[str, nn.Module]],
+                       optimizer: torch.optim.Optimizer, var: str) -> None:
+    """Raise, naming the layers, when parameters of ``owner`` are in no param group."""
+    in_opt = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, mod in named if any(id(p) not in in_opt for p in mod.parameters())]
+    if missing:
+        raise InvalidArgumentError(
+            f"{what} parameters for {missing} are in no param group of the optimizer, so they would never train. "
+            f"Create it with both: torch.optim.AdamW([*model.parameters(), *{var}.parameters()]) "
+            f"(or optimizer.add_param_group({{'params': {var}.parameters()}}))."
+        )
+
+
+def _tap(taps: Any, layer: str) -> Any:
+    try:
+        return taps[layer]
+    except LayerNotFoundError as err:
+        raise LayerNotFoundError(f"{err} Tap every loss layer: lt.Taps(model, aux.layers).") from None
+
+
+def _zero_term(term: TapLoss, device: Any) -> torch.Tensor:
+    # Touch every parameter with weight 0, so DDP sees them used in this step.
+    params = list(term.parameters())
+    if not params:
+        return torch.zeros((), device=device)
+    return torch.stack([p.reshape(-1)[0].float() for p in params]).sum() * 0.0
+
+
+def _per_layer(values: Mapping[str, Any] | None, layers: list[str], name: str, cast: Any, default: Any) -> dict[str, Any]:
+    values = dict(values or {})
+    unknown = [k for k in values if k not in layers]
+    if unknown:
+        raise InvalidArgumentError(f"{name} names layers without a loss: {unknown}. Layers with losses: {layers}.")
+    return {layer: cast(values.get(layer, default)) for layer in layers}
+
+
+def _schedules(schedule: Any, layers: list[str]) -> dict[str | None, Callable[[int], float]]:
+    if schedule is None:
+        return {}
+    if isinstance(schedule, Mapping):
+        for v in schedule.values():
+            if not callable(v):
+                raise InvalidArgumentError(f"Each schedule must be a callable step -> multiplier, got {v!r}.")
+        chosen = _per_layer(schedule, layers, "schedule", lambda s: s, None)
+        return {k: v for k, v in chosen.items() if v is not None}
+    if not callable(schedule):
+        raise InvalidArgumentError(f"schedule must be a callable step -> multiplier, got {schedule!r}. Example: lt.train.schedules.linear_warmup(1000).")
+    return {None: schedule}

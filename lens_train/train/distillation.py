@@ -1,0 +1,199 @@
+"""``lt.Distillation``: feature (FitNet, cosine, attention transfer) and logit distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture.inputs import normalize_inputs
+from ..errors import InvalidArgumentError
+from .auxiliary import _per_layer, check_in_optimizer
+from .losses import TapLoss, as_loss, param_dtype
+from .structures import main_tensor
+from .taps import Taps, tap_example
+
+LOGITS = "logits"
+
+
+class Adapter(nn.Module):
+    """Maps student features to the teacher's shape: 1x1 conv / linear, then resizing.
+
+    Example:
+        >>> import torch
+        >>> a = Adapter((2, 8, 4, 4), (2, 16, 8, 8))
+        >>> a(torch.randn(2, 8, 4, 4)).shape
+        torch.Size([2, 16, 8, 8])
+    """
+
+    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        s, t = tuple(student_shape), tuple(teacher_shape)
+        if len(s) != len(t) or len(s) not in (2, 3, 4):
+            raise InvalidArgumentError(
+                f"adapters='auto' maps (batch, features), (batch, seq, dim) or (batch, channels, h, w) tensors of the "
+                f"same rank; got student {s} and teacher {t}. Pass adapters={{layer: your_module}} instead."
+            )
+        self.size = t[1] if len(t) == 3 else t[2:] if len(t) == 4 else None
+        if len(s) == 4:
+            self.proj: nn.Module = nn.Conv2d(s[1], t[1], 1) if s[1] != t[1] else nn.Identity()
+        else:
+            self.proj = nn.Linear(s[-1], t[-1]) if s[-1] != t[-1] else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        if x.dim() == 4 and tuple(x.shape[2:]) != tuple(self.size):
+            return F.interpolate(x, size=tuple(self.size), mode="bilinear", align_corners=False)
+        if x.dim() == 3 and x.shape[1] != self.size:
+            return F.interpolate(x.transpose(1, 2), size=self.size, mode="linear", align_corners=False).transpose(1, 2)
+        return x
+
+
+class Distillation(nn.Module):
+    """Distil a teacher into a student through tapped layers and/or logits.
+
+    Args:
+        teacher: the trained model; run in eval mode under ``no_grad``, once per call.
+        student: the model being trained.
+        pairs: ``{student_layer: teacher_layer}`` (any names :class:`lt.Taps` accepts).
+        feature_loss: ``"mse"`` (FitNet hint), ``"cosine"``, ``"attention_transfer"``, a
+            callable ``(student, teacher) -> scalar``, or ``{student_layer: loss}``.
+        logits_loss: a loss on the two models' outputs, e.g. ``lt.losses.kd_kl(4.0)``.
+        adapters: ``"auto"`` (trainable 1x1 conv / linear plus resizing where shapes
+            differ), None, or ``{student_layer: nn.Module}``.
+        weights: per-term multipliers, keyed by student layer or ``"logits"``.
+        weight: a global multiplier.
+        example_input, example_kwargs: build the adapters now (or call :meth:`setup`).
+
+    ``kd.parameters()`` are the adapters' (the teacher and student are not submodules).
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> teacher = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        >>> student = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> x = torch.randn(6, 4)
+        >>> kd = lt.Distillation(teacher, student, pairs={"1": "1"}, logits_loss=lt.losses.kd_kl(4.0), example_input=x)
+        >>> total, terms = kd(x)
+        >>> sorted(terms), [tuple(p.shape) for p in kd.parameters()]
+        (['1', 'logits'], [(16, 8), (16,)])
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, pairs: Mapping[str, str] | None = None,
+                 feature_loss: Any = "mse", logits_loss: Any = None, adapters: Any = "auto",
+                 weights: Mapping[str, float] | None = None, weight: float = 1.0, example_input: Any = None,
+                 example_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        pairs = dict(pairs or {})
+        if not pairs and logits_loss is None:
+            raise InvalidArgumentError("Distillation needs pairs={student_layer: teacher_layer}, a logits_loss, or both.")
+        if adapters not in ("auto", None) and not isinstance(adapters, Mapping):
+            raise InvalidArgumentError(f"adapters must be 'auto', None or {{student_layer: module}}, got {adapters!r}.")
+        self._models = (teacher, student)  # a tuple: not submodules, so kd.parameters() is the adapters only
+        self.pairs = pairs
+        self.student_layers = list(pairs)
+        losses = feature_loss if isinstance(feature_loss, Mapping) else {k: feature_loss for k in pairs}
+        self.feature_losses = nn.ModuleList(as_loss(losses[k], f"feature_loss for {k!r}") for k in pairs)
+        self.logits_loss: TapLoss | None = as_loss(logits_loss, "logits_loss") if logits_loss is not None else None
+        self.weights = _per_layer(weights, [*pairs, LOGITS], "weights", float, 1.0)
+        self.weight = float(weight)
+        self.adapter_mode = adapters
+        self.adapters = nn.ModuleList(nn.Identity() for _ in pairs)
+        self.is_built = not pairs or adapters is None
+        if isinstance(adapters, Mapping):
+            self._set_adapters(adapters)
+        self._teacher_taps = Taps(teacher, list(pairs.values())) if pairs else None
+        self._student_taps = Taps(student, self.student_layers) if pairs else None
+        self.student_output: Any = None
+        if example_input is not None or example_kwargs is not None:
+            self.setup(example_input, example_kwargs)
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The teacher model."""
+        return self._models[0]
+
+    @property
+    def student(self) -> nn.Module:
+        """The student model."""
+        return self._models[1]
+
+    def setup(self, example_input: Any, example_kwargs: Mapping[str, Any] | None = None) -> Distillation:
+        """Build the adapters from one example pass of both models (before creating the optimizer)."""
+        if not self.pairs or self.adapter_mode != "auto":
+            self.is_built = True
+            return self
+        s_vals, _ = tap_example(self.student, self.student_layers, example_input, example_kwargs)
+        with torch.no_grad():
+            t_vals, _ = tap_example(self.teacher, list(self.pairs.values()), example_input, example_kwargs)
+        for i, (s_layer, t_layer) in enumerate(self.pairs.items()):
+            s, t = main_tensor(s_vals[s_layer]), main_tensor(t_vals[t_layer])
+            if s.shape != t.shape:
+                self.adapters[i] = Adapter(tuple(s.shape), tuple(t.shape)).to(device=s.device, dtype=param_dtype(s))
+        self.is_built = True
+        return self
+
+    def forward(self, input_args: Any, input_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the student (its output is kept in ``kd.student_output``) and the teacher; return the loss."""
+        args, kwargs = normalize_inputs(self.student, input_args, input_kwargs)
+        self.student_output = None
+        if self._student_taps is not None:
+            with self._student_taps:
+                out = self.student(*args, **kwargs)
+        else:
+            out = self.student(*args, **kwargs)
+        self.student_output = out
+        return self.loss(self._student_taps, input_args, student_output=out, input_kwargs=input_kwargs)
+
+    def loss(self, student_taps: Any, input_args: Any, student_output: Any = None,
+             input_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss when the student's forward already ran inside ``student_taps``; runs the teacher once."""
+        self._check_ready(student_taps, student_output)
+        t_feats, t_out = self._run_teacher(input_args, input_kwargs)
+        terms: dict[str, torch.Tensor] = {}
+        for i, (s_layer, t_layer) in enumerate(self.pairs.items()):
+            s = self.adapters[i](main_tensor(student_taps[s_layer]))
+            terms[s_layer] = self.feature_losses[i](s, main_tensor(t_feats[t_layer])) * (self.weight * self.weights[s_layer])
+        if self.logits_loss is not None:
+            w = self.weight * self.weights[LOGITS]
+            terms[LOGITS] = self.logits_loss(main_tensor(student_output), main_tensor(t_out)) * w
+        total = torch.stack([t.reshape(()).float() for t in terms.values()]).sum()
+        return total, terms
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raise if some adapter's parameters are in no param group of ``optimizer``."""
+        check_in_optimizer("Distillation adapter", zip(self.student_layers, self.adapters), optimizer, "kd")
+
+    def _run_teacher(self, input_args: Any, input_kwargs: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        teacher = self.teacher
+        if teacher.training:
+            teacher.eval()
+        args, kwargs = normalize_inputs(teacher, input_args, input_kwargs)
+        with torch.no_grad():
+            if self._teacher_taps is None:
+                return {}, teacher(*args, **kwargs)
+            with self._teacher_taps:
+                out = teacher(*args, **kwargs)
+            return {t: self._teacher_taps[t] for t in self.pairs.values()}, out
+
+    def _check_ready(self, student_taps: Any, student_output: Any) -> None:
+        if not self.is_built:
+            raise InvalidArgumentError(
+                "Distillation adapters are not built. Build them before creating the optimizer: kd.setup(example_input) "
+                "or lt.Distillation(..., example_input=x), then torch.optim.AdamW([*student.parameters(), *kd.parameters()])."
+            )
+        if self.pairs and student_taps is None:
+            raise InvalidArgumentError(f"kd.loss needs the student's taps: lt.Taps(student, {self.student_layers!r}).")
+        if self.logits_loss is not None and student_output is None:
+            raise InvalidArgumentError("logits_loss needs the student's output: kd.loss(taps, x, student_output=out).")
+
+    def _set_adapters(self, adapters: Mapping[str, nn.Module]) -> None:
+        unknown = [k for k in adapters if k not in self.pairs]
+        if unknown:
+            raise InvalidArgumentError(f"adapters names layers that are not student layers of pairs: {unknown}.")
+        for i, layer in enumerate(self.pairs):
+            if layer in adapters:
+                self.adapters[i] = adapters[layer]
+        self.is_built = True

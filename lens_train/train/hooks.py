@@ -1,0 +1,135 @@
+"""The module hooks behind :class:`lens_train.Taps`, installed once and switched by a flag.
+
+Every module with a role gets one forward pre-hook and one forward hook for the
+lifetime of the ``Taps`` (so a ``torch.compile``d model is not recompiled each
+step). Outside ``with taps:`` a hook returns after one attribute read. Roles:
+
+* a module tap: its output is captured when the module returns;
+* an op scope: the module contains tapped ops, so its call pushes an
+  :class:`~lens_train.train.optaps.OpScope` for the duration of the call;
+* a pauser: the module is called inside an op scope's module, so the scope
+  pauses while it runs (its ops are not the scope's).
+
+A forward recomputed by activation checkpointing runs inside the backward pass
+(``torch._C._current_graph_task_id() != -1``); the hooks ignore it, so taps are
+neither duplicated nor overwritten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .optaps import OpScope
+from .selection import Selection
+from .tap_values import ClonePolicy, TapValue
+
+_task_id = torch._C._current_graph_task_id
+
+
+class TapHooks:
+    """Per-step storage of tapped values plus the hooks that fill it."""
+
+    def __init__(self, selection: Selection, clone: str, save_gradients: bool) -> None:
+        self.selection = selection
+        self.active = False
+        self.save_gradients = save_gradients
+        self.values: list[list[TapValue]] = [[] for _ in selection.specs]
+        self.policies = [ClonePolicy(clone) for _ in selection.specs]
+        self.scopes: dict[str, OpScope] = {}
+        self._handles: list[Any] = []
+
+    def capture(self, tap: int, value: Any) -> None:
+        """Store ``value`` as the next pass of tap number ``tap``."""
+        self.values[tap].append(TapValue(value, self.policies[tap].should_clone(), self.save_gradients))
+
+    def uncapture(self, tap: int) -> None:
+        """Forget the latest pass of tap number ``tap``."""
+        if self.values[tap]:
+            self.values[tap].pop()
+
+    def new_step(self) -> None:
+        """Forget the previous step's values (nothing of it stays alive)."""
+        self.values = [[] for _ in self.selection.specs]
+        for scope in self.scopes.values():
+            scope.reset()
+
+    def install(self, modules: dict[str, nn.Module], pauses: dict[str, list[str]]) -> None:
+        """Register one pre-hook and one hook on every module with a role."""
+        module_taps: dict[str, list[int]] = {}
+        wanted: dict[str, dict] = {}
+        for i, spec in enumerate(self.selection.specs):
+            if spec.kind == "module":
+                module_taps.setdefault(spec.address, []).append(i)
+            else:
+                table = wanted.setdefault(spec.address, {})
+                for layer_type, index, out_index in spec.op_keys:
+                    table.setdefault((layer_type, index), []).append((out_index, i))
+        self.scopes = {a: OpScope(a, w, self.capture, self.uncapture) for a, w in wanted.items()}
+        pausers: dict[str, list[OpScope]] = {}
+        for scope_address, children in pauses.items():
+            for child in children:
+                if child != scope_address:
+                    pausers.setdefault(child, []).append(self.scopes[scope_address])
+        for address in {*module_taps, *self.scopes, *pausers}:
+            pre, post = self._make_hooks(module_taps.get(address, []), self.scopes.get(address), pausers.get(address, []))
+            module = modules[address]
+            self._handles.append(module.register_forward_pre_hook(pre))
+            self._handles.append(module.register_forward_hook(post, always_call=True))
+
+    def remove(self) -> None:
+        """Remove every hook; the model is as it was before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.values = [[] for _ in self.selection.specs]
+
+    def enter_root_call(self, address: str) -> None:
+        """Start the scope of ``address`` for a call whose pre-hooks already ran."""
+        scope = self.scopes.get(address)
+        if scope is not None:
+            scope.enter()
+
+    def _make_hooks(self, taps: list[int], scope: OpScope | None, pausers: list[OpScope]) -> tuple[Any, Any]:
+        capture = self.capture
+        resumers = pausers[::-1]
+
+        def pre(module: nn.Module, args: Any) -> None:
+            if not self.active or _task_id() != -1:
+                return
+            for s in pausers:
+                s.pause()
+            if scope is not None:
+                scope.enter()
+
+        def post(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.active or _task_id() != -1:
+                return
+            if output is not None:  # None: the forward raised (this hook still runs to pop scopes)
+                for i in taps:
+                    capture(i, output)
+            if scope is not None:
+                scope.exit()
+            for s in resumers:
+                s.resume()
+
+        return pre, post
+
+
+def pause_map(index_modules: dict[str, nn.Module], log: Any, scope_addresses: set[str], clean: Any) -> dict[str, list[str]]:
+    """For each op scope, the modules whose calls run inside it (static children and
+    every module the example pass saw called directly by it)."""
+    out: dict[str, list[str]] = {}
+    for address in scope_addresses:
+        module = index_modules[address]
+        children = {f"{address}.{name}" if address else name for name, _ in module.named_children()}
+        if log is not None:
+            for mod in log.modules.values():
+                for call in mod.calls:
+                    parent = call["parent"].rpartition(":")[0] if call["parent"] else ""
+                    if clean(parent) == address:
+                        children.add(clean(mod.address))
+        out[address] = sorted(c for c in children if c in index_modules)
+    return out

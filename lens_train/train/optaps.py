@@ -1,0 +1,209 @@
+"""Op-level taps: interception scoped to the one module that runs the tapped ops.
+
+An :class:`OpScope` belongs to one module. Its function mode is pushed by that
+module's forward pre-hook and popped by its post-hook, and popped again while a
+submodule runs (ops there belong to the submodule, as in the capture engine), so
+ops anywhere else cost nothing. While active it counts the ops of each type run
+directly by the current call; an op whose ``(type, index)`` is wanted hands its
+output to the tap. The granularity (which calls are ops, how Python
+``torch.nn.functional`` functions are decomposed) is the capture engine's, so
+indices match the example pass that resolved the names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from ..capture.recorder import _THIN_FUNCTIONS, COMPOSITE, OP, _tensors_in, _undispatched_copy, classify_call
+
+_Tensor = torch.Tensor
+_stack_len = torch._C._len_torch_function_stack
+_stack_at = torch._C._get_function_stack_at
+_push = torch._C._push_on_torch_function_stack
+_pop = torch._C._pop_torch_function_stack
+_KINDS: dict[Any, tuple[str, str, int]] = {}
+_CLONES: dict[Any, Any] = {}
+
+# (op type, index among ops of that type in the call) -> [(output index, tap number)]
+Wanted = dict[tuple[str, int], list[tuple[int, int]]]
+Capture = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One active call of the scope's module."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    paused: int = 0
+    pushed: bool = False
+    ops: int = 0
+    last: tuple[str, int] | None = None  # (type, tap number or -1) of the latest op
+
+
+def _kind(func: Any) -> tuple[str, str, int]:
+    try:
+        return _KINDS[func]
+    except KeyError:
+        names = _KINDS[func] = classify_call(func)
+        return names
+    except TypeError:  # unhashable callables
+        return classify_call(func)
+
+
+def _outputs(name: str, args: tuple, kwargs: dict, result: Any) -> list[torch.Tensor]:
+    if isinstance(result, _Tensor) and name != "__setitem__":
+        return [kwargs["out"]] if isinstance(kwargs.get("out"), _Tensor) else [result]
+    if name == "__setitem__":
+        return [args[0]]
+    if isinstance(kwargs.get("out"), _Tensor):
+        return [kwargs["out"]]
+    return _tensors_in(result)
+
+
+class _OpMode(TorchFunctionMode):
+    def __init__(self, scope: OpScope) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        frames = self.scope.frames
+        if not frames or frames[-1].paused:
+            return func(*args, **kwargs)
+        name, layer_type, kind = _kind(func)
+        if kind == OP:
+            result = func(*args, **kwargs)
+            self.scope.count(frames[-1], name, layer_type, args, kwargs, result)
+            return result
+        if kind == COMPOSITE:
+            return self.scope.run_composite(frames[-1], func, args, kwargs)
+        return func(*args, **kwargs)  # metadata reads and Python conditions are not ops
+
+
+class OpScope:
+    """The op-level taps inside one module (internal to :class:`lens_train.Taps`)."""
+
+    def __init__(self, address: str, wanted: Wanted, capture: Capture, uncapture: Callable[[int], None]) -> None:
+        self.address = address
+        self.wanted = wanted
+        self.capture = capture
+        self.uncapture = uncapture
+        self.frames: list[_Frame] = []
+        self.mode = _OpMode(self)
+
+    # -- module boundaries ------------------------------------------------------------
+    def enter(self) -> None:
+        """The scope's module starts a call: count afresh and intercept."""
+        frame = _Frame()
+        self.frames.append(frame)
+        _push(self.mode)
+        frame.pushed = True
+
+    def exit(self) -> None:
+        """The scope's module call ends."""
+        if self.frames:
+            frame = self.frames.pop()
+            if frame.pushed:
+                self._pop_mode()
+
+    def pause(self) -> None:
+        """A submodule starts: its ops are not this call's."""
+        if not self.frames:
+            return
+        frame = self.frames[-1]
+        frame.paused += 1
+        if frame.paused == 1 and frame.pushed and self._on_top():
+            _pop()
+            frame.pushed = False
+
+    def resume(self) -> None:
+        """The submodule returned."""
+        if not self.frames or not self.frames[-1].paused:
+            return
+        frame = self.frames[-1]
+        frame.paused -= 1
+        if frame.paused == 0 and not frame.pushed:
+            _push(self.mode)
+            frame.pushed = True
+
+    def reset(self) -> None:
+        """Leave no mode behind (after an exception inside the forward pass)."""
+        while self.frames:
+            self.exit()
+
+    def _on_top(self) -> bool:
+        n = _stack_len()
+        return n > 0 and _stack_at(n - 1) is self.mode
+
+    def _pop_mode(self) -> None:
+        if self._on_top():
+            _pop()
+            return
+        # a user mode pushed inside the module and left on the stack: remove ours only
+        saved = []
+        while _stack_len() and _stack_at(_stack_len() - 1) is not self.mode:
+            saved.append(_pop())
+        if _stack_len():
+            _pop()
+        for mode in reversed(saved):
+            _push(mode)
+
+    # -- the hot path -----------------------------------------------------------------
+    def count(self, frame: _Frame, name: str, layer_type: str, args: tuple, kwargs: dict, result: Any) -> None:
+        """Count one op; hand its output to the taps that want it."""
+        outputs = _outputs(name, args, kwargs, result)
+        if not outputs:
+            return
+        counts = frame.counts
+        n = counts.get(layer_type, 0)
+        counts[layer_type] = n + 1
+        frame.ops += 1
+        frame.last = (layer_type, -1)
+        hits = self.wanted.get((layer_type, n))
+        if hits is None:
+            return
+        for out_index, tap in hits:
+            t = _pick(outputs, out_index)
+            if t is not None:
+                self.capture(tap, t)
+                frame.last = (layer_type, tap)
+
+    def run_composite(self, frame: _Frame, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run a Python ``torch.nn.functional`` function with interception on inside it."""
+        clone = _CLONES.get(func)
+        if clone is None:
+            clone = _CLONES[func] = _undispatched_copy(func)
+        before = frame.ops
+        _push(self.mode)
+        try:
+            result = clone(*args, **kwargs)
+        finally:
+            _pop()
+        if frame.ops - before == 1 and frame.last is not None:
+            self._as_thin(frame, func, args, kwargs, result)
+        return result
+
+    def _as_thin(self, frame: _Frame, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
+        # A wrapper around one op is one op named after the function (the engine's rule).
+        layer_type, tap = frame.last
+        frame.counts[layer_type] -= 1
+        frame.ops -= 1
+        if tap >= 0:
+            self.uncapture(tap)
+        _THIN_FUNCTIONS.add(func)
+        _KINDS.pop(func, None)
+        name, thin_type, _ = _kind(func)
+        self.count(frame, name, thin_type, args, kwargs, result)
+
+
+def _pick(outputs: list[torch.Tensor], index: int) -> torch.Tensor | None:
+    if index < len(outputs):
+        return outputs[index]
+    if index == len(outputs) and outputs and outputs[0]._base is not None:
+        return outputs[0]._base  # an in-place op on a view also changes its base
+    return None

@@ -1,0 +1,207 @@
+"""``lt.Probes``: linear probes on tapped layers, trained alongside the model in the same step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanSquaredError, MetricCollection, R2Score
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..errors import InvalidArgumentError, LayerNotFoundError
+from .pooling import check_pool, pool_features
+from .structures import main_tensor
+from .taps import tap_example
+
+_SPLITS = ("train", "val")
+
+
+class Probes:
+    """One linear probe per layer on *detached* float32 features, with its own optimizer.
+
+    ``probes.update(taps, targets)`` measures the probes on this step's features (before
+    updating them: a fair training score) and takes one optimizer step; no second forward
+    pass of the model. ``probes.evaluate(taps, targets)`` only measures (validation).
+
+    Args:
+        layers: the tapped layer names (as given to :class:`lt.Taps`).
+        num_classes: classes of the targets (classification), or ``None`` with
+            ``task="regression"``.
+        pool: ``"avg"``, ``"flatten"``, a token index, or a callable (see ``pool_features``).
+        lr: learning rate of the probes' Adam optimizer.
+        task: ``"classification"`` (accuracy) or ``"regression"`` (MSE and R²).
+        num_outputs: regression target size (default 1).
+        optimizer: a factory ``params -> torch.optim.Optimizer`` replacing Adam.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> probes = lt.Probes(["1"], num_classes=2, lr=0.05)
+        >>> taps = lt.Taps(model, probes.layers)
+        >>> x = torch.randn(64, 2); y = (x[:, 0] > 0).long()
+        >>> for _ in range(30):
+        ...     with taps:
+        ...         _ = model(x)
+        ...     _ = probes.update(taps, y)
+        >>> probes.compute()["1"] > 0.8
+        True
+    """
+
+    def __init__(self, layers: list[str] | str, num_classes: int | None = None, pool: Any = "avg", lr: float = 1e-3,
+                 task: str = "classification", num_outputs: int = 1,
+                 optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> None:
+        self.layers = [layers] if isinstance(layers, str) else list(layers)
+        if not self.layers:
+            raise InvalidArgumentError("Probes need at least one layer: lt.Probes(['layer2'], num_classes=10).")
+        if task not in ("classification", "regression"):
+            raise InvalidArgumentError(f"task must be 'classification' or 'regression', got {task!r}.")
+        if task == "classification" and (not isinstance(num_classes, int) or num_classes < 2):
+            raise InvalidArgumentError(f"Classification probes need num_classes >= 2, got {num_classes!r}.")
+        check_pool(pool)
+        self.num_classes, self.pool, self.lr, self.task, self.num_outputs = num_classes, pool, lr, task, num_outputs
+        self._make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self.heads = nn.ModuleDict()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.metrics: dict[str, dict[str, MetricCollection]] = {split: {} for split in _SPLITS}
+
+    # -- building -----------------------------------------------------------------------
+    def setup(self, model: nn.Module, example_input: Any, example_kwargs: Mapping[str, Any] | None = None) -> Probes:
+        """Build every probe now from one example pass (otherwise the first update builds them)."""
+        values, _ = tap_example(model, self.layers, example_input, example_kwargs)
+        self._build({layer: v for layer, v in values.items() if v is not None})
+        return self
+
+    def _build(self, features: Mapping[str, Any]) -> None:
+        out = self.num_classes if self.task == "classification" else self.num_outputs
+        new: list[nn.Parameter] = []
+        for layer, value in features.items():
+            key = _key(layer)
+            if key not in self.heads:
+                feats = self._features(value)
+                self.heads[key] = nn.Linear(feats.shape[1], out).to(feats.device)
+                for split in _SPLITS:
+                    self.metrics[split][layer] = self._metric().to(feats.device)
+                new += list(self.heads[key].parameters())
+        if new and self.optimizer is None:
+            self.optimizer = self._make_optimizer(new)
+        elif new:
+            self.optimizer.add_param_group({"params": new})
+
+    def _metric(self) -> MetricCollection:
+        if self.task == "classification":
+            return MetricCollection({"accuracy": MulticlassAccuracy(self.num_classes, average="micro")})
+        return MetricCollection({"mse": MeanSquaredError(), "r2": R2Score(num_outputs=self.num_outputs)})
+
+    def _features(self, value: Any) -> torch.Tensor:
+        return pool_features(main_tensor(value).detach(), self.pool).float()
+
+    # -- every step -----------------------------------------------------------------------
+    def update(self, taps: Any, targets: torch.Tensor) -> dict[str, float]:
+        """Score the probes on this step's taps, then train them one step; returns ``{layer: loss}``."""
+        feats = self._gather(taps)
+        self._build(feats)
+        losses: dict[str, torch.Tensor] = {}
+        with torch.enable_grad():
+            for layer, x in feats.items():
+                pred = self.heads[_key(layer)](self._features(x))
+                self._score("train", layer, pred, targets)
+                losses[layer] = self._loss(pred, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.stack(list(losses.values())).sum().backward()
+        self.optimizer.step()
+        return {layer: float(v.detach()) for layer, v in losses.items()}
+
+    def evaluate(self, taps: Any, targets: torch.Tensor) -> dict[str, float]:
+        """Score the probes without training them (validation); returns ``{layer: loss}``."""
+        feats = self._gather(taps)
+        self._build(feats)
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            for layer, x in feats.items():
+                pred = self.heads[_key(layer)](self._features(x))
+                self._score("val", layer, pred, targets)
+                out[layer] = float(self._loss(pred, targets))
+        return out
+
+    def compute(self, split: str = "train") -> dict[str, float]:
+        """``{layer: accuracy}`` (classification) or ``{layer: r2}`` (regression) since the last reset."""
+        detail = self.compute_all(split)
+        name = "accuracy" if self.task == "classification" else "r2"
+        return {layer: values[name] for layer, values in detail.items()}
+
+    def compute_all(self, split: str = "train") -> dict[str, dict[str, float]]:
+        """Every metric per layer: ``{layer: {"accuracy": ...}}`` or ``{layer: {"mse": ..., "r2": ...}}``."""
+        _check_split(split)
+        return {layer: {k: float(v) for k, v in m.compute().items()}
+                for layer, m in self.metrics[split].items() if any(x.update_count for x in m.values())}
+
+    def reset(self, split: str | None = None) -> None:
+        """Reset the metrics of one split (``"train"``/``"val"``) or of both."""
+        for s in _SPLITS if split is None else (split,):
+            _check_split(s)
+            for m in self.metrics[s].values():
+                m.reset()
+
+    def _gather(self, taps: Any) -> dict[str, Any]:
+        feats = {}
+        for layer in self.layers:
+            try:
+                value = taps[layer]
+            except LayerNotFoundError as err:
+                raise LayerNotFoundError(f"{err} Tap every probed layer: lt.Taps(model, probes.layers).") from None
+            if value is not None:
+                feats[layer] = value
+        return feats
+
+    def _loss(self, pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(pred, targets)
+        return F.mse_loss(pred, targets.float().reshape(pred.shape))
+
+    def _score(self, split: str, layer: str, pred: torch.Tensor, targets: torch.Tensor) -> None:
+        pred = pred.detach()
+        if self.task == "classification":
+            self.metrics[split][layer].update(pred, targets)
+        else:
+            t = targets.float().reshape(pred.shape)
+            self.metrics[split][layer].update(pred.squeeze(-1) if self.num_outputs == 1 else pred,
+                                              t.squeeze(-1) if self.num_outputs == 1 else t)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Probe weights, optimizer state and feature sizes (metrics are per-epoch and not saved)."""
+        return {
+            "heads": self.heads.state_dict(),
+            "in_features": {k: h.in_features for k, h in self.heads.items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; probes not built yet are built from the saved sizes."""
+        if not self.heads and state.get("in_features"):
+            out = self.num_classes if self.task == "classification" else self.num_outputs
+            for key, n in state["in_features"].items():
+                self.heads[key] = nn.Linear(n, out)
+            for layer in self.layers:
+                for split in _SPLITS:
+                    self.metrics[split][layer] = self._metric()
+            self.optimizer = self._make_optimizer(self.heads.parameters())
+        self._apply_state(state)
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        self.heads.load_state_dict(state["heads"])
+        if state.get("optimizer") is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _key(layer: str) -> str:
+    # ModuleDict keys cannot contain "."; layer names often do.
+    return layer.replace(".", "\u00b7")
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLITS:
+        raise InvalidArgumentError(f"split must be 'train' or 'val', got {split!r}.")

@@ -1,0 +1,53 @@
+"""Every zoo model: the log's output equals a plain forward pass, and replay validation passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lens_train as lt
+from lens_train.capture.api import forked_rng
+
+from . import ZOO, build
+
+
+def _leaves(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _leaves(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _leaves(v)]
+    if hasattr(value, "__dataclass_fields__"):
+        return [t for n in value.__dataclass_fields__ for t in _leaves(getattr(value, n))]
+    return []
+
+
+def _call(model, args, kwargs):
+    if isinstance(args, tuple):
+        return model(*args, **kwargs)
+    if isinstance(args, list) and len(args) > 1:
+        return model(args, **kwargs)
+    return model(args, **kwargs)
+
+
+def test_zoo_is_large_enough() -> None:
+    assert len(ZOO) >= 80
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_model(name: str) -> None:
+    model, args, kwargs = build(name)
+    with forked_rng(0):
+        expected = _call(model, args, kwargs)
+    model, args, kwargs = build(name)
+    log = lt.log_forward_pass(model, args, kwargs, random_seed=0)
+    want, got = _leaves(expected), _leaves(log.output)
+    assert len(want) == len(got) > 0
+    for a, b in zip(want, got):
+        assert torch.equal(a.detach(), b.detach())
+    outputs = [log[label].activation for label in log.output_layers]
+    for a, b in zip(want, outputs):
+        assert torch.equal(a.detach(), b)
+    model, args, kwargs = build(name)
+    assert lt.validate_model_activations(model, args, kwargs, verbose=True, random_seed=0)
