@@ -95,8 +95,9 @@ def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
             (``log_forward_pass(..., save_activations_to=path)``).
         lazy: read only metadata now; ``log[key].materialize_activation()`` reads one
             layer's tensors (activation, and its transformed activation and gradient)
-            when asked; ``log.output`` (the model's return value) stays None. Checksums
-            are verified whenever tensor bytes are read.
+            when asked; ``log.output`` (the model's return value) stays None until
+            ``log.bundle_info["read_output"]()`` reads it. Checksums are verified
+            whenever tensor bytes are read.
 
     Raises:
         BundleError: the path is not a bundle, a file is missing, truncated or modified,
@@ -128,8 +129,6 @@ def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
         raise BundleError(f"{where}: the capture metadata is malformed ({type(exc).__name__}: {exc}).") from None
     if reader.left_out:
         warnings.warn(BundleWarning(f"Bundle {str(reader.path)!r}: loaded its committed capture; left out: " + " ".join(reader.left_out)), stacklevel=2)
-    log.bundle_info = {"path": str(reader.path), "manifest": reader.manifest, "notes": list(reader.units[index]["metadata"].get("notes", [])),
-                       "left_out": list(reader.left_out)}
     return log
 
 
@@ -154,6 +153,8 @@ def _restore(reader: BundleReader, index: int, lazy: bool, where: str) -> ModelL
         layers.append(LayerLog(**fields, _materialize=hook))
     log = ModelLog(unit["model_name"], layers, modules_from_json(unit["modules"], where), decode_value(unit["meta"], get, where))
     log.output = None if lazy else decode_value(unit.get("output"), get, where)
+    log.bundle_info = {"path": str(reader.path), "manifest": reader.manifest, "notes": list(unit.get("notes", [])),
+                       "left_out": list(reader.left_out), "read_output": lambda: decode_value(unit.get("output"), get, where)}
     return log
 
 

@@ -109,7 +109,8 @@ class ActivationSnapshotCallback(LensCallback):
         self._is_zero = trainer.is_global_zero
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning restored the loops, so global_step is the checkpoint's step.
         if self._restored is None:
             return
         self._run_restore(trainer)

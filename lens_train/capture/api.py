@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import random
 import time
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError
+from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError, suggestion_text
 from .build import build_log
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
@@ -74,8 +75,16 @@ def log_forward_pass(
     keep_templates = bool(options.pop("keep_call_templates", False))
     record_rng = bool(options.pop("record_rng", False))
     if options:
+        known = [*inspect.signature(log_forward_pass).parameters, *_VIS_OPTIONS, "vis_mode"]
+        name = sorted(options)[0]
         raise InvalidArgumentError(
-            f"log_forward_pass got unknown arguments {sorted(options)}. See help(lt.log_forward_pass) for the accepted ones."
+            f"log_forward_pass got unknown arguments {sorted(options)}."
+            + suggestion_text(name, known, "help(lt.log_forward_pass)")
+        )
+    unknown_vis = sorted(set(vis_kwargs) - set(_VIS_OPTIONS))
+    if unknown_vis:
+        raise InvalidArgumentError(
+            f"Unknown graph option {unknown_vis[0]!r}." + suggestion_text(unknown_vis[0], _VIS_OPTIONS, "help(lt.show_model_graph)")
         )
     if vis_opt not in ("none", "unrolled", "rolled"):
         raise InvalidArgumentError(f"vis_opt must be 'none', 'unrolled' or 'rolled', got {vis_opt!r}.")
@@ -105,6 +114,9 @@ def log_forward_pass(
 
         render_graph(log, vis_opt=vis_opt, **vis_kwargs)
     return log
+
+
+_VIS_OPTIONS = ("vis_nesting_depth", "vis_outpath", "vis_fileformat", "vis_save_only", "vis_module")
 
 
 def get_model_activations(*args: Any, **kwargs: Any) -> ModelLog:

@@ -93,7 +93,7 @@ class Probes:
     def _metric(self) -> MetricCollection:
         if self.task == "classification":
             return MetricCollection({"accuracy": MulticlassAccuracy(self.num_classes, average="micro")})
-        return MetricCollection({"mse": MeanSquaredError(), "r2": R2Score(num_outputs=self.num_outputs)})
+        return MetricCollection({"mse": MeanSquaredError(), "r2": R2Score()})
 
     def _features(self, value: Any) -> torch.Tensor:
         return pool_features(main_tensor(value).detach(), self.pool).float()

@@ -51,7 +51,7 @@ def test_layout_drift_metrics_and_plot(tmp_path):
     cb = ActivationSnapshotCallback(layers=["layer1", "layer2"], every_n_steps=2)
     t = fit(tmp_path, LitNet(), [cb], max_epochs=2)
     snaps = lt.load_snapshots(tmp_path)
-    assert [s.name for s in snaps] == [f"epoch={s // 4:03d}-step={s:06d}" for s in (2, 4, 6, 8)]
+    assert [s.name for s in snaps] == [f"epoch={(s - 1) // 4:03d}-step={s:06d}" for s in (2, 4, 6, 8)]
     assert snaps[0].cka == {} and set(snaps[1].cka) == {"layer1", "layer2"}
     a, b = snaps[2].activations(), snaps[3].activations()
     expected = lt.snapshots.linear_cka(a["relu_2_4"], b["relu_2_4"])

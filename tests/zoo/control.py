@@ -233,7 +233,7 @@ class Submodule1(nn.Module):
         self.submodule2 = Submodule2()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.submodule2(self.fc(x))
+        return self.submodule2(self.fc(x).relu()) * 2
 
 
 class NetworkOrganizationDemo(nn.Module):
@@ -252,7 +252,7 @@ class NetworkOrganizationDemo(nn.Module):
         x = x ** 2
         y = self.submodule1(x)
         z = self.fc(x) + y
-        return torch.relu(z) * y + x
+        return torch.tanh(torch.relu(z) * y + x) - 1
 
 
 class Conditional(nn.Module):

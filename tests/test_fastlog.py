@@ -1,0 +1,233 @@
+"""lt.fastlog: predicate recording without a full log."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import lens_train as lt
+from lens_train.errors import AmbiguousLayerError, BundleError, InvalidArgumentError, LayerNotFoundError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from models import Encoder  # noqa: E402
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.act = nn.ReLU()
+        self.fc1 = nn.Linear(3 * 4 * 4, 8)
+        self.fc2 = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.conv(x))
+        h = torch.relu(self.fc1(h.flatten(1)))
+        return self.fc2(h) * 2
+
+
+def _net() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return Net(), torch.randn(2, 1, 6, 6)
+
+
+def _hook_outputs(model: nn.Module, x: torch.Tensor, cls: type) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, o.detach().clone()))
+               for n, m in model.named_modules() if isinstance(m, cls)]
+    model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_op_labels_and_values_match_the_full_log() -> None:
+    model, x = _net()
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.kind == "op")
+    log = lt.log_forward_pass(model, x)
+    assert rec.labels == ["conv2d_1", "relu_1", "flatten_1", "linear_1", "relu_2", "linear_2", "mul_1"]
+    for entry in rec:
+        assert torch.equal(entry.value, log[entry.label].activation), entry.label
+        assert entry.context.shape == log[entry.label].tensor_shape
+
+
+def test_module_outputs_match_forward_hooks() -> None:
+    model, x = _net()
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.kind == "module" and c.module_class == "Linear")
+    hooks = _hook_outputs(model, x, nn.Linear)
+    assert rec.labels == ["fc1:1", "fc2:1"]
+    assert torch.equal(rec["fc1:1"], hooks["fc1"]) and torch.equal(rec["fc2:1"], hooks["fc2"])
+    assert rec.rollouts[0].entry("fc2:1").context.module_address == "fc2"
+
+
+def test_history_selects_relus_right_after_a_conv() -> None:
+    model, x = _net()
+    after_conv = lambda c: c.kind == "op" and c.layer_type == "relu" and any(  # noqa: E731
+        h.kind == "op" and h.layer_type == "conv2d" for h in list(c.history)[-2:])
+    assert [e.label for e in lt.fastlog.dry_run(model, x, keep_op=after_conv)] == ["relu_1"]
+    events = lt.fastlog.dry_run(model, x)
+    assert all(e.history == () for e in events)
+    kinds = [(e.kind, e.label) for e in events]
+    assert kinds[:4] == [("op", "conv2d_1"), ("module", "conv:1"), ("op", "relu_1"), ("module", "act:1")]
+
+
+def test_capture_spec_downcasts_and_keeps_the_graph() -> None:
+    model, x = _net()
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: lt.fastlog.CaptureSpec(dtype=torch.float16) if c.label == "linear_1" else
+                            lt.fastlog.CaptureSpec(keep_grad=True) if c.label == "relu_2" else False)
+    assert rec["linear_1"].dtype == torch.float16 and not rec["linear_1"].requires_grad
+    kept = rec["relu_2"]
+    assert kept.requires_grad and kept.grad_fn is not None
+    (grad,) = torch.autograd.grad(kept.sum(), model.fc1.bias)
+    h = model.fc1(model.act(model.conv(x)).flatten(1))
+    assert torch.allclose(grad, (h > 0).float().sum(0))
+
+
+def test_values_changed_in_place_later_are_kept_as_they_were() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True))
+    x = torch.randn(3, 4)
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.kind == "op")
+    expected = model[0](x)
+    assert (expected < 0).any()
+    assert torch.equal(rec["linear_1"], expected)
+    assert torch.equal(rec["relu_1"], expected.clamp(min=0))
+
+
+def test_recorder_keeps_one_rollout_per_call_and_groups_on_request() -> None:
+    model, _ = _net()
+    xs = [torch.randn(1, 1, 6, 6) for _ in range(3)]
+    with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "module" and c.module_address == "fc2") as r:
+        for x in xs:
+            model(x)
+        with r.rollout():
+            model(xs[0])
+            model(xs[1])
+    rec = r.recording
+    assert len(rec.rollouts) == 4
+    for i, x in enumerate(xs):
+        assert torch.equal(rec[i]["fc2:1"], _hook_outputs(model, x, nn.Linear)["fc2"])
+    assert list(rec[3]) == ["fc2:1", "fc2:2"] and rec[3].num_calls == 2
+    assert len(rec.values("fc2:1")) == 4
+    with pytest.raises(AmbiguousLayerError, match=r"rec\[i\]"):
+        rec["fc2:1"]
+    with pytest.raises(LayerNotFoundError, match="fc2:1"):
+        rec[0]["fc2:3"]
+
+
+def test_a_failed_call_is_not_kept_and_recording_goes_on() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op") as r:
+        model(torch.ones(1, 2))
+        with pytest.raises(RuntimeError):
+            model(torch.ones(1, 3))
+        model(torch.ones(1, 2))
+    assert len(r.recording.rollouts) == 2 and r.lost_calls == 1
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_recurrent_loops_count_every_pass() -> None:
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(3):
+                x = torch.tanh(self.cell(x))
+            return x
+
+    model, x = Loop(), torch.ones(1, 3)
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.layer_type == "tanh")
+    log = lt.log_forward_pass(model, x)
+    assert rec.labels == ["tanh_1", "tanh_2", "tanh_3"]
+    passes = log.layer_passes(log["tanh_1:1"].layer_label_no_pass)
+    for i, layer in enumerate(passes, start=1):
+        assert torch.equal(rec[f"tanh_{i}"], layer.activation)
+    modules = lt.fastlog.dry_run(model, x, keep_op=lambda c: c.kind == "module")
+    assert [(e.label, e.pass_num) for e in modules] == [("cell:1", 1), ("cell:2", 2), ("cell:3", 3)]
+
+
+def test_transformer_relus_match_the_log() -> None:
+    torch.manual_seed(0)
+    model, x = Encoder(16, 2, heads=2).eval(), torch.randn(2, 5, 16)
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.kind == "op" and c.layer_type == "relu")
+    log = lt.log_forward_pass(model, x)
+    assert rec.labels == ["relu_1", "relu_2"]
+    for label in rec.labels:
+        assert torch.equal(rec[label], log[label].activation)
+        assert rec.rollouts[0].entry(label).context.module_address == log[label].containing_modules[-1].split(":")[0]
+
+
+def test_disk_storage_matches_ram_and_survives_reopening(tmp_path: Path) -> None:
+    model, _ = _net()
+    keep = lambda c: c.kind == "op" and c.layer_type in ("relu", "linear")  # noqa: E731
+    with lt.fastlog.Recorder(model, keep_op=keep, storage="both", path=tmp_path / "rec") as r:
+        for _ in range(3):
+            model(torch.randn(2, 1, 6, 6))
+    ram, disk = r.recording, lt.fastlog.load(tmp_path / "rec")
+    assert len(disk.rollouts) == 3 and disk.labels == ram.labels
+    for a, b in zip(ram, disk):
+        assert a.label == b.label and torch.equal(a.value, b.value)
+        assert a.context.describe() == b.context.describe()
+    with lt.fastlog.Recorder(model, keep_op=keep, storage="disk", path=tmp_path / "rec") as r2:
+        model(torch.randn(2, 1, 6, 6))
+    assert [ro.index for ro in r2.recording.rollouts] == [0, 1, 2, 3]
+    assert "4 rollout(s)" in r2.recording.summary()
+
+
+def test_recover_loads_complete_rollouts_and_reports_the_rest(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+    path = tmp_path / "crashed"
+    with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=path):
+        for i in range(3):
+            model(torch.full((1, 2), float(i)))
+    # what a process killed mid-commit leaves: a half-written shard, a shard without its line, a torn line
+    shards = path / "rollouts"
+    (shards / "rollout_000003.tmp").write_bytes(b"\x00" * 10)
+    (shards / "rollout_000004.safetensors").write_bytes((shards / "rollout_000000.safetensors").read_bytes())
+    with open(path / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"rollout": 5, "shard": "rollouts/rollout_000005.safetensors"})[:20])
+    rec = lt.fastlog.recover(path)
+    assert len(rec.rollouts) == 3
+    assert torch.equal(rec[2]["tanh_1"], model(torch.full((1, 2), 2.0)).detach())
+    assert len(rec.lost) == 3 and any("incomplete" in item for item in rec.lost)
+    assert "lost:" in rec.summary()
+    with pytest.raises(BundleError, match="recover"):
+        lt.fastlog.load(path)
+
+
+def test_arguments_and_predicate_errors_are_explained(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(InvalidArgumentError, match="storage"):
+        lt.fastlog.Recorder(model, keep_op=bool, storage="cloud")
+    with pytest.raises(InvalidArgumentError, match="path="):
+        lt.fastlog.Recorder(model, keep_op=bool, storage="disk")
+    with pytest.raises(InvalidArgumentError, match="keep_op"):
+        lt.fastlog.record(model, torch.ones(1, 2))
+    with pytest.raises(BundleError, match="No fastlog recording"):
+        lt.fastlog.recover(tmp_path / "nothing")
+
+    def bad(ctx: lt.fastlog.RecordContext) -> bool:
+        raise KeyError("oops")
+
+    with pytest.raises(KeyError) as info:
+        lt.fastlog.record(model, torch.ones(1, 2), keep_op=bad)
+    assert any("keep_op predicate" in n for n in info.value.__notes__)
+    assert torch._C._len_torch_function_stack() == 0
+    assert not model._forward_hooks and not model[0]._forward_pre_hooks
+
+
+def test_dry_run_stores_nothing_and_model_is_left_untouched() -> None:
+    model, x = _net()
+    before = model(x)
+    events = lt.fastlog.dry_run(model, x, keep_op=lambda c: c.kind == "op")
+    assert [e.index for e in events] == sorted(e.index for e in events)
+    assert "conv2d_1" in str(events[0])
+    assert torch.equal(model(x), before)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -1,0 +1,102 @@
+"""AuxiliaryLoss: weights, schedules, heads, optimizer check, skipped terms, effect on training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lens_train as lt
+from lens_train.errors import InvalidArgumentError
+from lens_train.train import schedules
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_terms_equal_manual_math() -> None:
+    model, x, y = _mlp(), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    aux = lt.AuxiliaryLoss({"1": lt.losses.deep_supervision(3), "3": lt.losses.l1_activity()},
+                           weights={"1": 0.3, "3": 0.01}, weight=2.0, schedule=schedules.linear_warmup(10),
+                           model=model, example_input=x)
+    taps = lt.Taps(model, aux.layers)
+    with taps:
+        model(x)
+    total, terms = aux(taps, targets=y, step=5)
+    h1 = model[1](model[0](x))
+    h3 = model[3](model[2](h1))
+    ce = F.cross_entropy(aux.terms[0].head(h1), y)
+    assert torch.allclose(terms["1"], 2.0 * 0.5 * 0.3 * ce)
+    assert torch.allclose(terms["3"], 2.0 * 0.5 * 0.01 * h3.abs().mean())
+    assert torch.allclose(total, terms["1"] + terms["3"])
+    with pytest.raises(InvalidArgumentError, match="step=global_step"):
+        aux(taps, targets=y)
+
+
+def test_heads_need_setup_and_an_optimizer() -> None:
+    model, x = _mlp(), torch.randn(2, 4)
+    aux = lt.AuxiliaryLoss({"1": lt.losses.deep_supervision(3)})
+    taps = lt.Taps(model, aux.layers)
+    with taps:
+        model(x)
+    with pytest.raises(InvalidArgumentError, match=r"aux.setup\(model, example_input\)"):
+        aux(taps, targets=torch.tensor([0, 1]))
+    aux.setup(model, x)
+    assert [tuple(p.shape) for p in aux.parameters()] == [(3, 8), (3,)]
+    assert set(aux.state_dict()) == {"terms.0.head.weight", "terms.0.head.bias"}
+    with pytest.raises(InvalidArgumentError, match=r"\['1'\].*aux.parameters\(\)"):
+        aux.check_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    aux.check_optimizer(torch.optim.SGD([*model.parameters(), *aux.parameters()], lr=0.1))
+
+
+def test_skipped_term_is_a_zero_that_touches_the_head() -> None:
+    model, x = _mlp(), torch.randn(2, 4)
+    aux = lt.AuxiliaryLoss({"1": lt.losses.deep_supervision(3), "3": lambda a, t: a.sum()}, model=model, example_input=x)
+    taps = lt.Taps(model, aux.layers, missing="skip")
+    with taps:
+        model[0](x)  # only part of the model runs
+    total, terms = aux(taps, targets=torch.tensor([0, 1]))
+    assert float(total.detach()) == 0.0
+    total.backward()
+    assert aux.terms[0].head.weight.grad is not None and not aux.terms[0].head.weight.grad.any()
+
+
+def test_select_picks_an_element_of_a_structured_output() -> None:
+    class Two(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x * 2, x * 3
+
+    model = nn.Sequential(Two())
+    aux = lt.AuxiliaryLoss({"0": lt.losses.l2_activation()}, select=1)
+    taps = lt.Taps(model, aux.layers)
+    with taps:
+        model(torch.ones(2))
+    total, _ = aux(taps)
+    assert float(total) == 9.0
+
+
+def test_deep_supervision_changes_training() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    results = []
+    for use_aux in (False, True):
+        model = _mlp()
+        aux = lt.AuxiliaryLoss({"1": lt.losses.deep_supervision(3)}, weights={"1": 1.0}, model=model, example_input=x)
+        opt = torch.optim.SGD([*model.parameters(), *aux.parameters()], lr=0.1)
+        aux.check_optimizer(opt)
+        taps = lt.Taps(model, aux.layers)
+        for _ in range(30):
+            with taps:
+                out = model(x)
+            loss = F.cross_entropy(out, y)
+            if use_aux:
+                loss = loss + aux(taps, targets=y)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in model[0].parameters()]))
+    assert (results[0] - results[1]).abs().max() > 1e-2

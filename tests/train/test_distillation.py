@@ -1,0 +1,98 @@
+"""Distillation: adapters, teacher handling, manual loss values, effect on the student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lens_train as lt
+from lens_train.errors import InvalidArgumentError
+from lens_train.train.distillation import Adapter
+
+
+class ConvNet(nn.Module):
+    def __init__(self, width: int, pool: bool) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, width, 3, padding=1)
+        self.c2 = nn.Conv2d(width, width, 3, padding=1)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        self.fc = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.c2(torch.relu(self.c1(x)))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_adapters_auto_for_a_different_architecture() -> None:
+    teacher, student = ConvNet(8, pool=False), ConvNet(4, pool=True)
+    x = torch.randn(2, 1, 8, 8)
+    kd = lt.Distillation(teacher, student, pairs={"pool": "c2", "c1": "c1"}, logits_loss=lt.losses.kd_kl(2.0), example_input=x)
+    assert isinstance(kd.adapters[0], Adapter) and isinstance(kd.adapters[0].proj, nn.Conv2d)
+    assert kd.adapters[0].size == (8, 8)
+    assert {tuple(p.shape) for p in kd.parameters()} == {(8, 4, 1, 1), (8,)}
+    teacher.train()
+    total, terms = kd(x)
+    assert not teacher.training and sorted(terms) == ["c1", "logits", "pool"]
+    s_c1 = student.c1(x)
+    t_c1 = teacher.c1(x)
+    assert torch.allclose(terms["c1"], F.mse_loss(kd.adapters[1](s_c1), t_c1), atol=1e-6)
+    assert torch.allclose(terms["logits"], lt.losses.kd_kl(2.0)(kd.student_output, teacher(x)), atol=1e-6)
+    total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.c1.weight.grad is not None and kd.adapters[0].proj.weight.grad is not None
+
+
+def test_loss_with_the_users_own_student_pass_runs_the_teacher_once() -> None:
+    teacher, student = ConvNet(4, False), ConvNet(4, False)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    kd = lt.Distillation(teacher, student, pairs={"c2": "c2"}, feature_loss="cosine", example_input=torch.randn(1, 1, 4, 4))
+    calls.clear()
+    taps = lt.Taps(student, ["c2"])
+    x = torch.randn(2, 1, 4, 4)
+    with taps:
+        student(x)
+    total, terms = kd.loss(taps, x)
+    assert calls == [1] and isinstance(kd.adapters[0], nn.Identity)
+    assert torch.allclose(total, lt.losses.cosine()(student.c2(F.relu(student.c1(x))), teacher.c2(F.relu(teacher.c1(x)))), atol=1e-6)
+
+
+def test_adapters_must_be_built_and_optimised() -> None:
+    teacher, student = ConvNet(8, False), ConvNet(4, False)
+    kd = lt.Distillation(teacher, student, pairs={"c2": "c2"})
+    with pytest.raises(InvalidArgumentError, match=r"kd.setup\(example_input\)"):
+        kd(torch.randn(1, 1, 4, 4))
+    kd.setup(torch.randn(1, 1, 4, 4))
+    with pytest.raises(InvalidArgumentError, match="kd.parameters"):
+        kd.check_optimizer(torch.optim.SGD(student.parameters(), lr=0.1))
+
+
+def test_sequence_adapter_resizes_tokens() -> None:
+    a = Adapter((2, 5, 8), (2, 10, 16))
+    assert a(torch.randn(2, 5, 8)).shape == (2, 10, 16)
+    with pytest.raises(InvalidArgumentError, match="adapters="):
+        Adapter((2, 5), (2, 5, 3))
+
+
+def test_distillation_changes_the_student() -> None:
+    torch.manual_seed(0)
+    teacher = ConvNet(8, False)
+    x = torch.randn(16, 1, 6, 6)
+    y = torch.randint(0, 4, (16,))
+    finals = []
+    for distil in (False, True):
+        torch.manual_seed(1)
+        student = ConvNet(4, True)
+        kd = lt.Distillation(teacher, student, pairs={"c2": "c2"}, logits_loss=lt.losses.kd_kl(), example_input=x)
+        opt = torch.optim.SGD([*student.parameters(), *kd.parameters()], lr=0.05)
+        for _ in range(20):
+            total, _ = kd(x)
+            loss = F.cross_entropy(kd.student_output, y) + (total if distil else 0.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            finals.append(F.mse_loss(student(x), teacher(x)).item())
+    assert finals[1] < finals[0] * 0.8  # the distilled student's logits are closer to the teacher's

@@ -1,0 +1,78 @@
+"""Probes: accuracy on separable features, detached features, regression, state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lens_train as lt
+from lens_train.errors import InvalidArgumentError
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x = torch.randn(128, 4)
+    return x, (x[:, 0] + x[:, 1] > 0).long()
+
+
+def test_probe_reaches_high_accuracy_on_a_separable_layer() -> None:
+    x, y = _data()
+    model = nn.Sequential(nn.Identity(), nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    probes = lt.Probes(["0", "2"], num_classes=2, lr=0.05)
+    taps = lt.Taps(model, probes.layers)
+    for _ in range(60):
+        with taps:
+            model(x)
+        probes.update(taps, y)
+    probes.reset("train")
+    with taps:
+        model(x)
+    probes.update(taps, y)
+    assert probes.compute()["0"] > 0.95
+    probes.evaluate(taps, y)
+    assert set(probes.compute("val")) == {"0", "2"}
+    assert all(p.grad is None for p in model.parameters())  # features are detached
+
+
+def test_training_accuracy_is_measured_before_the_update() -> None:
+    x, y = _data()
+    model = nn.Sequential(nn.Identity())
+    probes = lt.Probes(["0"], num_classes=2, lr=0.5)
+    probes.setup(model, x)
+    head = probes.heads["0"]
+    expected = float(((head(x).argmax(1)) == y).float().mean())
+    taps = lt.Taps(model, ["0"])
+    with taps:
+        model(x)
+    probes.update(taps, y)
+    assert probes.compute()["0"] == pytest.approx(expected)
+
+
+def test_regression_probe_and_state_dict_round_trip() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    target = x @ torch.tensor([1.0, -2.0, 0.5])
+    model = nn.Sequential(nn.Identity())
+    probes = lt.Probes(["0"], task="regression", lr=0.1)
+    taps = lt.Taps(model, ["0"])
+    for _ in range(150):
+        with taps:
+            model(x)
+        probes.update(taps, target)
+    probes.reset()
+    probes.evaluate(taps, target)
+    assert probes.compute("val")["0"] > 0.95
+    clone = lt.Probes(["0"], task="regression", lr=0.1)
+    clone.load_state_dict(probes.state_dict())
+    assert torch.equal(clone.heads["0"].weight, probes.heads["0"].weight)
+    assert clone.optimizer.state_dict()["state"].keys() == probes.optimizer.state_dict()["state"].keys()
+
+
+def test_token_pooling_and_errors() -> None:
+    probes = lt.Probes(["0"], num_classes=3, pool=0)
+    assert probes._features(torch.randn(2, 5, 7)).shape == (2, 7)
+    with pytest.raises(InvalidArgumentError, match="num_classes"):
+        lt.Probes(["0"])
+    with pytest.raises(InvalidArgumentError, match="pool"):
+        lt.Probes(["0"], num_classes=2, pool="max")
