@@ -73,7 +73,7 @@ def bench_rollouts(n: int) -> None:
             obs = torch.randn(1, 16)
             for i in range(n):
                 action = policy(obs)
-                obs = torch.tanh(obs + 0.1 * action.sum())
+                obs = torch.tanh(obs + 0.1 * action.detach().sum())  # the environment step
                 if i + 1 in (n // 2, n):
                     gc.collect()  # safetensors' ctypes views are cyclic garbage: count live memory only
                     marks[i + 1] = tracemalloc.get_traced_memory()[0]

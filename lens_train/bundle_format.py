@@ -150,7 +150,10 @@ def to_stored(tensor: torch.Tensor) -> tuple[torch.Tensor, str, str, list[int]]:
         raise TypeError(f"{kind} tensors have no storable bytes")
     if t.device.type != "cpu":
         t = t.to("cpu")
-    t = t.resolve_conj().resolve_neg().contiguous()
+    t = t.resolve_conj().resolve_neg()
+    # is_contiguous() ignores the strides of size-1 dims; the byte view needs them standard too
+    if not t.is_contiguous() or (t.numel() and t.reshape(-1).stride(0) != 1):
+        t = t.clone(memory_format=torch.contiguous_format)
     if t.is_complex():
         real = torch.view_as_real(t)
         return t, "complex_as_real", _SAFETENSORS_TAGS[real.dtype], list(real.shape)

@@ -27,6 +27,7 @@ from .errors import BundleError, InvalidArgumentError
 
 DEFAULT_SHARD_SIZE = 2 << 30
 _MAX_HEADER = 64 << 20
+_BASE_HEADER = len(json.dumps({"__metadata__": {"format": FORMAT_NAME}}, separators=(",", ":")))
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -63,11 +64,16 @@ class _Shard:
         self.file = open(path, "wb")
         self.file.write(struct.pack("<Q", self.reserve) + b" " * self.reserve)
         self.entries: dict[str, Any] = {"__metadata__": {"format": FORMAT_NAME}}
-        self.header_len = len(json.dumps(self.entries, separators=(",", ":")))
+        self.header_len = _BASE_HEADER
         self.data_len = 0
 
     def entry_len(self, name: str, tag: str, shape: list[int], nbytes: int) -> int:
-        entry = {"dtype": tag, "shape": shape, "data_offsets": [self.data_len, self.data_len + nbytes]}
+        return self.entry_len_at(self.data_len, name, tag, shape, nbytes)
+
+    @staticmethod
+    def entry_len_at(begin: int, name: str, tag: str, shape: list[int], nbytes: int) -> int:
+        """Header bytes the entry of a tensor stored at data offset ``begin`` takes (with its comma)."""
+        entry = {"dtype": tag, "shape": shape, "data_offsets": [begin, begin + nbytes]}
         return len(json.dumps({name: entry}, separators=(",", ":"))) - 1
 
     def write(self, name: str, tag: str, shape: list[int], data: memoryview, entry_len: int) -> int:
@@ -170,11 +176,9 @@ class BundleWriter:
             if shard.header_len + entry_len > shard.reserve:
                 self._reserve = min(_MAX_HEADER, max(2 * self._reserve, 4 * entry_len))
             self._close_shard()
-        shard = self._shard = _Shard(self.path / shard_name(self._next_shard), self._reserve)
+        entry_len = _Shard.entry_len_at(0, name, tag, shape, nbytes)
+        shard = self._shard = _Shard(self.path / shard_name(self._next_shard), max(self._reserve, _BASE_HEADER + 2 * entry_len))
         self._next_shard += 1
-        entry_len = shard.entry_len(name, tag, shape, nbytes)
-        if shard.header_len + entry_len > shard.reserve:
-            raise InvalidArgumentError(f"Tensor name {name[:80]!r}... is too long to store ({entry_len} header bytes).")
         return shard, entry_len
 
     def _close_shard(self) -> None:

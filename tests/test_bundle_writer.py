@@ -29,6 +29,7 @@ def _random_bits(dtype: torch.dtype, shape: tuple[int, ...], gen: torch.Generato
     return torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen).view(dtype).reshape(shape)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_every_cpu_dtype_round_trips_bit_exactly(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(0)
     tensors = {f"t/{d}": _random_bits(d, (3, 4), gen) for d in _DTYPES}

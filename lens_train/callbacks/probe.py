@@ -67,7 +67,9 @@ class ProbeCallback(TapCallback):
         if self._pending is not None:
             self.probes.load_state_dict(self._pending)
             self._pending = None
-        self._world_size, self._strategy = module.trainer.world_size, module.trainer.strategy
+        trainer = module._trainer
+        if trainer is not None:
+            self._world_size, self._strategy = trainer.world_size, trainer.strategy
         self._hook_optimizer()
 
     @override

@@ -151,6 +151,19 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def _canonical_offsets(code: Any) -> list[int]:
+    """Instruction index -> the first instruction index with the same source position.
+
+    Python compiles some code twice (a ``while`` condition before the loop and again at
+    its end; ``finally`` bodies): both copies must give one call site.
+    """
+    positions = getattr(code, "co_positions", None)
+    if positions is None:  # Python 3.10: instruction offsets only
+        return list(range(len(code.co_code) // 2))
+    first: dict[Any, int] = {}
+    return [i if pos[0] is None else first.setdefault(pos, i) for i, pos in enumerate(positions())]
+
+
 def _frame_kind(code: Any) -> int:
     """0: lens_train's own frame (ignored), 1: library frame, 2: user-code frame."""
     f = code.co_filename
@@ -181,7 +194,7 @@ class Recorder(TorchFunctionMode):
         self._pending_branch: list[OpRecord] = []
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
-        self._code_kind: dict[Any, int] = {}
+        self._code_kind: dict[Any, tuple[int, list[int]]] = {}
         self._clones: dict[Any, Any] = {}
         self._handles: list[Any] = []
         self._saved_from_numpy: Any = None
@@ -501,12 +514,15 @@ class Recorder(TorchFunctionMode):
             code = f.f_code
             if code is stop:
                 break
-            kind = kinds.get(code)
-            if kind is None:
-                kind = kinds[code] = _frame_kind(code)
+            entry = kinds.get(code)
+            if entry is None:
+                entry = kinds[code] = (_frame_kind(code), _canonical_offsets(code))
+            kind = entry[0]
             if kind:
                 key.append(id(code))  # code objects hash slowly; their ids are stable while loaded
-                key.append(f.f_lasti)
+                canon = entry[1]
+                i = f.f_lasti >> 1
+                key.append(canon[i] if 0 <= i < len(canon) else -1 - i)
                 if kind == 2:
                     frames.append((code, f.f_lineno))
             f = f.f_back

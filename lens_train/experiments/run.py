@@ -8,6 +8,7 @@ returns a list of :class:`StageResult` and prints the summary on rank zero.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule:
               lens: Sequence[Callback] = (), trainer_overrides: dict | None = None) -> tuple[StageResult, L.Trainer]:
     """Fit ``module`` (resuming from ``cfg.ckpt_path`` when set), test it, write plots."""
     history = MetricsHistory()
+    # The loggers write into the run dir, which already holds Hydra's .hydra/ folder.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     trainer = make_trainer(cfg, out_dir, [*lens, history], trainer_overrides)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -27,6 +27,7 @@ from .selection import Selection
 from .tap_values import ClonePolicy, TapValue
 
 _task_id = torch._C._current_graph_task_id
+_compiling = torch.compiler.is_compiling
 
 
 class TapHooks:
@@ -97,7 +98,7 @@ class TapHooks:
         resumers = pausers[::-1]
 
         def pre(module: nn.Module, args: Any) -> None:
-            if not self.active or _task_id() != -1:
+            if not self.active or (not _compiling() and _task_id() != -1):
                 return
             for s in pausers:
                 s.pause()
@@ -105,7 +106,7 @@ class TapHooks:
                 scope.enter()
 
         def post(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.active or _task_id() != -1:
+            if not self.active or (not _compiling() and _task_id() != -1):
                 return
             if output is not None:  # None: the forward raised (this hook still runs to pop scopes)
                 for i in taps:

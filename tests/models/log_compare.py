@@ -17,7 +17,8 @@ def bit_equal(a: Any, b: Any) -> bool:
             return False
         if a.dtype != b.dtype or a.shape != b.shape:
             return False
-        a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
+        a = a.detach().cpu().clone(memory_format=torch.contiguous_format)
+        b = b.detach().cpu().clone(memory_format=torch.contiguous_format)
         return a.numel() == 0 or torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(bit_equal(x, y) for x, y in zip(a, b))

@@ -347,3 +347,22 @@ def test_memory_flat_over_200_steps() -> None:
             gc.collect()
             alive.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
     assert alive[1] <= alive[0]
+
+
+@pytest.mark.slow
+def test_torch_compile_module_taps_do_not_recompile_each_step() -> None:
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    compiled = torch.compile(model, backend="aot_eager")
+    taps = lt.Taps(compiled, ["_orig_mod.1"])
+    x = torch.randn(3, 4)
+    graphs = []
+    for _ in range(5):
+        with taps:
+            out = compiled(x)
+        (out.sum() + taps["1"].sum()).backward()
+        graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[2] and not dynamo.utils.counters["graph_break"]
+    assert torch.allclose(taps["1"], torch.relu(model[0](x)))

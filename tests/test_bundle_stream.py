@@ -1,0 +1,139 @@
+"""Streaming capture: log_forward_pass(..., save_activations_to=path, keep_activations_in_memory=...)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import lens_train as lt
+from lens_train.bundle_stream import CaptureStream
+from lens_train.errors import BundleError, InvalidArgumentError
+from tests.models import DemoNetwork, SimpleRecurrent
+from tests.models.log_compare import assert_same_log, bit_equal
+
+
+class Chain(nn.Module):
+    """``n`` elementwise ops in a row; counts how many of its intermediate tensors are still alive."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.alive_at_end = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        refs = []
+        for _ in range(self.n):
+            x = x * 1.5
+            refs.append(weakref.ref(x))
+        self.alive_at_end = sum(r() is not None for r in refs)
+        return x
+
+
+def _postfunc(t: torch.Tensor) -> tuple:
+    return t.float().abs().amax(dim=-1), t.numel()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_streamed_bundle_equals_the_log_and_an_in_memory_capture(tmp_path: Path, keep: bool) -> None:
+    model, x = SimpleRecurrent(), torch.randn(3, 5)
+    plain = lt.log_forward_pass(model, x, random_seed=4, activation_postfunc=_postfunc)
+    log = lt.log_forward_pass(model, x, random_seed=4, activation_postfunc=_postfunc,
+                              save_activations_to=tmp_path / "s", keep_activations_in_memory=keep)
+    assert all((layer.activation is not None) == keep for layer in log)
+    assert all((layer.transformed_activation is not None) == keep for layer in log)
+    assert all(layer.is_saved for layer in log)
+    for a, b in zip(plain, log):
+        assert bit_equal(a.activation, b.materialize_activation()), a.layer_label
+        assert bit_equal(a.transformed_activation, b.transformed_activation), a.layer_label
+    assert_same_log(log, lt.load(tmp_path / "s"))
+    assert_same_log(log, lt.load(tmp_path / "s", lazy=True), materialize=True)
+    assert log.bundle_info["path"] == str(tmp_path / "s")
+
+
+def test_dropped_activations_are_freed_as_the_forward_pass_runs(tmp_path: Path) -> None:
+    model, x = Chain(20), torch.randn(64, 64)
+    model(x)
+    assert model.alive_at_end == 1  # a plain forward pass keeps only the current tensor
+    lt.log_forward_pass(model, x)
+    assert model.alive_at_end == 20  # an in-memory capture keeps all of them
+    log = lt.log_forward_pass(model, x, save_activations_to=tmp_path / "s", keep_activations_in_memory=False)
+    assert model.alive_at_end <= 2
+    assert all(layer.activation is None for layer in log)
+    expected = x * 1.5 ** 20
+    assert torch.allclose(log[-1].materialize_activation(), expected)
+
+
+def test_streaming_a_selection_and_metadata_only(tmp_path: Path) -> None:
+    model, x = DemoNetwork(), torch.randn(2, 5)
+    log = lt.log_forward_pass(model, x, layers_to_save=["fc", "relu_2"], random_seed=0,
+                              save_activations_to=tmp_path / "a", keep_activations_in_memory=False)
+    assert [layer.layer_label for layer in log if layer.is_saved] == ["linear_1_3", "relu_2_4"]
+    assert_same_log(lt.load(tmp_path / "a"), log, materialize=True)
+    meta = lt.log_forward_pass(model, x, layers_to_save=None, save_activations_to=tmp_path / "b")
+    assert lt.load(tmp_path / "b").num_saved == 0 == meta.num_saved
+
+
+def test_stream_arguments_are_checked_before_the_model_runs(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(BundleError, match="already exists. Pick a new path"):
+        lt.log_forward_pass(nn.ReLU(), torch.ones(2), save_activations_to=tmp_path / "taken")
+    with pytest.raises(InvalidArgumentError, match="also pass save_activations_to"):
+        lt.log_forward_pass(nn.ReLU(), torch.ones(2), keep_activations_in_memory=False)
+
+
+class Failing(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x * 2)
+        raise RuntimeError("boom")
+
+
+def test_a_failed_capture_leaves_no_bundle(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        lt.log_forward_pass(Failing(), torch.ones(3), save_activations_to=tmp_path / "s")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_stream_is_never_loaded_as_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CaptureStream, "abort", lambda self: None)  # as if the process died mid-forward
+    with pytest.raises(RuntimeError, match="boom"):
+        lt.log_forward_pass(Failing(), torch.ones(3), save_activations_to=tmp_path / "s")
+    with pytest.raises(BundleError, match="no committed capture.*activations-00000.safetensors .*never committed"):
+        lt.load(tmp_path / "s")
+
+
+@pytest.mark.slow
+def test_a_killed_process_leaves_a_bundle_that_loads_nothing_uncommitted(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, torch, lens_train as lt
+        class Dies(torch.nn.Module):
+            def forward(self, x):
+                for _ in range(5):
+                    x = x + 1
+                os._exit(3)
+        lt.log_forward_pass(Dies(), torch.ones(1000), save_activations_to={str(tmp_path / 's')!r},
+                            keep_activations_in_memory=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=120)
+    assert proc.returncode == 3
+    with pytest.raises(BundleError, match="no committed capture: its writer stopped.*never committed"):
+        lt.load(tmp_path / "s")
+
+
+def test_streaming_works_with_gradients_and_replays(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    x = torch.randn(2, 3)
+    log = lt.log_forward_pass(model, x, save_gradients=True, save_activations_to=tmp_path / "s")
+    log["tanh_1_2"].activation.sum().backward()
+    assert torch.allclose(log["linear_1_1"].gradient, 1 - model(x).detach() ** 2)
+    new = torch.randn(2, 3)
+    log.save_new_activations(model, new)
+    assert torch.allclose(log["tanh_1_2"].activation, model(new))
+    assert torch.allclose(lt.load(tmp_path / "s")["tanh_1_2"].activation, model(x))
