@@ -22,7 +22,8 @@ from .errors import BundleError
 
 # LayerLog fields that hold tensors (stored in shards, read lazily); their names in the bundle.
 TENSOR_FIELDS = {"tensor_contents": "activation", "transformed_activation": "transformed", "gradient": "gradient"}
-_DERIVED_FIELDS = ("lookup_keys", "_materialize")  # rebuilt by ModelLog / the loader
+# rebuilt by ModelLog / the loader; pass_labels (every pass of the layer) would make the table quadratic
+_DERIVED_FIELDS = ("lookup_keys", "_materialize", "pass_labels")
 _PLAIN = (str, int, bool, type(None))
 
 
@@ -204,6 +205,11 @@ def layer_fields(unit: dict[str, Any], get_tensor: Callable[[str], Any], where: 
         if not isinstance(row, list) or len(row) != len(columns):
             raise BundleError(f"{where}: row {i} of the layer table does not match its {len(columns)} columns.")
         out.append({c: _field(c, v, get_tensor, f"{where}, layer {i} field {c!r}") for c, v in zip(columns, row) if c in known})
+    passes: dict[str, list[str]] = {}
+    for fields in out:
+        passes.setdefault(fields["layer_label_no_pass"], []).append(fields["layer_label"])
+    for fields in out:
+        fields["pass_labels"] = passes[fields["layer_label_no_pass"]]
     return out
 
 

@@ -116,7 +116,7 @@ def log_forward_pass(
     return log
 
 
-_VIS_OPTIONS = ("vis_nesting_depth", "vis_outpath", "vis_fileformat", "vis_save_only", "vis_module")
+_VIS_OPTIONS = ("vis_nesting_depth", "vis_outpath", "vis_fileformat", "vis_save_only", "vis_module", "vis_gradients")
 
 
 def get_model_activations(*args: Any, **kwargs: Any) -> ModelLog:

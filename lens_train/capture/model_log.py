@@ -206,7 +206,7 @@ class ModelLog:
     # -- pictures (lens_train.viz builds on capture, so it is imported when used) --------
     def render_graph(self, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None,
                      vis_outpath: str | PathLike[str] = "graph", vis_fileformat: str = "svg", vis_save_only: bool = False,
-                     vis_module: str | None = None) -> Path | None:
+                     vis_module: str | None = None, vis_gradients: bool = False) -> Path | None:
         """Draw this log's graph to a file; see :func:`lens_train.viz.render_graph`.
 
         Example:
@@ -218,9 +218,11 @@ class ModelLog:
         from ..viz import render_graph
 
         return render_graph(self, vis_opt=vis_opt, vis_nesting_depth=vis_nesting_depth, vis_outpath=vis_outpath,
-                            vis_fileformat=vis_fileformat, vis_save_only=vis_save_only, vis_module=vis_module)
+                            vis_fileformat=vis_fileformat, vis_save_only=vis_save_only, vis_module=vis_module,
+                            vis_gradients=vis_gradients)
 
-    def to_dot(self, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None, vis_module: str | None = None) -> str:
+    def to_dot(self, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None, vis_module: str | None = None,
+               vis_gradients: bool = False) -> str:
         """The graph's Graphviz DOT source; see :func:`lens_train.viz.to_dot`.
 
         Example:
@@ -231,7 +233,8 @@ class ModelLog:
         """
         from ..viz import to_dot
 
-        return to_dot(self, vis_opt=vis_opt, vis_nesting_depth=vis_nesting_depth, vis_module=vis_module)
+        return to_dot(self, vis_opt=vis_opt, vis_nesting_depth=vis_nesting_depth, vis_module=vis_module,
+                      vis_gradients=vis_gradients)
 
     # -- re-running (capture.replay re-runs the engine, which builds on this class) ----
     def save_new_activations(self, model: Any, input_args: Any, input_kwargs: Any = None,

@@ -70,7 +70,13 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str]) -> list
 
 
 def pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:
-    """(label with ``:pass`` suffix when needed, group index, pass number) of every record."""
+    """(label with ``:pass`` suffix when needed, group index, pass number) of every record.
+
+    Example:
+        >>> groups = [LayerGroup([0], "input", "input_1_0"), LayerGroup([1, 2], "relu", "relu_1_1")]
+        >>> pass_labels(groups, 3)
+        (['input_1_0', 'relu_1_1:1', 'relu_1_1:2'], [0, 1, 1], [1, 1, 2])
+    """
     labels = [""] * n
     group_of = [0] * n
     pass_num = [1] * n

@@ -45,7 +45,13 @@ class Exemption:
     row matches: the op's function name is in ``funcs`` (``None``: any op), the parent
     sits at one of ``positions`` (``None``: any; ints are positional arguments,
     strings keyword names) and, if ``index_like``, the parent is an integer or bool
-    tensor.
+    tensor; ``zero_output`` rows need the op's output to be all zeros.
+
+    Example:
+        >>> import torch
+        >>> row = next(r for r in PERTURBATION_EXEMPTIONS if r.category == "shape-only")
+        >>> row.applies("zeros_like", {0}, torch.ones(2), torch.zeros(2))
+        True
     """
 
     category: str
@@ -87,7 +93,7 @@ _SELECTIONS = {
 }
 _SHAPE_ONLY = {
     "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
-    "new_zeros", "new_ones", "new_empty", "new_full", "new_empty_strided",
+    "new_zeros", "new_ones", "new_empty", "new_full", "new_empty_strided", "new_tensor",
 }
 _SHAPE_OF_SECOND = {"expand_as", "view_as", "reshape_as", "type_as", "to", "broadcast_tensors"}
 _OVERWRITE = {

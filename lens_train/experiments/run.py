@@ -119,6 +119,7 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
     overrides = OmegaConf.to_container(teacher_cfg.get("trainer") or {}, resolve=True)
     result, trainer = fit_stage(cfg, "teacher", teacher, datamodule, out_dir, trainer_overrides=overrides)
     if result.best_checkpoint:
+        result.notes.append(f"reuse this teacher: add teacher.ckpt_path={result.best_checkpoint}")
         # Test and distill from the same (best) weights.
         module_cls = type(teacher)
         teacher = module_cls.load_from_checkpoint(result.best_checkpoint, net=instantiate(teacher_cfg.model.net),

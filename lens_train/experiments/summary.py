@@ -27,6 +27,7 @@ class StageResult:
     best_checkpoint: str | None = None
     plots: dict[str, Path] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def test_acc(self) -> float | None:
@@ -43,9 +44,9 @@ class StageResult:
         return found
 
 
-def _rel(path: Path) -> str:
+def _rel(path: Path, base: Path | None = None) -> str:
     try:
-        return os.path.relpath(path)
+        return os.path.relpath(path, base)
     except ValueError:  # another drive on Windows
         return str(path)
 
@@ -78,8 +79,8 @@ def _fmt(values: list[float | None]) -> str:
     return "-" if value is None or value != value else f"{value:.3f}"
 
 
-def stage_lines(result: StageResult, indent: str = "  ") -> list[str]:
-    """Summary lines of one stage: test accuracy, probe table, artifact paths, plots."""
+def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  ") -> list[str]:
+    """Summary lines of one stage: test accuracy, probe table, artifact paths (relative to ``base``), plots."""
     lines = []
     if result.test_acc is not None:
         loss = result.test.get("test/loss")
@@ -87,13 +88,13 @@ def stage_lines(result: StageResult, indent: str = "  ") -> list[str]:
     probes = probe_lines(result.history)
     if probes:
         lines += ["", "probe accuracy per layer (last epoch):", *(indent + p for p in probes)]
-    lines += ["", f"{'run dir':<12} {_rel(result.run_dir)}"]
+    lines += ["", f"{'run dir':<12} {_rel(result.run_dir, base)}"]
     for name, (path, count) in result.artifact_dirs().items():
         extra = f"  (best: {Path(result.best_checkpoint).name})" if name == "checkpoints" and result.best_checkpoint else ""
-        lines.append(f"{name:<12} {_rel(path)}  [{count} entries]{extra}")
+        lines.append(f"{name:<12} {_rel(path, base)}  [{count} entries]{extra}")
     if result.plots:
-        lines.append(f"{'plots':<12} " + ", ".join(_rel(p) for p in result.plots.values()))
-    return lines
+        lines.append(f"{'plots':<12} " + ", ".join(_rel(p, base) for p in result.plots.values()))
+    return lines + [f"{note}" for note in result.notes]
 
 
 def format_summary(results: list[StageResult], title: str = "lens-train") -> str:
@@ -108,11 +109,14 @@ def format_summary(results: list[StageResult], title: str = "lens-train") -> str
     total = sum(r.elapsed_s for r in results)
     names = ", ".join(r.name for r in results)
     lines = [bar, f"{title}: {names} finished in {total:.1f} s"]
+    base = None
     if len(results) > 1:
+        base = Path(os.path.commonpath([r.run_dir.absolute() for r in results]))
         lines += ["", "test accuracy by stage:"]
         width = max(len(r.name) for r in results) + 2
         lines += [f"  {r.name:<{width}}{_fmt([r.test_acc])}" for r in results]
+        lines += ["", f"run dir: {_rel(base)}  (paths below are relative to it)"]
     for result in results:
         header = [] if len(results) == 1 else ["", f"-- {result.name} " + "-" * max(0, 68 - len(result.name))]
-        lines += header + [""] + ["  " + line if line else "" for line in stage_lines(result)]
+        lines += header + [""] + ["  " + line if line else "" for line in stage_lines(result, base)]
     return "\n".join([*lines, bar])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import InvalidArgumentError
 
-Pool = "str | int | Callable[[torch.Tensor], torch.Tensor]"
 
 
 def check_pool(pool: Any) -> None:

@@ -33,7 +33,6 @@ LISTING = "lt.get_layers(model) (modules) or lt.get_nodes(model, x) (ops)"
 _SOURCE_TYPES = frozenset({"input", "output", "buffer", "tensor", "fromnumpy"})
 _GLOB_CHARS = frozenset("*?[")
 _OP_LABEL = re.compile(r"^[a-z0-9]+_\d+(_\d+)?$")
-Selector = "str | Callable[[str, nn.Module], bool]"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -16,7 +16,8 @@ _EDGE_ATTRS = {"fontsize": "8", "arrowsize": "0.7"}
 _CLUSTER_PEN = (3.0, 2.0, 1.5, 1.0)
 
 
-def to_dot(log: ModelLog, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None, vis_module: str | None = None) -> str:
+def to_dot(log: ModelLog, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None, vis_module: str | None = None,
+           vis_gradients: bool = False) -> str:
     """The DOT source of the graph picture of ``log`` (see :func:`lens_train.viz.render_graph`).
 
     Args:
@@ -24,6 +25,9 @@ def to_dot(log: ModelLog, vis_opt: str = "unrolled", vis_nesting_depth: int | No
         vis_opt: ``"unrolled"`` (one node per layer pass) or ``"rolled"`` (one per layer).
         vis_nesting_depth: show this many levels of modules; deeper ones become one node.
         vis_module: draw only the inside of this module (``"blocks.3"`` or ``"blocks.3:2"``).
+        vis_gradients: also draw the backward pass, after a ``backward()`` on a log made with
+            ``save_gradients=True``: edges that carried gradient in blue, and each node
+            that got a gradient says its shape and size (``grad 5x5 (100 B)``).
 
     Example:
         >>> import torch, lens_train as lt
@@ -32,7 +36,7 @@ def to_dot(log: ModelLog, vis_opt: str = "unrolled", vis_nesting_depth: int | No
         >>> source.startswith('digraph "Sequential"'), '"input_1_0" -> "linear_1_1"' in source
         (True, True)
     """
-    return graph_to_dot(build_graph(log, make_options(log, vis_opt, vis_nesting_depth, vis_module)))
+    return graph_to_dot(build_graph(log, make_options(log, vis_opt, vis_nesting_depth, vis_module, vis_gradients)))
 
 
 def quote(text: str) -> str:

@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .gradient_flow import GRADIENT_COLOR, gradient_flow, gradient_header, gradient_line
 from .node_text import (
     IF_EDGE_COLOR,
     arg_text,
     cluster_label,
     header_label,
+    html,
     labels_arguments,
     layer_label,
     layer_style,
@@ -96,6 +98,7 @@ class _EdgeFacts:
     head_passes: set[int] = field(default_factory=set)
     positions: set[Any] = field(default_factory=set)
     dashed: bool = False
+    gradient: bool = False
 
 
 def build_graph(log: ModelLog, opts: VisOptions) -> VisGraph:
@@ -113,12 +116,33 @@ def build_graph(log: ModelLog, opts: VisOptions) -> VisGraph:
         if key is not None:
             members.setdefault(key, []).append(i)
     from_input = _from_input(log)
+    flow = gradient_flow(log) if opts.gradients else [False] * len(log.layers)
     clusters = _clusters(log, placement, members, opts.rolled)
     nodes = [_node(log, key, idx, placement, from_input, opts.rolled) for key, idx in members.items()]
     for node in nodes:
         node.cluster = tuple(c for c in placement.cluster_path[node.key] if c in clusters)
-    edges = _data_edges(log, placement, members, from_input) + _if_edges(log, placement)
-    return VisGraph(log.model_name, header_label(log, opts), nodes, edges, clusters)
+        if opts.gradients:
+            _add_gradient_line(node, log, members[node.key], placement, opts.rolled)
+    edges = _data_edges(log, placement, members, from_input, flow) + _if_edges(log, placement)
+    return VisGraph(log.model_name, _header(log, opts), nodes, edges, clusters)
+
+
+def _header(log: ModelLog, opts: VisOptions) -> str:
+    line = gradient_header(log) if opts.gradients else None
+    return header_label(log, opts) + (f'{html(line)}<br align="left"/>' if line else "")
+
+
+def _add_gradient_line(node: VisNode, log: ModelLog, idx: list[int], placement: Placement, rolled: bool) -> None:
+    """Append the gradient shape and size to a node whose tensor got a gradient."""
+    if node.key in placement.module_nodes:
+        address, _, num = placement.module_nodes[node.key].rpartition(":")
+        calls = log.modules[address].calls if rolled else [log.modules[address].calls[int(num) - 1]]
+        passes = [log[call["outputs"][0]] for call in calls if call["outputs"]]
+    else:
+        passes = [log.layers[i] for i in idx]
+    line = gradient_line(passes, len(passes))
+    if line:
+        node.label += "<br/>" + line
 
 
 def _from_input(log: ModelLog) -> list[bool]:
@@ -160,7 +184,8 @@ def _clusters(log: ModelLog, placement: Placement, members: dict[str, list[int]]
     return clusters
 
 
-def _data_edges(log: ModelLog, placement: Placement, members: dict[str, list[int]], from_input: list[bool]) -> list[VisEdge]:
+def _data_edges(log: ModelLog, placement: Placement, members: dict[str, list[int]], from_input: list[bool],
+                flow: list[bool]) -> list[VisEdge]:
     index = {layer.layer_label: i for i, layer in enumerate(log.layers)}
     facts: dict[tuple[str, str], _EdgeFacts] = {}
     node_of, boundary = placement.node_of, placement.boundary
@@ -178,6 +203,8 @@ def _data_edges(log: ModelLog, placement: Placement, members: dict[str, list[int
             f.tail_passes.add(placement.node_pass[j])
             f.head_passes.add(placement.node_pass[i])
             f.dashed = f.dashed or not from_input[j]
+            # Rolled: one pass that carried gradient makes the merged edge blue.
+            f.gradient = f.gradient or (flow[i] and flow[j])
             if with_args:
                 f.positions.update(layer.parent_layer_arg_locs.get(parent, ()))
     node_passes = {key: {placement.node_pass[i] for i in idx} for key, idx in members.items()}
@@ -199,7 +226,10 @@ def _data_edge(tail: str, head: str, f: _EdgeFacts, node_passes: dict[str, set[i
         lines.append(f"out {pass_ranges(f.tail_passes)}")
     if len(node_passes[head]) > 1 and f.head_passes != node_passes[head]:
         lines.append(f"in {pass_ranges(f.head_passes)}")
-    return VisEdge(tail, head, "<br/>".join(lines), {"style": "dashed"} if f.dashed else {})
+    attrs = {"style": "dashed"} if f.dashed else {}
+    if f.gradient:
+        attrs["color"] = GRADIENT_COLOR
+    return VisEdge(tail, head, "<br/>".join(lines), attrs)
 
 
 def _if_edges(log: ModelLog, placement: Placement) -> list[VisEdge]:

@@ -38,6 +38,7 @@ class VisOptions:
     mode: str
     nesting_depth: int | None = None
     module: str | None = None
+    gradients: bool = False
 
     @property
     def rolled(self) -> bool:
@@ -45,14 +46,15 @@ class VisOptions:
         return self.mode == "rolled"
 
 
-def make_options(log: ModelLog, vis_opt: str, vis_nesting_depth: int | None, vis_module: str | None) -> VisOptions:
+def make_options(log: ModelLog, vis_opt: str, vis_nesting_depth: int | None, vis_module: str | None,
+                 vis_gradients: bool = False) -> VisOptions:
     """Check the ``vis_*`` arguments against ``log`` and return them as :class:`VisOptions`.
 
     Example:
         >>> import torch, lens_train as lt
         >>> log = lt.log_forward_pass(torch.nn.Sequential(torch.nn.ReLU()), torch.ones(2), layers_to_save=None)
-        >>> make_options(log, "rolled", 1, "0")
-        VisOptions(mode='rolled', nesting_depth=1, module='0')
+        >>> make_options(log, "rolled", 1, "0", vis_gradients=True)
+        VisOptions(mode='rolled', nesting_depth=1, module='0', gradients=True)
     """
     if vis_opt not in VIS_MODES:
         raise InvalidArgumentError(
@@ -67,7 +69,12 @@ def make_options(log: ModelLog, vis_opt: str, vis_nesting_depth: int | None, vis
         )
     if vis_module is not None:
         _check_module(log, vis_module)
-    return VisOptions(vis_opt, depth, vis_module)
+    if not isinstance(vis_gradients, bool):
+        raise InvalidArgumentError(
+            f"vis_gradients must be True or False, got {vis_gradients!r}. "
+            "Example: log.render_graph(vis_gradients=True) after a backward() on a log_forward_pass(..., save_gradients=True)."
+        )
+    return VisOptions(vis_opt, depth, vis_module, vis_gradients)
 
 
 def _check_module(log: ModelLog, name: object) -> None:

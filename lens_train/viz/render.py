@@ -168,6 +168,7 @@ def render_graph(
     vis_fileformat: str = "svg",
     vis_save_only: bool = False,
     vis_module: str | None = None,
+    vis_gradients: bool = False,
 ) -> Path | None:
     """Draw the graph of ``log`` and write it to ``vis_outpath.vis_fileformat``.
 
@@ -182,6 +183,9 @@ def render_graph(
         vis_save_only: only write the file; otherwise a notebook also shows it inline.
         vis_module: draw only the inside of this module (``"blocks.3"``, or ``"blocks.3:2"``
             for one call), with the tensors entering and leaving it.
+        vis_gradients: also draw the backward pass, after a ``backward()`` on a log made with
+            ``save_gradients=True``: edges that carried gradient in blue, and each node
+            that got a gradient says its shape and size (``grad 5x5 (100 B)``).
 
     Returns:
         The path of the written file (None for ``vis_opt="none"``).
@@ -195,7 +199,7 @@ def render_graph(
     """
     if vis_opt == "none":
         return None
-    opts = make_options(log, vis_opt, vis_nesting_depth, vis_module)
+    opts = make_options(log, vis_opt, vis_nesting_depth, vis_module, vis_gradients)
     fmt = _check_format(vis_fileformat)
     out = render_dot(graph_to_dot(build_graph(log, opts)), vis_outpath, fmt)
     if not vis_save_only:

@@ -25,12 +25,15 @@ def show_model_graph(
     vis_fileformat: str = "svg",
     vis_save_only: bool = False,
     vis_module: str | None = None,
+    vis_gradients: bool = False,
     random_seed: int | None = None,
 ) -> Path | None:
     """Run ``model`` once (saving no activations) and draw its computational graph.
 
     Arguments are those of :func:`lens_train.log_forward_pass` (inputs, seed) and
-    :func:`lens_train.viz.render_graph` (every ``vis_*`` option).
+    :func:`lens_train.viz.render_graph` (every ``vis_*`` option). ``vis_gradients=True`` draws
+    nothing extra here: no ``backward()`` has run yet. Capture with ``save_gradients=True``,
+    call ``backward()``, then use ``log.render_graph(vis_gradients=True)``.
 
     Returns:
         The path of the written picture (None for ``vis_opt="none"``).
@@ -51,4 +54,5 @@ def show_model_graph(
         )
     log = log_forward_pass(model, input_args, input_kwargs, layers_to_save=None, random_seed=random_seed)
     return render_graph(log, vis_opt=vis_opt, vis_nesting_depth=vis_nesting_depth, vis_outpath=vis_outpath,
-                        vis_fileformat=vis_fileformat, vis_save_only=vis_save_only, vis_module=vis_module)
+                        vis_fileformat=vis_fileformat, vis_save_only=vis_save_only, vis_module=vis_module,
+                        vis_gradients=vis_gradients)

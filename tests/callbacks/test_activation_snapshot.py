@@ -35,6 +35,7 @@ def test_snapshot_equals_eval_forward_of_the_reference_batch(tmp_path):
     assert Path(cb.reference_path).name == "reference.safetensors"
 
 
+@pytest.mark.slow
 def test_extra_passes_leave_training_untouched(tmp_path):
     torch.manual_seed(0)
     a = LitNet(batchnorm=True, dropout=0.3)
@@ -103,6 +104,7 @@ def _assert_same_run(a: tuple, b: tuple) -> None:
     assert state_a["optimizer"]["state"][0]["step"] == state_b["optimizer"]["state"][0]["step"]
 
 
+@pytest.mark.slow
 def test_resume_after_crash_gives_the_uninterrupted_snapshots_and_probes(tmp_path):
     straight = _run(tmp_path / "straight", 0, [])
     root = tmp_path / "crashed"
@@ -119,6 +121,7 @@ def test_resume_after_crash_gives_the_uninterrupted_snapshots_and_probes(tmp_pat
     assert [p.name for p in aside.iterdir()] == ["epoch=002-step=000009"]
 
 
+@pytest.mark.slow
 def test_resume_into_a_new_run_dir_points_at_the_earlier_snapshots(tmp_path):
     root = tmp_path / "run"
     with pytest.raises(RuntimeError):

@@ -10,6 +10,7 @@ from lens_train.errors import InvalidArgumentError
 from tests.callbacks.lit_models import LitNet, assert_same_weights, fit, loaders
 
 
+@pytest.mark.slow
 def test_probes_learn_and_log_train_and_val_accuracy(tmp_path):
     module = LitNet()
     cb = ProbeCallback(layers=["layer1", "layer2"], num_classes=3, lr=0.05)

@@ -71,3 +71,26 @@ def test_ops_outside_tapped_modules_are_not_intercepted() -> None:
     assert seen[-2:] == [depth, depth + 1]  # no mode while the linear runs, one inside Body
     assert torch._C._len_torch_function_stack() == depth
     assert torch.allclose(taps["mul_1"], torch.sigmoid(scope_model[0](x)) * 3)
+
+
+def test_a_functional_wrapper_first_seen_at_step_time_counts_as_one_op() -> None:
+    from lens_train.capture import recorder
+    from lens_train.train import optaps
+
+    ce = torch.nn.functional.cross_entropy  # one op inside, named cross_entropy_loss
+
+    class Body(nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ce(x, y) * ce(x * 2, y) + 1
+
+    model = nn.Sequential()
+    model.body = Body()
+    model.forward = lambda x, y: model.body(x, y)  # type: ignore[method-assign]
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    taps = lt.Taps(model, ["crossentropy_2"], example_input=(x, y))
+    recorder._THIN_FUNCTIONS.discard(ce)  # as if first seen during a training step
+    optaps._KINDS.pop(ce, None)
+    with taps:
+        model(x, y)
+    assert torch.allclose(taps["crossentropy_2"], ce(x * 2, y))
+    assert ce in recorder._THIN_FUNCTIONS
