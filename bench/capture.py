@@ -7,6 +7,7 @@ Models run in their default train mode with autograd on, as during training.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -16,7 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lens_train as lt  # noqa: E402
-from models import bench_models  # noqa: E402
+from models import bench_models, structure_models  # noqa: E402
+
+from lens_train.capture.api import record_forward  # noqa: E402
+from lens_train.capture.build import build_log  # noqa: E402
+from lens_train.capture.recorder import CapturePlan  # noqa: E402
 
 TARGETS = {"transformer4 (d=64)": 3.0, "cnn5": 1.5, "lstm3x20": 4.0}
 
@@ -64,6 +69,40 @@ def main() -> None:
         print(f"{name:24s} {n:6d} {t['plain'] * 1e3:9.2f} {t['all'] / t['plain']:7.2f} {t['meta'] / t['plain']:7.2f} {per_op[name]:7.1f} {verdict}")
     ratio = per_op["transformer24 (d=32)"] / per_op["transformer4 (d=64)"]
     print(f"per-op capture cost, 24-block vs 4-block: {ratio:.2f}x (target <= 1.3x) {'OK' if ratio <= 1.3 else 'MISS'}")
+    post_processing(args.repeats)
+    validation_time(args.repeats)
+
+
+def post_processing(repeats: int) -> None:
+    """Time of turning raw records into a log (labels, passes, structure), per op: must stay flat."""
+    print(f"\n{'post-processing':24s} {'ops':>6s} {'ms':>9s} {'us/op':>7s} {'passes':>7s}")
+    for name, (model, x) in structure_models().items():
+        plan = CapturePlan(save="none")
+        recorder, _, _ = record_forward(model, x, None, plan, 0)
+        times = []
+        gc.disable()  # as in a real capture
+        try:
+            for _ in range(max(3, repeats // 3)):
+                t0 = time.perf_counter()
+                log = build_log(recorder, model, {})
+                times.append(time.perf_counter() - t0)
+        finally:
+            gc.enable()
+        best, n = min(times), len(recorder.records)
+        print(f"{name:24s} {n:6d} {best * 1e3:9.2f} {best / n * 1e6:7.2f} {log.structure['max_passes']:7d}")
+
+
+def validation_time(repeats: int) -> None:
+    """lt.validate_model_activations on the 4-block transformer (target: well under a second)."""
+    model, x = bench_models()["transformer4 (d=64)"]
+    lt.validate_model_activations(model, x, random_seed=0)
+    times = []
+    for _ in range(max(3, repeats // 3)):
+        t0 = time.perf_counter()
+        ok = lt.validate_model_activations(model, x, random_seed=0)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    print(f"\nvalidate_model_activations, transformer4 (d=64): {t:.3f}s, valid={ok} (target < 1 s) {'OK' if t < 1 else 'MISS'}")
 
 
 if __name__ == "__main__":

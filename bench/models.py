@@ -62,6 +62,42 @@ class LSTMLoop(nn.Module):
         return self.out(h)
 
 
+class LongLoop(nn.Module):
+    """One small Linear applied ``steps`` times in a Python loop (weight sharing)."""
+
+    def __init__(self, steps: int = 1000, d: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.steps = steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.steps):
+            x = torch.tanh(self.fc(x)) * 0.9 + 0.1
+        return x
+
+
+class DeepStack(nn.Module):
+    """``blocks`` residual blocks with distinct weights: 4 ops each (5000 ops by default)."""
+
+    def __init__(self, blocks: int = 1250, d: int = 8) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = x + torch.tanh(blk(x)) * 0.5
+        return x
+
+
+def structure_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """Models for the post-processing (labels, passes, structure) benchmark."""
+    torch.manual_seed(0)
+    return {
+        "loop 1000 steps": (LongLoop(1000), torch.randn(4, 8)),
+        "stack of 5000 ops": (DeepStack(1250), torch.randn(4, 8)),
+    }
+
+
 def bench_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     """The benchmark's models with inputs, in their default (train) mode."""
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .bundle_format import MANIFEST_NAME
+from .bundle_format import MANIFEST_NAME, gc_paused
 from .bundle_metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
 from .bundle_reader import BundleReader
 from .bundle_writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
@@ -52,7 +52,7 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     try:
         saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
-        with BundleWriter(tmp, kind="capture", shard_size=shard_size, header_reserve=1024 + 200 * saved) as writer:
+        with gc_paused(), BundleWriter(tmp, kind="capture", shard_size=shard_size, header_reserve=1024 + 200 * saved) as writer:
             encoder = LogEncoder(writer.append)
             writer.commit(encoder.encode_log(log))
         fsync_dir(tmp)
@@ -111,6 +111,11 @@ def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
         >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation()
         (True, tensor([0., 2.]))
     """
+    with gc_paused():
+        return _load(path, lazy)
+
+
+def _load(path: str | os.PathLike, lazy: bool) -> ModelLog:
     reader = BundleReader(path)
     captures = [i for i, u in enumerate(reader.units) if u["metadata"].get("kind") == "capture"]
     if not captures:
@@ -128,7 +133,7 @@ def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise BundleError(f"{where}: the capture metadata is malformed ({type(exc).__name__}: {exc}).") from None
     if reader.left_out:
-        warnings.warn(BundleWarning(f"Bundle {str(reader.path)!r}: loaded its committed capture; left out: " + " ".join(reader.left_out)), stacklevel=2)
+        warnings.warn(BundleWarning(f"Bundle {str(reader.path)!r}: loaded its committed capture; left out: " + " ".join(reader.left_out)), stacklevel=4)
     return log
 
 

@@ -9,6 +9,7 @@ tagged with ``$``: ``{"$tuple": [...]}``, ``{"$float": "nan"}``, ``{"$dtype": "b
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -66,10 +67,11 @@ def decode_value(data: Any, get_tensor: Callable[[str], Any], where: str) -> Any
         >>> decode_value({"a": {"$tuple": [1, {"$float": "inf"}]}}, None, "x")
         {'a': (1, inf)}
     """
-    if isinstance(data, (str, int, float, type(None))):
+    kind = type(data)
+    if kind is str or kind is int or kind is float or kind is bool or data is None:
         return data
-    if isinstance(data, list):
-        return [decode_value(v, get_tensor, where) for v in data]
+    if kind is list:
+        return [v if type(v) is str else decode_value(v, get_tensor, where) for v in data]
     if not isinstance(data, dict):
         raise BundleError(f"{where} holds a value of unexpected type {type(data).__name__}.")
     if len(data) == 1:
@@ -137,20 +139,21 @@ class LogEncoder:
 
     def value(self, value: Any, name: str, what: str) -> Any:
         """``value`` encoded, its tensors stored as ``name`` (``name/i`` inside containers)."""
-        if isinstance(value, torch.Tensor):
-            return self._or_note(lambda: self.tensor_ref(name, value), what)
-        count = iter(range(1 << 62))
-        return self._or_note(lambda: encode_value(value, lambda t: self.tensor_ref(f"{name}/{next(count)}", t)), what)
-
-    def _or_note(self, fn: Callable[[], Any], what: str) -> Any:
+        if isinstance(value, _PLAIN):
+            return value
         try:
-            return fn()
+            if isinstance(value, torch.Tensor):
+                return self.tensor_ref(name, value)
+            count = itertools.count()
+            return encode_value(value, lambda t: self.tensor_ref(f"{name}/{next(count)}", t))
         except (Unencodable, TypeError, ValueError) as exc:
             self.notes.append(f"{what} was not saved: {exc}.")
             return None
 
     def field(self, layer: LayerLog, column: str, value: Any) -> Any:
         """One LayerLog field as JSON."""
+        if isinstance(value, _PLAIN) and column != "tensor_contents":
+            return value
         if column == "tensor_dtype":
             return None if value is None else dtype_name(value)
         if column == "raw_frames":
@@ -214,10 +217,11 @@ def layer_fields(unit: dict[str, Any], get_tensor: Callable[[str], Any], where: 
 
 
 def _field(column: str, data: Any, get_tensor: Callable[[str], Any], where: str) -> Any:
-    if column in TENSOR_FIELDS:
-        return data
     if column == "tensor_dtype":
         return None if data is None else parse_dtype(data, where)
+    kind = type(data)
+    if kind is str or kind is int or kind is bool or data is None or column in TENSOR_FIELDS:
+        return data
     if column == "raw_frames":
         if not isinstance(data, list) or not all(_is_frame(f) for f in data):
             raise BundleError(f"{where} is not a list of [file, line, function] frames.")

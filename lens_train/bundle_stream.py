@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .bundle import Materializer, materializers
-from .bundle_format import MANIFEST_NAME
+from .bundle_format import MANIFEST_NAME, gc_paused
 from .bundle_metadata import TENSOR_FIELDS, LogEncoder
 from .bundle_reader import BundleReader
 from .bundle_writer import BundleWriter
@@ -121,7 +121,8 @@ class CaptureStream:
         if not self.active:
             return
         try:
-            unit = self.encoder.encode_log(log)
+            with gc_paused():
+                unit = self.encoder.encode_log(log)
             self.writer.commit(unit)
             self.writer.close()
         except BaseException:

@@ -27,7 +27,12 @@ from .errors import BundleError, InvalidArgumentError
 
 DEFAULT_SHARD_SIZE = 2 << 30
 _MAX_HEADER = 64 << 20
-_BASE_HEADER = len(json.dumps({"__metadata__": {"format": FORMAT_NAME}}, separators=(",", ":")))
+_BASE_HEADER = json.dumps({"__metadata__": {"format": FORMAT_NAME}}, separators=(",", ":"))
+
+
+def _entry_json(name: str, tag: str, shape: list[int], begin: int, end: int) -> str:
+    """One safetensors header entry, exactly as ``json.dumps`` with compact separators writes it."""
+    return f'{json.dumps(name)}:{{"dtype":"{tag}","shape":[{",".join(map(str, shape))}],"data_offsets":[{begin},{end}]}}'
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -63,29 +68,24 @@ class _Shard:
         self.reserve = (reserve + 7) // 8 * 8  # 8-byte aligned data start
         self.file = open(path, "wb")
         self.file.write(struct.pack("<Q", self.reserve) + b" " * self.reserve)
-        self.entries: dict[str, Any] = {"__metadata__": {"format": FORMAT_NAME}}
-        self.header_len = _BASE_HEADER
+        self.entries: list[str] = []
+        self.header_len = len(_BASE_HEADER)
         self.data_len = 0
 
-    def entry_len(self, name: str, tag: str, shape: list[int], nbytes: int) -> int:
-        return self.entry_len_at(self.data_len, name, tag, shape, nbytes)
+    def entry(self, name: str, tag: str, shape: list[int], nbytes: int) -> str:
+        """The header entry of a tensor appended next."""
+        return _entry_json(name, tag, shape, self.data_len, self.data_len + nbytes)
 
-    @staticmethod
-    def entry_len_at(begin: int, name: str, tag: str, shape: list[int], nbytes: int) -> int:
-        """Header bytes the entry of a tensor stored at data offset ``begin`` takes (with its comma)."""
-        entry = {"dtype": tag, "shape": shape, "data_offsets": [begin, begin + nbytes]}
-        return len(json.dumps({name: entry}, separators=(",", ":"))) - 1
-
-    def write(self, name: str, tag: str, shape: list[int], data: memoryview, entry_len: int) -> int:
+    def write(self, data: memoryview, entry: str) -> int:
         offset = 8 + self.reserve + self.data_len
         self.file.write(data)
-        self.entries[name] = {"dtype": tag, "shape": shape, "data_offsets": [self.data_len, self.data_len + len(data)]}
+        self.entries.append(entry)
         self.data_len += len(data)
-        self.header_len += entry_len
+        self.header_len += len(entry) + 1
         return offset
 
     def finish(self) -> dict[str, Any]:
-        head = json.dumps(self.entries, separators=(",", ":")).encode("ascii")
+        head = (_BASE_HEADER[:-1] + "".join("," + e for e in self.entries) + "}").encode("ascii")
         head = struct.pack("<Q", self.reserve) + head + b" " * (self.reserve - len(head))
         self.file.seek(0)
         self.file.write(head)
@@ -155,9 +155,9 @@ class BundleWriter:
         except (TypeError, AttributeError) as exc:
             raise InvalidArgumentError(f"Cannot save {name!r}: {exc}. Pass a dense (strided) tensor.") from None
         data = byte_view(stored)
-        shard, entry_len = self._shard_for(name, tag, st_shape, len(data))
+        shard, header_entry = self._shard_for(name, tag, st_shape, len(data))
         pending = start_checksum(data)
-        offset = shard.write(name, tag, st_shape, data, entry_len)
+        offset = shard.write(data, header_entry)
         entry = {"shard": shard.path.name, "offset": offset, "nbytes": len(data), "dtype": dtype_name(stored.dtype),
                  "shape": list(stored.shape), "stored": kind}
         self._tensors[name] = entry
@@ -166,20 +166,22 @@ class BundleWriter:
         if self._pending_bytes > self.max_pending_bytes:
             self._drain()
 
-    def _shard_for(self, name: str, tag: str, shape: list[int], nbytes: int) -> tuple[_Shard, int]:
+    def _shard_for(self, name: str, tag: str, shape: list[int], nbytes: int) -> tuple[_Shard, str]:
+        """The shard the next tensor goes to (a new one when it is full) and the tensor's header entry."""
         shard = self._shard
         if shard is not None:
-            entry_len = shard.entry_len(name, tag, shape, nbytes)
+            entry = shard.entry(name, tag, shape, nbytes)
             full = shard.data_len > 0 and shard.data_len + nbytes > self.shard_size
-            if not full and shard.header_len + entry_len <= shard.reserve:
-                return shard, entry_len
-            if shard.header_len + entry_len > shard.reserve:
-                self._reserve = min(_MAX_HEADER, max(2 * self._reserve, 4 * entry_len))
+            if not full and shard.header_len + len(entry) + 1 <= shard.reserve:
+                return shard, entry
+            if shard.header_len + len(entry) + 1 > shard.reserve:
+                self._reserve = min(_MAX_HEADER, max(2 * self._reserve, 4 * len(entry)))
             self._close_shard()
-        entry_len = _Shard.entry_len_at(0, name, tag, shape, nbytes)
-        shard = self._shard = _Shard(self.path / shard_name(self._next_shard), max(self._reserve, _BASE_HEADER + 2 * entry_len))
+        entry = _entry_json(name, tag, shape, 0, nbytes)
+        reserve = max(self._reserve, len(_BASE_HEADER) + 2 * len(entry))
+        self._shard = _Shard(self.path / shard_name(self._next_shard), reserve)
         self._next_shard += 1
-        return shard, entry_len
+        return self._shard, entry
 
     def _close_shard(self) -> None:
         if self._shard is not None:

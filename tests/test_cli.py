@@ -118,6 +118,19 @@ def test_default_run_end_to_end(in_process, capsys: pytest.CaptureFixture) -> No
 
 
 @pytest.mark.slow
+def test_ddp_on_two_cpu_processes_shares_one_run_dir(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "trainer=ddp", *TINY, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "train_ddp_process_1.log").is_file()  # the second process ran, in the same dir
+    assert done.stdout.count("test accuracy: ") == 1  # rank zero alone prints the summary
+    assert len(json.loads((run / "snapshots" / "index.json").read_text())["snapshots"]) == 2
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "plots" / "probe_accuracy.png").is_file()
+
+
+@pytest.mark.slow
 def test_multirun_sweeps_write_one_dir_per_job(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "-m", "lens=[aux_loss]", "lens.aux_loss.weight=0.1,0.3", *TINY, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,8 +13,7 @@ from torch import nn
 import lens_train as lt
 from lens_train.errors import AmbiguousLayerError, BundleError, InvalidArgumentError, LayerNotFoundError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from models import Encoder  # noqa: E402
+from bench.models import Encoder
 
 
 class Net(nn.Module):

@@ -188,7 +188,7 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     recorder = Recorder(model, plan, _STOP_CODE)
     start = time.perf_counter()
-    with forked_rng(seed, _devices(args, kwargs, model)), _gc_paused():
+    with forked_rng(seed, _devices(args, kwargs, model)), preserved_buffers(model, recorder.copy_on_write), _gc_paused():
         with recorder:
             for name, t in named_tensors(args, kwargs):
                 recorder.add_input(t, name)
@@ -198,6 +198,35 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
     if not recorder.records:
         raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
     return recorder, output, elapsed
+
+
+@contextmanager
+def preserved_buffers(model: nn.Module, before_restore: Callable[[torch.Tensor], None] | None = None) -> Iterator[None]:
+    """Put every buffer back as it was after the block (BatchNorm statistics, reassigned buffers).
+
+    A capture observes a forward pass; it must not train running statistics.
+
+    Example:
+        >>> import torch
+        >>> bn = torch.nn.BatchNorm1d(2)
+        >>> with preserved_buffers(bn):
+        ...     _ = bn(torch.randn(4, 2))
+        >>> bn.running_mean.tolist(), int(bn.num_batches_tracked)
+        ([0.0, 0.0], 0)
+    """
+    saved = [(m, name, b, b.detach().clone()) for m in model.modules()
+             for name, b in m._buffers.items() if b is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, original, value in saved:
+                if module._buffers.get(name) is not original:
+                    module._buffers[name] = original
+                if before_restore is not None:
+                    before_restore(original)  # saved activations aliasing the buffer keep their value
+                # kernels such as batch_norm update running stats without bumping _version
+                original.copy_(value)
 
 
 @contextmanager

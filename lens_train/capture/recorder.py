@@ -223,7 +223,6 @@ class Recorder(TorchFunctionMode):
                 h.remove()
             self._handles.clear()
             self._owner.clear()
-            self._by_storage.clear()
 
     # -- module hooks -------------------------------------------------------------------
     def _pre_hook(self, module: nn.Module, args: tuple) -> None:
@@ -281,7 +280,7 @@ class Recorder(TorchFunctionMode):
         template = self._template(args, kwargs) if plan.keep_templates else None
         rng = torch.get_rng_state() if plan.record_rng else None
         if inplace:
-            self._copy_on_write(kwargs["out"] if "out" in kwargs else args[0])
+            self.copy_on_write(kwargs["out"] if "out" in kwargs else args[0])
         start = _perf()
         try:
             result = func(*args, **kwargs)
@@ -382,7 +381,7 @@ class Recorder(TorchFunctionMode):
             if not clone and value.layout == torch.strided and value.device.type != "meta":
                 self._by_storage.setdefault(_storage_key(value), []).append(rec)
 
-    def _copy_on_write(self, target: Any) -> None:
+    def copy_on_write(self, target: Any) -> None:
         """Clone saved values that share ``target``'s memory before an in-place op changes it."""
         if not isinstance(target, _Tensor) or not self._by_storage:
             return

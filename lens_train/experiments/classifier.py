@@ -72,8 +72,8 @@ class Classifier(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         metric = self.metrics[f"{stage}_acc"]
         metric(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        # sync_dist averages the epoch value over DDP ranks (a no-op on one device).
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 

@@ -56,9 +56,9 @@ def make_trainer(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Callback], 
     for cb in standard:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(out_dir / "checkpoints")
-    kwargs = dict(trainer_overrides or {})
-    return instantiate(cfg.trainer, callbacks=[*standard, *callbacks], logger=loggers or False,
-                       default_root_dir=str(out_dir), **kwargs)
+    kwargs = {"callbacks": [*standard, *callbacks], "logger": loggers or False, "default_root_dir": str(out_dir),
+              **(trainer_overrides or {})}
+    return instantiate(cfg.trainer, **kwargs)
 
 
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path,
@@ -111,7 +111,7 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
             )
         module_cls = get_class(teacher_cfg.model._target_)
         teacher = module_cls.load_from_checkpoint(path, net=instantiate(teacher_cfg.model.net), weights_only=False)
-        trainer = make_trainer(cfg, out_dir, [], {"logger": False})
+        trainer = make_trainer(cfg, out_dir, [], {"logger": False, "callbacks": []})
         metrics = trainer.test(teacher, datamodule=datamodule, verbose=False)
         test = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
         return teacher, StageResult("teacher (loaded)", out_dir, test=test, best_checkpoint=str(path))

@@ -36,8 +36,7 @@ from tests.zoo.control import (
     WhileLoop,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from models import Encoder  # noqa: E402
+from bench.models import Encoder
 
 
 def passes_of(log: lt.ModelLog) -> dict[str, int]:

@@ -16,8 +16,7 @@ from lens_train.capture import validation
 from lens_train.capture.recorder import Recorder
 from lens_train.errors import UnsupportedModelError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from models import Encoder  # noqa: E402
+from bench.models import Encoder
 
 
 class Small(nn.Module):
