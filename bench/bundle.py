@@ -66,6 +66,15 @@ def timed(fn) -> float:  # noqa: ANN001
     return time.perf_counter() - t0
 
 
+def fresh(path: str) -> str:
+    """Remove ``path`` (untimed) so every save writes new files, as lt.save always does."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+    return path
+
+
 def save_file_fsync(tensors: dict[str, torch.Tensor], path: str) -> None:
     save_file(tensors, path)
     with open(path, "rb+") as f:
@@ -83,17 +92,22 @@ def bench_big(mb: int, repeats: int, root: Path) -> None:
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     print(f"big bundle: {len(log)} layers, {len(tensors)} tensors, {nbytes / 2**20:.0f} MB")
     ours, ref = str(root / "bundle"), str(root / "ref.safetensors")
-    fns = {
+    saves = {
         "lt.save": lambda: lt.save(log, ours),
         "save_file": lambda: save_file(tensors, ref),
         "save_file+fsync": lambda: save_file_fsync(tensors, ref),
+    }
+    loads = {
         "lt.load": lambda: lt.load(ours),
         "load_file+read": lambda: read_every_byte(ref),
         "load_file (bare)": lambda: load_file(ref),
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in (*saves, *loads)}
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name, fn in saves.items():
+            fresh(ours if name == "lt.save" else ref)
+            times[name].append(timed(fn))
+        for name, fn in loads.items():
             times[name].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, t in med.items():

@@ -52,11 +52,11 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     try:
         saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
-        with gc_paused(), BundleWriter(tmp, kind="capture", shard_size=shard_size, header_reserve=1024 + 200 * saved) as writer:
+        with gc_paused(), BundleWriter(tmp, kind="capture", shard_size=shard_size, header_reserve=1024 + 200 * saved,
+                                       journal=False) as writer:
             encoder = LogEncoder(writer.append)
             writer.commit(encoder.encode_log(log))
-        fsync_dir(tmp)
-        _move_into_place(tmp, target)
+        _move_into_place(tmp, target)  # the writer's close made the files and tmp's entries durable
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,7 +26,7 @@ JOURNAL_NAME = "commits.jsonl"
 SHARD_PATTERN = re.compile(r"activations-(\d{5})\.safetensors\Z")
 # Tensors are checksummed per block so that large tensors hash on several cores.
 CHECKSUM_BLOCK = 16 << 20
-_INLINE_CHECKSUM = 4 << 20
+_INLINE_CHECKSUM = 1 << 20
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lens-train-crc32")
 
 # safetensors dtype tags of the dtypes stored natively; complex tensors are stored as

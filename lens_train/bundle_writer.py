@@ -106,6 +106,9 @@ class BundleWriter:
         max_pending_bytes: appended bytes whose checksums may still be computing; 0 makes
             every ``append`` finish before it returns (then the caller may free the tensor).
         info: extra JSON-able fields for the manifest.
+        journal: commit each unit durably as it comes. ``False`` is for a directory that is
+            published by renaming it once complete (as ``lt.save`` does): units are then
+            recorded only by ``close``, and fewer fsyncs are needed.
 
     Example:
         >>> import tempfile, torch
@@ -121,7 +124,8 @@ class BundleWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, kind: str = "stream", shard_size: int = DEFAULT_SHARD_SIZE,
-                 header_reserve: int = 64 << 10, max_pending_bytes: int = 256 << 20, info: dict[str, Any] | None = None) -> None:
+                 header_reserve: int = 64 << 10, max_pending_bytes: int = 256 << 20, info: dict[str, Any] | None = None,
+                 journal: bool = True) -> None:
         if shard_size < 1 or header_reserve < 64 or max_pending_bytes < 0:
             raise InvalidArgumentError(
                 f"BundleWriter needs shard_size >= 1, header_reserve >= 64 and max_pending_bytes >= 0, got "
@@ -140,8 +144,9 @@ class BundleWriter:
         self._pending_bytes = 0
         self._journal = None
         self.closed = False
-        _create_bundle_dir(self.path, frame("manifest", {**self.header, "complete": False, "units": []}))
-        self._journal = open(self.path / JOURNAL_NAME, "ab")
+        _create_bundle_dir(self.path, frame("manifest", {**self.header, "complete": False, "units": []}) if journal else None)
+        if journal:
+            self._journal = open(self.path / JOURNAL_NAME, "ab")
 
     # -- appending --------------------------------------------------------------------
     def append(self, name: str, tensor: torch.Tensor) -> None:
@@ -210,11 +215,12 @@ class BundleWriter:
         self._close_shard()
         index = len(self.units)
         unit = {"index": index, "metadata": metadata, "shards": self._shards, "tensors": self._tensors}
-        record = frame("unit", unit)
-        fsync_dir(self.path)  # the new shard files' names must be durable before the record naming them
-        self._journal.write(record)
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        if self._journal is not None:
+            record = frame("unit", unit)
+            fsync_dir(self.path)  # the new shard files' names must be durable before the record naming them
+            self._journal.write(record)
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
         self.units.append(unit)
         self._tensors, self._shards = {}, []
         return index
@@ -228,10 +234,17 @@ class BundleWriter:
         """Fold the commit records into ``manifest.json``; anything not committed is left out."""
         if self.closed:
             return
+        journal = self._journal is not None
         self._release()
-        manifest = {**self.header, "complete": True, "units": self.units}
-        write_durable(self.path / MANIFEST_NAME, frame("manifest", manifest))
-        (self.path / JOURNAL_NAME).unlink(missing_ok=True)
+        manifest = frame("manifest", {**self.header, "complete": True, "units": self.units})
+        if journal:
+            write_durable(self.path / MANIFEST_NAME, manifest)
+            (self.path / JOURNAL_NAME).unlink(missing_ok=True)
+        else:
+            with open(self.path / MANIFEST_NAME, "wb") as f:
+                f.write(manifest)
+                f.flush()
+                os.fsync(f.fileno())
         fsync_dir(self.path)
 
     def abort(self, remove_if_empty: bool = True) -> None:
@@ -278,14 +291,17 @@ def _manifest_header(kind: str, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _create_bundle_dir(path: Path, manifest: bytes) -> None:
-    """Create ``path`` holding only ``manifest.json`` and an empty journal, atomically."""
+def _create_bundle_dir(path: Path, manifest: bytes | None) -> None:
+    """Create ``path`` holding only ``manifest`` and an empty journal, atomically (just the directory without one)."""
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise BundleError(
             f"Cannot write a bundle to {str(path)!r}: it already exists. Pick a new path, or remove the old one "
             f"first (shutil.rmtree({str(path)!r}))."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        path.mkdir(exist_ok=True)
+        return
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
     try:
         write_durable(tmp / MANIFEST_NAME, manifest)

@@ -119,8 +119,10 @@ PERTURBATION_EXEMPTIONS: tuple[Exemption, ...] = (
               frozenset(_THRESHOLDS)),
     Exemption("selection", "max/min/sort/where pick some values; changing the ones not picked changes nothing",
               frozenset(_SELECTIONS)),
-    Exemption("zero factor", "a product with an all-zero factor is zero whatever the other factor holds",
-              frozenset({"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "mm", "bmm", "einsum", "linear"}),
+    Exemption("zero factor", "a product with an all-zero factor (or a dropout mask that dropped every kept "
+              "value) is zero whatever the other factor holds",
+              frozenset({"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "mm", "bmm", "einsum", "linear",
+                         "dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "native_dropout"}),
               zero_output=True),
     Exemption("index or mask tensor", "integer and bool tensors used as indices or masks may select equal "
               "values after a change", None, None, index_like=True),
