@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python examples/capture_and_print.py "$@"
+# The default experiment (configs/train.yaml); extra arguments are Hydra overrides.
+.venv/bin/lens-train "$@"

@@ -137,3 +137,13 @@ def test_streaming_works_with_gradients_and_replays(tmp_path: Path) -> None:
     log.save_new_activations(model, new)
     assert torch.allclose(log["tanh_1_2"].activation, model(new))
     assert torch.allclose(lt.load(tmp_path / "s")["tanh_1_2"].activation, model(x))
+
+
+def test_loading_warns_about_what_was_never_committed(tmp_path: Path) -> None:
+    log = lt.log_forward_pass(nn.ReLU(), torch.ones(2), save_activations_to=tmp_path / "s")
+    (tmp_path / "s" / "activations-00007.safetensors").write_bytes(b"\0" * 100)  # a later writer died here
+    with pytest.warns(lt.BundleWarning, match="left out: activations-00007.safetensors \\(100 B\\): written but never committed"):
+        loaded = lt.load(tmp_path / "s")
+    assert_same_log(log, loaded)
+    assert loaded.bundle_info["left_out"] == [
+        "activations-00007.safetensors (100 B): written but never committed (the writer stopped before its unit's commit)."]
