@@ -11,11 +11,12 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+import xxhash
 
 from .errors import BundleError
 
@@ -27,7 +28,6 @@ SHARD_PATTERN = re.compile(r"activations-(\d{5})\.safetensors\Z")
 # Tensors are checksummed per block so that large tensors hash on several cores.
 CHECKSUM_BLOCK = 16 << 20
 _INLINE_CHECKSUM = 1 << 20
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lens-train-crc32")
 
 # safetensors dtype tags of the dtypes stored natively; complex tensors are stored as
 # their real view, every other dtype as raw bytes (the manifest keeps the true dtype).
@@ -75,27 +75,25 @@ def gc_paused() -> Iterator[None]:
 
 # -- checksums ------------------------------------------------------------------------
 def checksum(data: memoryview | bytes) -> list[str]:
-    """CRC-32 (zlib) of each :data:`CHECKSUM_BLOCK` bytes of ``data``, as hex strings.
+    """xxh3-64 of each :data:`CHECKSUM_BLOCK` bytes of ``data``, as hex strings.
 
     Example:
         >>> checksum(b"lens")
-        ['2cdaf8c3']
+        ['7135c2a1fc414e1e']
     """
-    return [f"{c:08x}" for c in _resolve(start_checksum(data))]
+    return [f"{c:016x}" for c in _resolve(start_checksum(data))]
 
 
 def start_checksum(data: memoryview | bytes) -> list[Any]:
-    """Checksum blocks of ``data``, large ones computed in worker threads (zlib frees the GIL)."""
+    """Checksum blocks of ``data`` (xxh3 runs near memory bandwidth, ~20 GB/s on one core)."""
     mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
     n = len(mv)
-    if n <= _INLINE_CHECKSUM:
-        return [zlib.crc32(mv[i:i + CHECKSUM_BLOCK]) for i in range(0, max(n, 1), CHECKSUM_BLOCK)]
-    return [_POOL.submit(zlib.crc32, mv[i:i + CHECKSUM_BLOCK]) for i in range(0, n, CHECKSUM_BLOCK)]
+    return [xxhash.xxh3_64_intdigest(mv[i:i + CHECKSUM_BLOCK]) for i in range(0, max(n, 1), CHECKSUM_BLOCK)]
 
 
 def finish_checksum(pending: list[Any]) -> list[str]:
     """The hex checksum list of a :func:`start_checksum` result."""
-    return [f"{c:08x}" for c in _resolve(pending)]
+    return [f"{c:016x}" for c in _resolve(pending)]
 
 
 def _resolve(pending: list[Any]) -> list[int]:
@@ -210,6 +208,9 @@ def from_bytes(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch
     """
     if raw.numel() == 0:
         return torch.empty(shape, dtype=dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if raw.storage_offset() % itemsize:
+        raw = raw.clone()  # a memory-mapped slice not aligned for this dtype
     return raw.view(dtype).reshape(shape)
 
 

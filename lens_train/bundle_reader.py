@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,16 +86,15 @@ class BundleReader:
             by_shard.setdefault(e["shard"], []).append(e)
         for shard, group in by_shard.items():
             path = self._check_shard(u, shard)
-            with open(path, "rb", buffering=0) as f:
-                for e in group:
-                    raw = torch.empty(e["nbytes"], dtype=torch.uint8)
-                    view = byte_view(raw)
-                    f.seek(e["offset"])
-                    _read_exact(f, view, path, e["name"])
-                    pending.append((e, raw, start_checksum(view)))
+            # Memory-mapped, copy-on-write: no page is copied until a tensor is written to,
+            # and the file never changes (the same approach as safetensors' load_file).
+            whole = _map_shard(path)
+            for e in group:
+                raw = whole[e["offset"]:e["offset"] + e["nbytes"]]
+                pending.append((e, raw, start_checksum(byte_view(raw))))
         out = {}
         for e, raw, crc in pending:
-            if finish_checksum(crc) != e["crc32"]:
+            if finish_checksum(crc) != e["xxh3"]:
                 raise BundleError(f"{self.path / e['shard']}: tensor {e['name']!r} fails its checksum (the file was modified or corrupted).")
             out[e["name"]] = from_bytes(raw, e["dtype"], e["shape"])
         return out
@@ -127,10 +128,21 @@ class BundleReader:
             if not 0 <= n <= size - 8:
                 raise BundleError(f"{path}: shard header is corrupted (header length {n}).")
             head += f.read(n)
-        if checksum(head)[0] != info["header_crc32"]:
+        if checksum(head)[0] != info["header_xxh3"]:
             raise BundleError(f"{path}: shard header fails its checksum (the file was modified or corrupted).")
         self._checked_shards.add(name)
         return path
+
+
+def _map_shard(path: Path) -> torch.Tensor:
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: cannot be read ({exc}).") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frombuffer warns that mmap buffers are writable: ACCESS_COPY keeps the file safe
+        return torch.frombuffer(mapped, dtype=torch.uint8)
 
 
 def _read_file(path: Path) -> bytes:
@@ -188,7 +200,7 @@ def _checked_units(units: list[Any], where: str, start: int = 0) -> list[dict[st
 
 def _is_shard(s: Any) -> bool:
     return (isinstance(s, dict) and isinstance(s.get("file"), str) and SHARD_PATTERN.match(s["file"]) is not None
-            and type(s.get("size")) is int and isinstance(s.get("header_crc32"), str))
+            and type(s.get("size")) is int and isinstance(s.get("header_xxh3"), str))
 
 
 def _checked_entry(e: Any, name: str, unit: dict[str, Any], where: str) -> dict[str, Any]:
@@ -196,7 +208,7 @@ def _checked_entry(e: Any, name: str, unit: dict[str, Any], where: str) -> dict[
     if not isinstance(e, dict):
         raise BundleError(f"{where} has a malformed entry.")
     shard = next((s for s in unit["shards"] if s["file"] == e.get("shard")), None)
-    shape, offset, nbytes, crcs = e.get("shape"), e.get("offset"), e.get("nbytes"), e.get("crc32")
+    shape, offset, nbytes, crcs = e.get("shape"), e.get("offset"), e.get("nbytes"), e.get("xxh3")
     if (shard is None or not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape)
             or type(offset) is not int or type(nbytes) is not int or offset < 0 or nbytes < 0
             or offset + nbytes > shard["size"] or not isinstance(crcs, list)

@@ -92,7 +92,7 @@ class _Shard:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        return {"file": self.path.name, "size": len(head) + self.data_len, "header_crc32": checksum(head)[0]}
+        return {"file": self.path.name, "size": len(head) + self.data_len, "header_xxh3": checksum(head)[0]}
 
 
 class BundleWriter:
@@ -196,7 +196,7 @@ class BundleWriter:
 
     def _drain(self) -> None:
         for entry, pending, _data in self._pending:
-            entry["crc32"] = finish_checksum(pending)
+            entry["xxh3"] = finish_checksum(pending)
         self._pending.clear()
         self._pending_bytes = 0
 

@@ -39,15 +39,26 @@ def config_dir() -> Path:
     )
 
 
-def group_options(directory: Path, group: str) -> list[str]:
-    """The options of one config group (``model`` -> ``['cnn', 'mlp', 'transformer']``).
+def group_options(directory: Path | Sequence[Path], group: str) -> list[str]:
+    """The options of one config group (``model`` -> ``['cnn', 'mlp', 'transformer']``) in one or more folders.
 
     Example:
         >>> group_options(config_dir(), "model")
         ['cnn', 'mlp', 'transformer']
     """
-    folder = directory / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    folders = [directory] if isinstance(directory, Path) else list(directory)
+    return sorted({p.stem for folder in folders for p in (Path(folder) / group).glob("*.yaml")})
+
+
+def _extra_config_dirs(args: Sequence[str]) -> list[Path]:
+    # Hydra's --config-dir/-cd adds a folder whose options join the shipped ones.
+    found = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--config-dir="):
+            found.append(Path(arg.split("=", 1)[1]))
+        elif arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            found.append(Path(args[i + 1]))
+    return found
 
 
 def _split_choice(value: str) -> list[str]:
@@ -58,7 +69,7 @@ def _split_choice(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip() and v.strip() != "null"]
 
 
-def check_group_overrides(overrides: Sequence[str], directory: Path) -> str | None:
+def check_group_overrides(overrides: Sequence[str], directory: Path | Sequence[Path]) -> str | None:
     """A message for the first override choosing a config that does not exist, else ``None``.
 
     Example:
@@ -133,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"lens-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    message = check_group_overrides(args, directory)
+    message = check_group_overrides(args, [directory, *_extra_config_dirs(args)])
     if message:
         print(message, file=sys.stderr)
         raise SystemExit(2)

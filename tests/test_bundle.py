@@ -121,7 +121,7 @@ def test_manifest_describes_the_capture_and_every_tensor(tmp_path: Path, recurre
     assert unit["metadata"]["model_name"] == "SimpleRecurrent"
     assert unit["metadata"]["capture"] == {"random_seed": 3, "train_mode": False, "layers_to_save": "all"}
     entry = unit["tensors"]["activation/4"]
-    assert entry["dtype"] == "float32" and entry["shape"] == [2, 5] and len(entry["crc32"]) == 1
+    assert entry["dtype"] == "float32" and entry["shape"] == [2, 5] and len(entry["xxh3"]) == 1
 
 
 def test_shards_are_split_by_size_and_readable_by_safetensors(tmp_path: Path) -> None:

@@ -68,6 +68,13 @@ def test_group_override_checks(overrides: list[str], expected: str) -> None:
     assert expected in check_group_overrides(overrides, config_dir())
 
 
+def test_options_of_an_extra_config_dir_are_accepted(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("_target_: x\n")
+    assert check_group_overrides(["model=mine"], [config_dir(), tmp_path]) is None
+    assert "Available models: cnn, mine, mlp, transformer" in check_group_overrides(["model=min_"], [config_dir(), tmp_path])
+
+
 @pytest.mark.parametrize("overrides", [["model=mlp", "lens=[]", "logger=null"], ["trainer.max_epochs=3"],
                                        ["model.net.channels=[8,16]"], ["hydra/launcher=basic"],
                                        ["-m", "model=choice(cnn,mlp)"]])
