@@ -205,3 +205,10 @@ def test_missing_teacher_checkpoint_is_a_clear_error(in_process, capsys: pytest.
         in_process("experiment=distill_digits", "teacher.ckpt_path=/nope/teacher.ckpt", *TINY)
     assert info.value.code == 2
     assert "teacher.ckpt_path='/nope/teacher.ckpt' is not a file" in capsys.readouterr().err
+
+
+def test_distill_lens_without_the_distill_flow_is_a_clear_error(in_process, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        in_process("lens=[distill]", *TINY)
+    assert info.value.code == 2
+    assert "lens.distill distills from a teacher, which only flow=distill builds" in capsys.readouterr().err

@@ -92,6 +92,12 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
 
 def train_flow(cfg: DictConfig) -> list[StageResult]:
     """Train ``cfg.model`` on ``cfg.data`` with every ``cfg.lens`` callback; test; plot."""
+    needs_teacher = [name for name, entry in (cfg.get("lens") or {}).items() if entry is not None and "teacher" in entry]
+    if needs_teacher:
+        raise InvalidArgumentError(
+            f"lens.{needs_teacher[0]} distills from a teacher, which only flow=distill builds. Run "
+            "lens-train experiment=distill_digits, or drop it: lens-train lens." + needs_teacher[0] + "=null."
+        )
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
     lens = build_lens_callbacks(cfg.get("lens"))
