@@ -247,7 +247,17 @@ def plot_drift(snapshots: Sequence[Snapshot], path: str | os.PathLike) -> Path |
 
     fig = Figure(figsize=(2.5 + 0.5 * len(names), 2.0 + 0.3 * len(layers)), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    # CKA between consecutive snapshots is usually close to 1: scale the colours to the
+    # observed range so that drift stays visible, and print each value in its cell.
+    finite = [v for row in table for v in row if v == v]
+    low = min(finite, default=0.0)
+    image = ax.imshow(table, vmin=min(low, 0.999), vmax=1.0, cmap="viridis", aspect="auto")
+    if len(layers) * len(names) <= 400:
+        for i, row in enumerate(table):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=5,
+                            color="white" if v < (low + 1) / 2 else "black")
     ax.set_yticks(range(len(layers)), labels=layers, fontsize=7)
     ax.set_xticks(range(len(names)), labels=names, rotation=60, ha="right", fontsize=7)
     ax.set_title("linear CKA with the previous snapshot", fontsize=8)

@@ -103,7 +103,8 @@ class ProbeCallback(TapCallback):
                 metrics[f"probe/{layer}/{split}_{short}"] = value
         self.probes.reset(split)
         if metrics:
-            pl_module.log_dict(metrics, on_step=False, on_epoch=True)
+            # values are already identical on every rank; sync_dist only averages equal numbers
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=pl_module.trainer.world_size > 1)
 
     def _hook_optimizer(self) -> None:
         optimizer = self.probes.optimizer
