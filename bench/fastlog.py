@@ -75,7 +75,7 @@ def bench_rollouts(n: int) -> None:
                 action = policy(obs)
                 obs = torch.tanh(obs + 0.1 * action.detach().sum())  # the environment step
                 if i + 1 in (n // 2, n):
-                    gc.collect()  # safetensors' ctypes views are cyclic garbage: count live memory only
+                    gc.collect()  # count live memory only, not cyclic garbage awaiting a collection
                     marks[i + 1] = tracemalloc.get_traced_memory()[0]
         elapsed = time.perf_counter() - t0
         tracemalloc.stop()

@@ -13,19 +13,21 @@ import secrets
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .bundle_format import MANIFEST_NAME, gc_paused
+from .bundle_format import MANIFEST_NAME
 from .bundle_metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
 from .bundle_reader import BundleReader
 from .bundle_writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
+from .capture.api import gc_paused
 from .capture.layer_log import LayerLog
 from .capture.model_log import ModelLog
-from .errors import BundleError, BundleWarning
+from .errors import BundleError, BundleWarning, InvalidArgumentError
 
 
-def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE) -> None:
+def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE, append: bool = False) -> None:
     """Write ``log`` (metadata and every saved tensor) to the bundle directory ``path``.
 
     An existing bundle at ``path`` is replaced atomically: until the new one is complete
@@ -35,6 +37,9 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
         log: a :class:`ModelLog` (captured, or loaded from another bundle).
         path: the bundle directory to write.
         shard_size: activations are split across ``.safetensors`` files of about this many bytes.
+        append: add ``log`` as one more capture unit of the bundle at ``path`` (created if
+            missing) instead of replacing it; the commit is durable and append-only, and
+            ``lt.load(path, unit=i)`` reads capture ``i``.
 
     Example:
         >>> import tempfile, torch, lens_train as lt
@@ -47,30 +52,34 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     if not isinstance(log, ModelLog):
         raise BundleError(f"lt.save needs a ModelLog, got {type(log).__name__}. Example: lt.save(lt.log_forward_pass(model, x), path).")
     target = Path(path)
-    _check_replaceable(target)
+    saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
+    sizes = {"shard_size": shard_size, "header_reserve": 1024 + 200 * saved}
+    if append:
+        with gc_paused(), BundleWriter(target, kind="capture", append=True, **sizes) as writer:
+            writer.commit(LogEncoder(writer.append).encode_log(log))
+        return
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
     try:
-        saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
-        with gc_paused(), BundleWriter(tmp, kind="capture", shard_size=shard_size, header_reserve=1024 + 200 * saved,
-                                       journal=False) as writer:
-            encoder = LogEncoder(writer.append)
-            writer.commit(encoder.encode_log(log))
-        _move_into_place(tmp, target)  # the writer's close made the files and tmp's entries durable
+        with gc_paused(), BundleWriter(tmp, kind="capture", journal=False, **sizes) as writer:
+            writer.commit(LogEncoder(writer.append).encode_log(log))
+        move_into_place(tmp, target)  # the writer's close made the files and tmp's entries durable
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _check_replaceable(target: Path) -> None:
+def check_replaceable(target: Path, example: str = "lt.save(log, 'runs/new_bundle')") -> None:
+    """Raise unless ``target`` is absent, empty, or a bundle (which a new bundle may replace)."""
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_NAME).is_file()):
         raise BundleError(
-            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Save to a new path "
-            "(lt.save(log, 'runs/new_bundle'))."
+            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Write to a new path "
+            f"({example})."
         )
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
+def move_into_place(tmp: Path, target: Path) -> None:
     """Rename the finished ``tmp`` to ``target``; an old bundle is moved aside first, then deleted."""
     if not target.exists():
         os.rename(tmp, target)
@@ -87,7 +96,7 @@ def _move_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
+def load(path: str | os.PathLike, lazy: bool = False, unit: int | None = None) -> ModelLog:
     """Read the bundle at ``path`` back into a :class:`ModelLog`.
 
     Args:
@@ -95,36 +104,32 @@ def load(path: str | os.PathLike, lazy: bool = False) -> ModelLog:
             (``log_forward_pass(..., save_activations_to=path)``).
         lazy: read only metadata now; ``log[key].materialize_activation()`` reads one
             layer's tensors (activation, and its transformed activation and gradient)
-            when asked; ``log.output`` (the model's return value) stays None until
-            ``log.bundle_info["read_output"]()`` reads it. Checksums are verified
-            whenever tensor bytes are read.
+            when asked, and ``log.output`` (the model's return value) is read on first
+            use. Checksums are verified whenever tensor bytes are read.
+        unit: which committed unit to read when the bundle holds several captures
+            (``lt.save(..., append=True)``): its index, or negative from the last;
+            None reads the last capture.
 
     Raises:
         BundleError: the path is not a bundle, a file is missing, truncated or modified,
             a checksum does not match, or the format version is unknown.
+        InvalidArgumentError: ``unit`` is not the index of a committed capture.
 
     Example:
         >>> import tempfile, torch, lens_train as lt
         >>> path = tempfile.mkdtemp() + "/run"
         >>> lt.save(lt.log_forward_pass(torch.nn.ReLU(), torch.tensor([-1.0, 2.0])), path)
         >>> log = lt.load(path, lazy=True)
-        >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation()
-        (True, tensor([0., 2.]))
+        >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation(), log.output
+        (True, tensor([0., 2.]), tensor([0., 2.]))
     """
     with gc_paused():
-        return _load(path, lazy)
+        return _load(path, lazy, unit)
 
 
-def _load(path: str | os.PathLike, lazy: bool) -> ModelLog:
+def _load(path: str | os.PathLike, lazy: bool, unit: int | None) -> ModelLog:
     reader = BundleReader(path)
-    captures = [i for i, u in enumerate(reader.units) if u["metadata"].get("kind") == "capture"]
-    if not captures:
-        left = " Left out: " + " ".join(reader.left_out) if reader.left_out else ""
-        what = "no committed capture: its writer stopped before the capture finished" if not reader.units else (
-            f"{len(reader.units)} units of kind {reader.manifest.get('kind')!r}, no capture; read them with "
-            "lens_train.bundle_reader.BundleReader(path)")
-        raise BundleError(f"Bundle {str(reader.path)!r} holds {what}.{left}")
-    index = captures[-1]
+    index = _capture_index(reader, unit)
     where = f"{reader.path / MANIFEST_NAME}, unit {index}"
     try:
         log = _restore(reader, index, lazy, where)
@@ -137,8 +142,57 @@ def _load(path: str | os.PathLike, lazy: bool) -> ModelLog:
     return log
 
 
+def _capture_index(reader: BundleReader, unit: int | None) -> int:
+    """The index of the capture unit to read: ``unit``, or the last capture."""
+    captures = [u["index"] for u in reader.units if u["metadata"].get("kind") == "capture"]
+    if not captures:
+        left = " Left out: " + " ".join(reader.left_out) if reader.left_out else ""
+        what = "no committed capture: its writer stopped before the capture finished" if not reader.units else (
+            f"{len(reader.units)} units of kind {reader.manifest.get('kind')!r}, no capture; read them with "
+            "lens_train.bundle_reader.BundleReader(path)")
+        raise BundleError(f"Bundle {str(reader.path)!r} holds {what}.{left}")
+    if unit is None:
+        return captures[-1]
+    n = len(reader.units)
+    index = unit + n if type(unit) is int and unit < 0 else unit
+    if type(unit) is not int or index not in captures:
+        listed = f"units 0 to {n - 1}" if len(captures) == n else f"captures at units {captures}"
+        raise InvalidArgumentError(
+            f"lt.load(..., unit={unit!r}): bundle {str(reader.path)!r} has {n} committed unit(s), {listed}; "
+            f"unit={unit!r} is not one of them. Example: lt.load(path, unit={captures[-1]}) (or unit=-1 for the last)."
+        )
+    return index
+
+
+class LoadedModelLog(ModelLog):
+    """A :class:`ModelLog` read from a bundle; when loaded lazily, ``output`` is read on first use.
+
+    Example:
+        >>> import tempfile, torch, lens_train as lt
+        >>> path = tempfile.mkdtemp() + "/run"
+        >>> lt.save(lt.log_forward_pass(torch.nn.Tanh(), torch.zeros(2)), path)
+        >>> log = lt.load(path, lazy=True)
+        >>> type(log).__name__, log.output, log.bundle_info["unit"]
+        ('LoadedModelLog', tensor([0., 0.]), 0)
+    """
+
+    _read_output: Callable[[], Any] | None = None
+    _output: Any = None
+
+    @property
+    def output(self) -> Any:
+        """The model's return value (read from the bundle the first time it is asked for)."""
+        if self._read_output is not None:
+            self._output, self._read_output = self._read_output(), None
+        return self._output
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._output, self._read_output = value, None
+
+
 def _restore(reader: BundleReader, index: int, lazy: bool, where: str) -> ModelLog:
-    unit = reader.units[index]["metadata"]
+    unit = reader.units[index]["metadata"]  # a strict reader's units sit at their index
     if lazy:
         def get(name: str) -> Any:
             return reader.read_tensor(index, name)
@@ -156,10 +210,13 @@ def _restore(reader: BundleReader, index: int, lazy: bool, where: str) -> ModelL
         for field in TENSOR_FIELDS:
             fields[field] = None if hook is not None and hook.defers(field) else decode_value(fields.get(field), get, where)
         layers.append(LayerLog(**fields, _materialize=hook))
-    log = ModelLog(unit["model_name"], layers, modules_from_json(unit["modules"], where), decode_value(unit["meta"], get, where))
-    log.output = None if lazy else decode_value(unit.get("output"), get, where)
-    log.bundle_info = {"path": str(reader.path), "manifest": reader.manifest, "notes": list(unit.get("notes", [])),
-                       "left_out": list(reader.left_out), "read_output": lambda: decode_value(unit.get("output"), get, where)}
+    log = LoadedModelLog(unit["model_name"], layers, modules_from_json(unit["modules"], where), decode_value(unit["meta"], get, where))
+    if lazy:
+        log._read_output = lambda: decode_value(unit.get("output"), get, where)
+    else:
+        log.output = decode_value(unit.get("output"), get, where)
+    log.bundle_info = {"path": str(reader.path), "unit": index, "manifest": reader.manifest,
+                       "notes": list(unit.get("notes", [])), "left_out": list(reader.left_out)}
     return log
 
 

@@ -6,18 +6,15 @@ construction. The layout itself is documented in ``docs/bundles.md``.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 import zlib
-from collections.abc import Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 import xxhash
 
+from .capture.api import gc_paused
 from .errors import BundleError
 
 FORMAT_NAME = "lens_train.bundle"
@@ -25,9 +22,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = "commits.jsonl"
 SHARD_PATTERN = re.compile(r"activations-(\d{5})\.safetensors\Z")
-# Tensors are checksummed per block so that large tensors hash on several cores.
+# Tensors are checksummed per block: one hash per 16 MiB of bytes.
 CHECKSUM_BLOCK = 16 << 20
-_INLINE_CHECKSUM = 1 << 20
 
 # safetensors dtype tags of the dtypes stored natively; complex tensors are stored as
 # their real view, every other dtype as raw bytes (the manifest keeps the true dtype).
@@ -52,52 +48,19 @@ def shard_name(number: int) -> str:
     return f"activations-{number:05d}.safetensors"
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a block.
-
-    Turning thousands of layers into JSON (or back) allocates many small objects, which
-    would trigger full collections of torch's large object graph; nothing made here is cyclic.
-
-    Example:
-        >>> with gc_paused():
-        ...     gc.isenabled()
-        False
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 # -- checksums ------------------------------------------------------------------------
 def checksum(data: memoryview | bytes) -> list[str]:
     """xxh3-64 of each :data:`CHECKSUM_BLOCK` bytes of ``data``, as hex strings.
+
+    xxh3 runs near memory bandwidth (~20 GB/s on one core), so hashing costs little
+    next to reading or writing the bytes; blocks keep one entry per 16 MiB.
 
     Example:
         >>> checksum(b"lens")
         ['7135c2a1fc414e1e']
     """
-    return [f"{c:016x}" for c in _resolve(start_checksum(data))]
-
-
-def start_checksum(data: memoryview | bytes) -> list[Any]:
-    """Checksum blocks of ``data`` (xxh3 runs near memory bandwidth, ~20 GB/s on one core)."""
-    mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-    n = len(mv)
-    return [xxhash.xxh3_64_intdigest(mv[i:i + CHECKSUM_BLOCK]) for i in range(0, max(n, 1), CHECKSUM_BLOCK)]
-
-
-def finish_checksum(pending: list[Any]) -> list[str]:
-    """The hex checksum list of a :func:`start_checksum` result."""
-    return [f"{c:016x}" for c in _resolve(pending)]
-
-
-def _resolve(pending: list[Any]) -> list[int]:
-    return [p.result() if isinstance(p, Future) else p for p in pending]
+    mv = memoryview(data).cast("B")
+    return [f"{xxhash.xxh3_64_intdigest(mv[i:i + CHECKSUM_BLOCK]):016x}" for i in range(0, max(len(mv), 1), CHECKSUM_BLOCK)]
 
 
 # -- checksummed JSON frames ------------------------------------------------------------

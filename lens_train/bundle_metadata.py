@@ -176,17 +176,11 @@ class LogEncoder:
             "model_name": log.model_name,
             "capture": {k: self.value(meta.get(k), k, f"meta[{k!r}]") for k in ("random_seed", "train_mode", "layers_to_save")},
             "meta": self.value(meta, "meta", "log.meta"),
-            "output": self.value(_output(log), "output", "log.output (the model's return value)"),
+            "output": self.value(getattr(log, "output", None), "output", "log.output (the model's return value)"),
             "modules": [self.value(dataclasses.asdict(m), f"module/{m.address}", f"module {m.address!r}") for m in log.modules.values()],
             "layers": {"columns": columns, "rows": rows},
             "notes": self.notes,
         }
-
-
-def _output(log: ModelLog) -> Any:
-    output = getattr(log, "output", None)
-    read = getattr(log, "bundle_info", {}).get("read_output")
-    return read() if output is None and read is not None else output  # a lazily loaded log
 
 
 def _frame_json(frame: Any) -> list:

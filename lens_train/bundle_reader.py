@@ -6,14 +6,14 @@ import mmap
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .bundle_format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
-                            byte_view, checksum, expected_nbytes, finish_checksum, from_bytes, parse_dtype,
-                            start_checksum, unframe)
+                            byte_view, checksum, expected_nbytes, from_bytes, parse_dtype, unframe)
 from .errors import BundleError
 from .capture.printing import human_bytes
 
@@ -21,9 +21,14 @@ from .capture.printing import human_bytes
 class BundleReader:
     """The committed units of the bundle at ``path`` and their tensors.
 
-    Opening reads only ``manifest.json`` (and ``commits.jsonl`` of a bundle still being
-    streamed); tensors are read, and checked against their checksums, on request.
-    ``left_out`` lists what a writer wrote but never committed.
+    Opening reads only ``manifest.json`` and ``commits.jsonl``; tensors are read, and
+    checked against their checksums, on request. ``left_out`` lists what a writer wrote
+    but never committed.
+
+    Args:
+        path: the bundle directory.
+        strict: raise :class:`BundleError` on a damaged commit record. ``False`` skips it
+            (and its unit) and lists it in ``left_out``: for salvaging what is intact.
 
     Example:
         >>> import tempfile, torch, lens_train as lt
@@ -34,31 +39,38 @@ class BundleReader:
         (1, [], tensor([0., 0.]))
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, strict: bool = True) -> None:
         self.path = Path(path)
-        manifest = _read_manifest(self.path)
+        manifest = read_manifest(self.path)
         self.manifest = {k: v for k, v in manifest.items() if k != "units"}
         self.left_out: list[str] = []
         self.units = _checked_units(manifest["units"], MANIFEST_NAME)
-        if not manifest["complete"]:
-            self.units += self._journal_units(len(self.units))
+        if not manifest["complete"] or "journal" in manifest:  # a bundle written by lt.save has no journal
+            self.units += self._journal_units(len(self.units), manifest, strict)
+        self._positions = {u["index"]: i for i, u in enumerate(self.units)}
         self._report_orphans()
         self._checked_shards: set[str] = set()
 
-    def _journal_units(self, start: int) -> list[dict[str, Any]]:
+    def _journal_units(self, start: int, manifest: dict[str, Any], strict: bool) -> list[dict[str, Any]]:
         path = self.path / JOURNAL_NAME
-        if not path.is_file():
-            return []
-        lines = _read_file(path).split(b"\n")
-        units = []
-        for i, line in enumerate(lines):
-            if not line:
-                continue
-            if i == len(lines) - 1:  # no newline after it: the writer stopped while writing it
+        units, records, nbytes = [], 0, 0
+        for number, line in _journal_records(path):
+            if not line.endswith(b"\n"):  # the writer stopped while writing it
                 self.left_out.append(f"{JOURNAL_NAME}: an unfinished commit record ({len(line)} bytes) at its end was ignored.")
-                continue
-            units.append(unframe(line, "unit", f"{path}, line {i + 1}"))
-        return _checked_units(units[start:], JOURNAL_NAME, start)
+                break
+            records, nbytes = number, nbytes + len(line)
+            try:
+                units.append(_journal_unit(line, start + number - 1, f"{path}, line {number}"))
+            except BundleError as exc:
+                if strict:
+                    raise
+                self.left_out.append(f"{exc} Unit {start + number - 1} was skipped.")
+        problem = journal_problem(path, manifest, records, nbytes)
+        if problem is not None:
+            if strict:
+                raise BundleError(problem)
+            self.left_out.append(problem)
+        return units
 
     def _report_orphans(self) -> None:
         used = {s["file"] for u in self.units for s in u["shards"]}
@@ -66,6 +78,15 @@ class BundleReader:
             if SHARD_PATTERN.match(f) and f not in used:
                 size = human_bytes((self.path / f).stat().st_size)
                 self.left_out.append(f"{f} ({size}): written but never committed (the writer stopped before its unit's commit).")
+
+    def verify(self, unit: int) -> None:
+        """Check that every shard file of ``unit`` is present, of its committed size, with an intact header.
+
+        Tensor bytes are checked when they are read; this catches missing or cut files without reading them.
+        """
+        u = self._unit(unit)
+        for shard in u["shards"]:
+            self._check_shard(u, shard["file"])
 
     # -- tensors ------------------------------------------------------------------------
     def tensor_names(self, unit: int) -> list[str]:
@@ -77,32 +98,29 @@ class BundleReader:
         return self.read_tensors(unit, [name])[name]
 
     def read_tensors(self, unit: int, names: list[str]) -> dict[str, torch.Tensor]:
-        """Several tensors of one unit, read in file order; checksums are computed while reading."""
+        """Several tensors of one unit, each checked against its checksum as it is read."""
         u = self._unit(unit)
         entries = sorted((self._entry(u, n) for n in names), key=lambda e: (e["shard"], e["offset"]))
-        pending = []
-        by_shard: dict[str, list[dict]] = {}
+        out: dict[str, torch.Tensor] = {}
+        mapped: dict[str, torch.Tensor] = {}
         for e in entries:
-            by_shard.setdefault(e["shard"], []).append(e)
-        for shard, group in by_shard.items():
-            path = self._check_shard(u, shard)
-            # Memory-mapped, copy-on-write: no page is copied until a tensor is written to,
-            # and the file never changes (the same approach as safetensors' load_file).
-            whole = _map_shard(path)
-            for e in group:
-                raw = whole[e["offset"]:e["offset"] + e["nbytes"]]
-                pending.append((e, raw, start_checksum(byte_view(raw))))
-        out = {}
-        for e, raw, crc in pending:
-            if finish_checksum(crc) != e["xxh3"]:
+            if e["shard"] not in mapped:
+                # Memory-mapped, copy-on-write: no page is copied until a tensor is written to,
+                # and the file never changes (the same approach as safetensors' load_file).
+                mapped[e["shard"]] = _map_shard(self._check_shard(u, e["shard"]))
+            raw = mapped[e["shard"]][e["offset"]:e["offset"] + e["nbytes"]]
+            if checksum(byte_view(raw)) != e["xxh3"]:
                 raise BundleError(f"{self.path / e['shard']}: tensor {e['name']!r} fails its checksum (the file was modified or corrupted).")
             out[e["name"]] = from_bytes(raw, e["dtype"], e["shape"])
         return out
 
     def _unit(self, unit: int) -> dict[str, Any]:
-        if not isinstance(unit, int) or not -len(self.units) <= unit < len(self.units):
+        """The unit whose index is ``unit`` (negative: counted from the last committed one)."""
+        ok = isinstance(unit, int) and not isinstance(unit, bool)
+        position = (self._positions.get(unit) if unit >= 0 else len(self.units) + unit) if ok else None
+        if position is None or position < 0:
             raise BundleError(f"Bundle {str(self.path)!r} has no committed unit {unit!r} (it has {len(self.units)}).")
-        return self.units[unit]
+        return self.units[position]
 
     def _entry(self, unit: dict[str, Any], name: str) -> dict[str, Any]:
         e = unit["tensors"].get(name)
@@ -152,16 +170,8 @@ def _read_file(path: Path) -> bytes:
         raise BundleError(f"{path}: cannot be read ({exc.strerror}).") from None
 
 
-def _read_exact(f: Any, view: memoryview, path: Path, name: str) -> None:
-    done = 0
-    while done < len(view):
-        n = f.readinto(view[done:])
-        if not n:
-            raise BundleError(f"{path}: shard is truncated: tensor {name!r} ends past the end of the file.")
-        done += n
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The checked manifest of the bundle directory ``path``, units included."""
     if not path.exists():
         raise BundleError(f"No bundle at {str(path)!r}: the path does not exist.{_interrupted_hint(path)} Write one with lt.save(log, path).")
     if not path.is_dir():
@@ -181,6 +191,63 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest.get("units"), list) or not isinstance(manifest.get("complete"), bool):
         raise BundleError(f"{file} lacks its 'units' list or 'complete' flag.")
     return manifest
+
+
+def _journal_records(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line with its newline) of each record; the last lacks the newline if it was cut."""
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as f:
+            yield from enumerate(f, 1)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror}).") from None
+
+
+def _journal_unit(line: bytes, index: int, where: str) -> dict[str, Any]:
+    return _checked_units([unframe(line, "unit", where)], where, index)[0]
+
+
+def journal_problem(path: Path, manifest: dict[str, Any], records: int, nbytes: int) -> str | None:
+    """What is wrong with a finished bundle's journal of ``records`` records and ``nbytes`` bytes, if anything.
+
+    A writer that closes a bundle records the journal's length in the manifest, so a
+    journal cut at a record boundary (which a crash cannot do to a finished bundle) is caught.
+
+    Example:
+        >>> journal_problem(Path("b/commits.jsonl"), {"complete": True, "journal": {"units": 2, "bytes": 90}}, 1, 45)
+        'b/commits.jsonl is truncated: 45 bytes holding 1 commit records; manifest.json says 90 bytes, 2 records.'
+    """
+    info = manifest.get("journal")
+    if not manifest["complete"]:
+        return None  # still being written, or its writer crashed: any complete record counts
+    if not isinstance(info, dict) or type(info.get("units")) is not int or type(info.get("bytes")) is not int:
+        return f"{path.parent / MANIFEST_NAME} has a malformed 'journal' entry."
+    if (records, nbytes) == (info["units"], info["bytes"]):
+        return None
+    if not nbytes and not path.is_file():
+        return f"{path}: the journal is missing; {MANIFEST_NAME} says it holds {info['units']} commit records."
+    what = "truncated" if nbytes < info["bytes"] else "modified"
+    return (f"{path} is {what}: {nbytes} bytes holding {records} commit records; "
+            f"{MANIFEST_NAME} says {info['bytes']} bytes, {info['units']} records.")
+
+
+def scan_journal(path: Path, start: int) -> tuple[int, int]:
+    """(committed records, bytes up to the end of the last one) of the journal ``path``.
+
+    Every record is checked, one at a time (constant memory).
+
+    Example:
+        >>> scan_journal(Path("no-such-journal"), 0)
+        (0, 0)
+    """
+    count = good = 0
+    for number, line in _journal_records(path):
+        if not line.endswith(b"\n"):
+            break
+        _journal_unit(line, start + number - 1, f"{path}, line {number}")
+        count, good = number, good + len(line)
+    return count, good
 
 
 def _interrupted_hint(path: Path) -> str:

@@ -3,23 +3,28 @@
 Each saved activation is appended to the bundle the moment its op finishes; with
 ``keep_activations_in_memory=False`` the log lets go of it right after, so memory stays
 near a plain forward pass plus one activation. The capture is committed as one unit
-once the log is built; a capture that fails leaves nothing behind.
+once the log is built; a capture that fails leaves nothing behind. Streaming to an
+existing bundle writes beside it and swaps the new one in once it is committed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .bundle import Materializer, materializers
-from .bundle_format import MANIFEST_NAME, gc_paused
+from .bundle import Materializer, check_replaceable, materializers, move_into_place
+from .bundle_format import MANIFEST_NAME
 from .bundle_metadata import TENSOR_FIELDS, LogEncoder
 from .bundle_reader import BundleReader
 from .bundle_writer import BundleWriter
+from .capture.api import gc_paused
 from .capture.layer_log import LayerLog
 from .capture.model_log import ModelLog
 from .capture.recorder import CapturePlan
@@ -80,8 +85,13 @@ class CaptureStream:
 
     def __init__(self, path: str | os.PathLike, keep_in_memory: bool) -> None:
         self.keep = keep_in_memory
-        # without a copy in memory, each tensor must be fully written before the log drops it
-        self.writer = BundleWriter(path, kind="capture", max_pending_bytes=(256 << 20) if keep_in_memory else 0)
+        self.target = Path(path)
+        write_to = self.target
+        if self.target.exists() and not (self.target.is_dir() and not any(self.target.iterdir())):
+            # replacing a bundle: write beside it, swap once committed; a crash leaves the old one
+            check_replaceable(self.target, "lt.log_forward_pass(model, x, save_activations_to='runs/new_bundle')")
+            write_to = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.new-", dir=self.target.parent))
+        self.writer = BundleWriter(write_to, kind="capture")
         self.encoder = _StreamEncoder(self.writer.append)
         self.active = True
 
@@ -125,21 +135,25 @@ class CaptureStream:
                 unit = self.encoder.encode_log(log)
             self.writer.commit(unit)
             self.writer.close()
+            if self.writer.path != self.target:
+                move_into_place(self.writer.path, self.target)
         except BaseException:
             self.abort()
             raise
         self.active = False
         if not self.keep:
-            reader = BundleReader(self.writer.path)
-            hooks = materializers(reader, 0, unit, f"{self.writer.path / MANIFEST_NAME}, unit 0", require_activation=False)
+            reader = BundleReader(self.target)
+            hooks = materializers(reader, 0, unit, f"{self.target / MANIFEST_NAME}, unit 0", require_activation=False)
             for layer, hook in zip(log.layers, hooks):
                 _attach(layer, hook)
-        log.bundle_info = {"path": str(self.writer.path), "notes": list(unit["notes"]), "left_out": []}
+        log.bundle_info = {"path": str(self.target), "unit": 0, "notes": list(unit["notes"]), "left_out": []}
 
     def abort(self) -> None:
-        """Stop writing and remove the bundle (nothing was committed)."""
+        """Stop writing and remove what was written (an old bundle at the path stays as it was)."""
         self.active = False
         self.writer.abort(remove_if_empty=True)
+        if self.writer.path != self.target:
+            shutil.rmtree(self.writer.path, ignore_errors=True)
 
 
 def _attach(layer: LayerLog, hook: Materializer | None) -> None:

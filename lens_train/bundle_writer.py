@@ -2,8 +2,9 @@
 
 A unit (one capture, one rollout) becomes visible only through its commit record, one
 fsynced line of ``commits.jsonl``; whatever was appended after the last commit is
-never returned by a reader as if complete. ``close`` folds the commit records into
-``manifest.json``.
+never returned by a reader as if complete. The writer keeps nothing of a committed
+unit, so memory stays constant over any number of units, and a bundle can be reopened
+later (``append=True``) to commit more.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 
 import torch
 
-from .bundle_format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, byte_view, checksum,
-                            dtype_name, finish_checksum, frame, shard_name, start_checksum, to_stored)
+from .bundle_format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN, byte_view, checksum,
+                            dtype_name, frame, shard_name, to_stored)
+from .bundle_reader import journal_problem, read_manifest, scan_journal
 from .errors import BundleError, InvalidArgumentError
 
 DEFAULT_SHARD_SIZE = 2 << 30
 _MAX_HEADER = 64 << 20
+_MIN_HEADER = 256
 _BASE_HEADER = json.dumps({"__metadata__": {"format": FORMAT_NAME}}, separators=(",", ":"))
 
 
@@ -96,16 +99,17 @@ class _Shard:
 
 
 class BundleWriter:
-    """Append tensors to a new bundle directory; ``commit`` seals them, with metadata, as one unit.
+    """Append tensors to a bundle directory; ``commit`` seals them, with metadata, as one unit.
 
     Args:
-        path: a directory that does not exist yet (or is empty).
-        kind: what the units are (``"capture"``, ``"rollouts"``...), recorded in the manifest.
+        path: a directory that does not exist yet (or is empty); with ``append=True``
+            also an existing bundle of the same ``kind``, whose units are kept.
+        kind: what the units are (``"capture"``, ``"fastlog"``...), recorded in the manifest.
+        append: reopen an existing bundle and commit more units after its last one.
         shard_size: a shard file is closed once it holds this many bytes.
-        header_reserve: bytes kept for the first shard's header (later shards grow as needed).
-        max_pending_bytes: appended bytes whose checksums may still be computing; 0 makes
-            every ``append`` finish before it returns (then the caller may free the tensor).
-        info: extra JSON-able fields for the manifest.
+        header_reserve: bytes kept for the first shard's header (later shards size theirs
+            from what earlier units used).
+        info: extra JSON-able fields for the manifest of a new bundle.
         journal: commit each unit durably as it comes. ``False`` is for a directory that is
             published by renaming it once complete (as ``lt.save`` does): units are then
             recorded only by ``close``, and fewer fsyncs are needed.
@@ -118,39 +122,80 @@ class BundleWriter:
         ...     writer.append("obs/0", torch.arange(3))
         ...     writer.commit({"reward": 1.5})
         0
+        >>> with BundleWriter(path, kind="rollouts", append=True) as writer:
+        ...     writer.commit({"reward": 0.5})
+        1
         >>> reader = BundleReader(path)
-        >>> reader.units[0]["metadata"], reader.read_tensor(0, "obs/0")
-        ({'reward': 1.5}, tensor([0, 1, 2]))
+        >>> [u["metadata"]["reward"] for u in reader.units], reader.read_tensor(0, "obs/0")
+        ([1.5, 0.5], tensor([0, 1, 2]))
     """
 
-    def __init__(self, path: str | os.PathLike, *, kind: str = "stream", shard_size: int = DEFAULT_SHARD_SIZE,
-                 header_reserve: int = 64 << 10, max_pending_bytes: int = 256 << 20, info: dict[str, Any] | None = None,
-                 journal: bool = True) -> None:
-        if shard_size < 1 or header_reserve < 64 or max_pending_bytes < 0:
+    def __init__(self, path: str | os.PathLike, *, kind: str = "stream", append: bool = False,
+                 shard_size: int = DEFAULT_SHARD_SIZE, header_reserve: int = 64 << 10,
+                 info: dict[str, Any] | None = None, journal: bool = True) -> None:
+        if shard_size < 1 or header_reserve < 64 or (append and not journal):
             raise InvalidArgumentError(
-                f"BundleWriter needs shard_size >= 1, header_reserve >= 64 and max_pending_bytes >= 0, got "
-                f"{shard_size}, {header_reserve}, {max_pending_bytes}."
+                f"BundleWriter needs shard_size >= 1, header_reserve >= 64 and journal=True to append, got "
+                f"shard_size={shard_size}, header_reserve={header_reserve}, append={append}, journal={journal}."
             )
         self.path = Path(path)
-        self.shard_size, self.max_pending_bytes = shard_size, max_pending_bytes
+        self.shard_size = shard_size
         self._reserve = header_reserve
-        self.header = _manifest_header(kind, info or {})
-        self.units: list[dict[str, Any]] = []
+        self.num_units = 0
+        self._units: list[dict[str, Any]] = []  # only without a journal: they go into the final manifest
+        self._base_units: list[dict[str, Any]] = []  # units manifest.json already held when reopened
         self._tensors: dict[str, dict[str, Any]] = {}
         self._shards: list[dict[str, Any]] = []
         self._shard: _Shard | None = None
         self._next_shard = 0
-        self._pending: list[tuple[dict, list, memoryview]] = []
-        self._pending_bytes = 0
         self._journal = None
+        self._journal_size = (0, 0)  # (commit records, bytes) of the journal
         self.closed = False
-        _create_bundle_dir(self.path, frame("manifest", {**self.header, "complete": False, "units": []}) if journal else None)
-        if journal:
-            self._journal = open(self.path / JOURNAL_NAME, "ab")
+        self.created = not (append and self.path.is_dir() and any(self.path.iterdir()))
+        if self.created:
+            self.header = _manifest_header(kind, info or {})
+            _create_bundle_dir(self.path, frame("manifest", {**self.header, "complete": False, "units": []}) if journal else None)
+            self._journal = _open_journal(self.path / JOURNAL_NAME) if journal else None
+            return
+        manifest = read_manifest(self.path)
+        if manifest["kind"] != kind:
+            raise BundleError(
+                f"Cannot append units of kind {kind!r} to {str(self.path)!r}: it holds units of kind {manifest['kind']!r}. "
+                f"Append with BundleWriter(path, kind={manifest['kind']!r}, append=True), or write to a new path."
+            )
+        self._journal = _open_journal(self.path / JOURNAL_NAME)  # locked before anything is changed
+        try:
+            self._reopen(manifest)
+        except BaseException:
+            self._journal.close()
+            raise
+
+    def _reopen(self, manifest: dict[str, Any]) -> None:
+        """Continue an existing bundle: count its units, drop an unfinished commit record, mark it open."""
+        self._base_units = manifest["units"]
+        self.header = {k: v for k, v in manifest.items() if k not in ("units", "complete", "journal")}
+        count, good_bytes = scan_journal(self.path / JOURNAL_NAME, len(self._base_units))
+        problem = journal_problem(self.path / JOURNAL_NAME, manifest, count, good_bytes) if "journal" in manifest else None
+        if problem is not None:
+            raise BundleError(f"{problem} Not appending to a damaged bundle; read what is intact with BundleReader(path, strict=False).")
+        self.num_units = len(self._base_units) + count
+        self._journal_size = (count, good_bytes)
+        numbers = [int(m.group(1)) for m in map(SHARD_PATTERN.match, os.listdir(self.path)) if m]
+        self._next_shard = max(numbers, default=-1) + 1  # never reuse the name of a shard left by a crash
+        journal = self.path / JOURNAL_NAME
+        if journal.is_file() and journal.stat().st_size != good_bytes:
+            with open(journal, "r+b") as f:  # appending after a torn record would corrupt the next one
+                f.truncate(good_bytes)
+                os.fsync(f.fileno())
+        if manifest["complete"]:
+            write_durable(self.path / MANIFEST_NAME, frame("manifest", {**self.header, "complete": False, "units": self._base_units}))
 
     # -- appending --------------------------------------------------------------------
     def append(self, name: str, tensor: torch.Tensor) -> None:
-        """Write ``tensor`` (any dtype, any device; saved from a CPU copy) as ``name`` in the open unit."""
+        """Write ``tensor`` (any dtype, any device; saved from a CPU copy) as ``name`` in the open unit.
+
+        The bytes are written and checksummed before this returns, so the caller may free the tensor.
+        """
         self._check_open()
         if not isinstance(name, str) or not name or name == "__metadata__" or name in self._tensors:
             taken = " (already used in this unit)" if name in self._tensors else ""
@@ -161,15 +206,9 @@ class BundleWriter:
             raise InvalidArgumentError(f"Cannot save {name!r}: {exc}. Pass a dense (strided) tensor.") from None
         data = byte_view(stored)
         shard, header_entry = self._shard_for(name, tag, st_shape, len(data))
-        pending = start_checksum(data)
         offset = shard.write(data, header_entry)
-        entry = {"shard": shard.path.name, "offset": offset, "nbytes": len(data), "dtype": dtype_name(stored.dtype),
-                 "shape": list(stored.shape), "stored": kind}
-        self._tensors[name] = entry
-        self._pending.append((entry, pending, data))
-        self._pending_bytes += len(data)
-        if self._pending_bytes > self.max_pending_bytes:
-            self._drain()
+        self._tensors[name] = {"shard": shard.path.name, "offset": offset, "nbytes": len(data), "dtype": dtype_name(stored.dtype),
+                               "shape": list(stored.shape), "stored": kind, "xxh3": checksum(data)}
 
     def _shard_for(self, name: str, tag: str, shape: list[int], nbytes: int) -> tuple[_Shard, str]:
         """The shard the next tensor goes to (a new one when it is full) and the tensor's header entry."""
@@ -190,15 +229,8 @@ class BundleWriter:
 
     def _close_shard(self) -> None:
         if self._shard is not None:
-            self._drain()
             self._shards.append(self._shard.finish())
             self._shard = None
-
-    def _drain(self) -> None:
-        for entry, pending, _data in self._pending:
-            entry["xxh3"] = finish_checksum(pending)
-        self._pending.clear()
-        self._pending_bytes = 0
 
     # -- committing ---------------------------------------------------------------------
     def commit(self, metadata: dict[str, Any] | None = None) -> int:
@@ -212,18 +244,23 @@ class BundleWriter:
             json.dumps(metadata, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"commit metadata must be plain JSON (str keys, finite floats): {exc}.") from None
+        if self._shard is not None:
+            # the next unit's shard header is sized from this one's, so many small units stay small
+            self._reserve = max(_MIN_HEADER, min(_MAX_HEADER, 2 * self._shard.header_len))
         self._close_shard()
-        index = len(self.units)
-        unit = {"index": index, "metadata": metadata, "shards": self._shards, "tensors": self._tensors}
+        unit = {"index": self.num_units, "metadata": metadata, "shards": self._shards, "tensors": self._tensors}
         if self._journal is not None:
             record = frame("unit", unit)
             fsync_dir(self.path)  # the new shard files' names must be durable before the record naming them
             self._journal.write(record)
             self._journal.flush()
             os.fsync(self._journal.fileno())
-        self.units.append(unit)
+            self._journal_size = (self._journal_size[0] + 1, self._journal_size[1] + len(record))
+        else:
+            self._units.append(unit)
         self._tensors, self._shards = {}, []
-        return index
+        self.num_units += 1
+        return unit["index"]
 
     @property
     def uncommitted(self) -> list[str]:
@@ -231,42 +268,48 @@ class BundleWriter:
         return list(self._tensors)
 
     def close(self) -> None:
-        """Fold the commit records into ``manifest.json``; anything not committed is left out."""
+        """Finish the bundle: ``manifest.json`` says it is complete. Uncommitted tensors are discarded."""
         if self.closed:
             return
         journal = self._journal is not None
         self._release()
-        manifest = frame("manifest", {**self.header, "complete": True, "units": self.units})
         if journal:
-            write_durable(self.path / MANIFEST_NAME, manifest)
-            (self.path / JOURNAL_NAME).unlink(missing_ok=True)
+            records, nbytes = self._journal_size
+            write_durable(self.path / MANIFEST_NAME, frame("manifest", {
+                **self.header, "complete": True, "units": self._base_units, "journal": {"units": records, "bytes": nbytes}}))
         else:
             with open(self.path / MANIFEST_NAME, "wb") as f:
-                f.write(manifest)
+                f.write(frame("manifest", {**self.header, "complete": True, "units": self._units}))
                 f.flush()
                 os.fsync(f.fileno())
-        fsync_dir(self.path)
+            fsync_dir(self.path)
 
     def abort(self, remove_if_empty: bool = True) -> None:
-        """Stop writing; with nothing committed (and ``remove_if_empty``) remove the directory."""
+        """Stop writing and discard uncommitted tensors; a bundle this writer created with
+        nothing committed is removed (unless ``remove_if_empty`` is False)."""
         if self.closed:
             return
         self._release()
-        if remove_if_empty and not self.units:
+        if remove_if_empty and self.created and not self.num_units:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def _release(self) -> None:
         self.closed = True
-        self._pending.clear()
         if self._shard is not None:
             self._shard.file.close()
+            self._shards.append({"file": self._shard.path.name})
             self._shard = None
+        for shard in self._shards:  # written for a unit that was never committed
+            (self.path / shard["file"]).unlink(missing_ok=True)
+        self._tensors, self._shards = {}, []
         if self._journal is not None:
             self._journal.close()
 
     def _check_open(self) -> None:
         if self.closed:
-            raise InvalidArgumentError(f"The BundleWriter of {str(self.path)!r} is closed; open a new one for a new bundle.")
+            raise InvalidArgumentError(
+                f"The BundleWriter of {str(self.path)!r} is closed; reopen it with BundleWriter(path, kind=..., append=True)."
+            )
 
     def __enter__(self) -> BundleWriter:
         return self
@@ -291,12 +334,30 @@ def _manifest_header(kind: str, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _open_journal(path: Path) -> Any:
+    """The journal opened for appending, locked against a second writer (in this process or another)."""
+    f = open(path, "ab")
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise BundleError(
+            f"{path.parent} is being written by another BundleWriter (its {JOURNAL_NAME} is locked). "
+            "Close that writer first, or write to a different path."
+        ) from None
+    return f
+
+
 def _create_bundle_dir(path: Path, manifest: bytes | None) -> None:
     """Create ``path`` holding only ``manifest`` and an empty journal, atomically (just the directory without one)."""
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise BundleError(
-            f"Cannot write a bundle to {str(path)!r}: it already exists. Pick a new path, or remove the old one "
-            f"first (shutil.rmtree({str(path)!r}))."
+            f"Cannot write a bundle to {str(path)!r}: it already exists. Pick a new path, remove the old one "
+            f"first (shutil.rmtree({str(path)!r})), or add to it with BundleWriter(path, kind=..., append=True)."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     if manifest is None:

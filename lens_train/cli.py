@@ -5,13 +5,15 @@ command-line overrides and runs :func:`lens_train.experiments.run.run_experiment
 Before Hydra starts, config-group overrides (``model=nope``) are checked against the
 files in ``configs/`` so a typo gets a one-line answer listing the options, not a
 traceback. The config directory is ``$LENS_TRAIN_CONFIG_DIR`` when set, else the
-``configs/`` folder of the source checkout; ``--config-dir`` adds a folder of your own.
+``configs/`` shipped inside the installed package, else the ``configs/`` folder of the
+source checkout (an editable install); ``--config-dir`` adds a folder of your own.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,23 @@ from .errors import ConfigError, LensTrainError, closest
 
 CONFIG_NAME = "train"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
+# When the command started (time.monotonic()); the first job's summary counts from there.
+_STARTED: list[float] = []
+
+
+def seconds_since_start() -> float | None:
+    """Wall time since this process started (imports included), or None where unknown.
+
+    Example:
+        >>> 0 < seconds_since_start() < 24 * 3600
+        True
+    """
+    try:  # Linux: the start time in clock ticks since boot, against the uptime
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def config_dir() -> Path:
@@ -29,13 +48,17 @@ def config_dir() -> Path:
         True
     """
     env = os.environ.get("LENS_TRAIN_CONFIG_DIR")
-    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "configs"]
+    package = Path(__file__).resolve().parent
+    # A wheel ships configs/ inside the package; a source checkout has it at the repo root.
+    candidates = [Path(env)] if env else [package / "configs", package.parent / "configs"]
     for path in candidates:
         if (path / f"{CONFIG_NAME}.yaml").is_file():
             return path
+    where = "LENS_TRAIN_CONFIG_DIR" if env else "the installed package and the source checkout"
     raise ConfigError(
-        f"No {CONFIG_NAME}.yaml found in {[str(p) for p in candidates]}. lens-train reads the configs/ folder of "
-        "the lens_train source checkout; with another install set LENS_TRAIN_CONFIG_DIR=/path/to/lens_train/configs."
+        f"No {CONFIG_NAME}.yaml found in {[str(p) for p in candidates]} ({where}). Point "
+        "LENS_TRAIN_CONFIG_DIR at a folder holding train.yaml and the config groups (e.g. the configs/ folder "
+        "of the lens_train sources), or reinstall lens_train: pip install --force-reinstall lens-train."
     )
 
 
@@ -119,7 +142,8 @@ def _task(cfg: object) -> float | None:
                 "(lens-train -m trainer=cpu lens.aux_loss.weight=0.1,0.3), or launch each DDP run separately "
                 "(lens-train trainer=ddp lens.aux_loss.weight=0.1)."
             )
-        results = run_experiment(cfg)
+        # Later jobs of a multirun count from their own start, not the process's.
+        results = run_experiment(cfg, started=_STARTED.pop() if _STARTED else None)
     except (LensTrainError, InstantiationException) as exc:
         print(f"lens-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -139,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import hydra
 
     args = list(sys.argv[1:] if argv is None else argv)
+    # As a command, the process is lens-train's own: its imports count in the wall time.
+    since = seconds_since_start() if argv is None else None
+    _STARTED[:] = [time.monotonic() - (since or 0.0)]
     try:
         directory = config_dir()
     except ConfigError as exc:

@@ -55,6 +55,10 @@ class DifferentPathError(LensTrainError, ValueError):
     """An input that takes a different path through the model than the logged one."""
 
 
+class IncompatibleInputError(LensTrainError, ValueError):
+    """An input an extracted sub-model cannot run with (its shapes do not fit the replayed ops)."""
+
+
 class BundleError(LensTrainError, ValueError):
     """A bundle on disk that is missing, corrupted or of an unknown format."""
 
@@ -69,6 +73,27 @@ class MissingDependencyError(LensTrainError, ImportError):
 
 class RenderError(LensTrainError, RuntimeError):
     """A graph picture could not be drawn (no Graphviz program, or it failed)."""
+
+
+class InputMismatchError(LensTrainError, TypeError):
+    """Model inputs that do not fit the model's ``forward`` signature (an unknown keyword...)."""
+
+
+def add_note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` as a note (``BaseException.add_note``; stored the same way on Python 3.10).
+
+    Example:
+        >>> err = ValueError("bad")
+        >>> add_note(err, "while doing x"); err.__notes__
+        ['while doing x']
+    """
+    if hasattr(exc, "add_note"):
+        exc.add_note(text)
+        return
+    try:
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), text]  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass  # an exception type that refuses attributes: keep the original error as it is
 
 
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:

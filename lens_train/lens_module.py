@@ -48,7 +48,9 @@ class LensModule:
         """Choose the tapped layers (see :class:`lens_train.Taps` for every argument).
 
         Call it in ``__init__`` after the submodules exist. The taps are created on first
-        use, so the module stays picklable (``ddp_spawn``) until then.
+        use. Pickling or copying the module (``ddp_spawn``, ``torch.save(module)``,
+        ``copy.deepcopy``) removes their hooks first; they are rebuilt on the next step, so
+        the last step's tap values are gone afterwards.
         """
         if not isinstance(self, nn.Module):
             raise InvalidArgumentError(
@@ -89,11 +91,18 @@ class LensModule:
             taps.remove()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Taps hold hooks and weak references; they are rebuilt after unpickling.
+        # The taps' hooks sit on the submodules, where pickle and deepcopy would find them
+        # (closures cannot be pickled; a deep copy's hooks would fill this module's taps).
+        # Remove them first: the taps are rebuilt on the next step, in both objects.
+        taps = self.__dict__.get("_lens_taps_obj")
+        if taps is not None and taps._active:
+            raise TapError(
+                f"{type(self).__name__} cannot be pickled or copied inside a step, while its taps are recording. "
+                "Save or copy it outside training_step, e.g. in on_train_epoch_end or after trainer.fit."
+            )
+        self._lens_drop()
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state.pop("_lens_taps_obj", None)
-        return state
+        return dict(state)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -174,12 +174,30 @@ def _from_checkpoint(path: Path, state_key: str | None) -> list[Snapshot]:
     return [entry_from_json(e) for e in state["snapshots"]]
 
 
+def checkpoint_snapshot_paths(path: str | os.PathLike) -> set[str]:
+    """The paths of every snapshot that a Lightning checkpoint's snapshot callbacks list.
+
+    Example:
+        >>> import tempfile
+        >>> ckpt = tempfile.mkdtemp() + "/a.ckpt"
+        >>> entry = Snapshot(0, "epoch=000-step=000004", 0, 4, "/run/snapshots/epoch=000-step=000004").to_json()
+        >>> torch.save({"callbacks": {"ActivationSnapshotCallback{}": {"snapshots": [entry]}}}, ckpt)
+        >>> checkpoint_snapshot_paths(ckpt)
+        {'/run/snapshots/epoch=000-step=000004'}
+    """
+    states = _checkpoint_callback_states(Path(path))
+    return {str(entry["path"]) for key, state in states.items() if str(key).startswith(STATE_PREFIX)
+            for entry in (state or {}).get("snapshots", [])}
+
+
 def _checkpoint_callback_states(path: Path) -> dict[str, Any]:
+    # mmap: the model weights are not read, only the small callback states.
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         # The user's own checkpoint may hold pickled hyperparameters that the safe
-        # loader refuses; Lightning itself loads it this way when resuming.
+        # loader refuses (Lightning itself loads it this way when resuming), or be in
+        # the legacy format that cannot be memory-mapped.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     return dict(ckpt.get("callbacks", {}))
 

@@ -18,7 +18,7 @@ from lens_train.bundle_format import FORMAT_NAME, frame, unframe
 from lens_train.bundle_metadata import tensor_key
 from lens_train.bundle_reader import BundleReader
 from lens_train.bundle_writer import BundleWriter
-from lens_train.errors import BundleError
+from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models import DemoNetwork, SimpleRecurrent, SmallAlexNet
 from tests.models.log_compare import assert_same_log, bit_equal
 
@@ -30,6 +30,15 @@ def _postfunc(t: torch.Tensor) -> tuple:
 @pytest.fixture()
 def recurrent_log() -> lt.ModelLog:
     return lt.log_forward_pass(SimpleRecurrent(), torch.randn(2, 5), activation_postfunc=_postfunc, random_seed=3)
+
+
+@pytest.fixture()
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The tensor names of every BundleReader.read_tensors call made during the test."""
+    calls: list[list[str]] = []
+    original = BundleReader.read_tensors
+    monkeypatch.setattr(BundleReader, "read_tensors", lambda self, unit, names: calls.append(list(names)) or original(self, unit, names))
+    return calls
 
 
 def _shards(path: Path) -> list[Path]:
@@ -67,11 +76,8 @@ def test_call_stacks_round_trip_as_file_line_function(tmp_path: Path, recurrent_
 
 
 def test_lazy_load_reads_no_tensor_until_one_is_materialized(tmp_path: Path, recurrent_log: lt.ModelLog,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            reads: list[list[str]]) -> None:
     lt.save(recurrent_log, tmp_path / "b")
-    reads: list[list[str]] = []
-    original = BundleReader.read_tensors
-    monkeypatch.setattr(BundleReader, "read_tensors", lambda self, unit, names: reads.append(list(names)) or original(self, unit, names))
     lazy = lt.load(tmp_path / "b", lazy=True)
     assert reads == [] and all(layer.activation is None and layer.is_saved for layer in lazy)
     assert all(layer.transformed_activation is None for layer in lazy)
@@ -81,6 +87,55 @@ def test_lazy_load_reads_no_tensor_until_one_is_materialized(tmp_path: Path, rec
     assert bit_equal(lazy["linear_1_1:2"].transformed_activation, recurrent_log["linear_1_1:2"].transformed_activation)
     assert lazy["linear_1_1:2"].materialize_activation() is value and len(reads) == 1
     assert_same_log(recurrent_log, lazy, materialize=True)
+
+
+def test_lazy_load_reads_the_output_on_first_use(tmp_path: Path, recurrent_log: lt.ModelLog,
+                                                 reads: list[list[str]]) -> None:
+    lt.save(recurrent_log, tmp_path / "b")
+    lazy = lt.load(tmp_path / "b", lazy=True)
+    assert reads == []
+    output = lazy.output
+    assert isinstance(output, torch.Tensor) and bit_equal(output, recurrent_log.output) and len(reads) == 1
+    assert lazy.output is output and len(reads) == 1  # read once, then kept
+    lazy.output = None
+    assert lazy.output is None and len(reads) == 1
+
+
+def test_appended_captures_are_units_that_load_can_pick(tmp_path: Path) -> None:
+    path = tmp_path / "b"
+    logs = [lt.log_forward_pass(DemoNetwork(), torch.randn(1, 5), random_seed=i) for i in range(3)]
+    for log in logs:
+        lt.save(log, path, append=True)
+    assert_same_log(logs[-1], lt.load(path))
+    for i, log in enumerate(logs):
+        assert_same_log(log, lt.load(path, unit=i))
+        assert lt.load(path, unit=i, lazy=True).bundle_info["unit"] == i
+    assert_same_log(logs[0], lt.load(path, unit=-3))
+    with pytest.raises(InvalidArgumentError, match=r"unit=3\): bundle .* has 3 committed unit\(s\), units 0 to 2; "
+                                                   r"unit=3 is not one of them. Example: lt.load\(path, unit=2\)"):
+        lt.load(path, unit=3)
+    with pytest.raises(ValueError, match="unit='last'"):
+        lt.load(path, unit="last")
+    with BundleWriter(path, kind="capture", append=True) as w:
+        w.commit({"kind": "note"})  # a unit that is not a capture
+    assert_same_log(logs[-1], lt.load(path))
+    with pytest.raises(InvalidArgumentError, match=r"4 committed unit\(s\), captures at units \[0, 1, 2\]"):
+        lt.load(path, unit=-1)
+    lt.save(logs[0], path)  # without append: replaced by a one-capture bundle
+    assert len(BundleReader(path).units) == 1
+
+
+def test_appending_needs_a_capture_bundle(tmp_path: Path) -> None:
+    log = lt.log_forward_pass(nn.ReLU(), torch.ones(2))
+    with BundleWriter(tmp_path / "r", kind="rollouts") as w:
+        w.commit()
+    with pytest.raises(BundleError, match="Cannot append units of kind 'capture' to .*it holds units of kind 'rollouts'"):
+        lt.save(log, tmp_path / "r", append=True)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    with pytest.raises(BundleError, match="is not a lens_train bundle: it has no manifest.json"):
+        lt.save(log, tmp_path / "d", append=True)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["notes.txt"]
 
 
 def test_metadata_only_and_subset_logs_round_trip(tmp_path: Path) -> None:
@@ -274,12 +329,16 @@ def test_missing_truncated_grown_and_modified_shards(tmp_path: Path) -> None:
         lt.load(path)
 
 
-def test_random_corruption_never_loads_wrong_values(tmp_path: Path) -> None:
+@pytest.mark.parametrize("written_by", ["save", "stream"])
+def test_random_corruption_never_loads_wrong_values(tmp_path: Path, written_by: str) -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
-    log = lt.log_forward_pass(model, torch.randn(1, 2), activation_postfunc=lambda t: t.sum(), random_seed=0)
     path = tmp_path / "b"
-    lt.save(log, path)
-    files = [path / "manifest.json", *_shards(path)]
+    log = lt.log_forward_pass(model, torch.randn(1, 2), activation_postfunc=lambda t: t.sum(), random_seed=0,
+                              save_activations_to=path if written_by == "stream" else None)
+    if written_by == "save":
+        lt.save(log, path)
+    files = [path / "manifest.json", *_shards(path), *path.glob("commits.jsonl")]
+    assert len(files) == (3 if written_by == "stream" else 2)
     originals = {f: f.read_bytes() for f in files}
     rng = random.Random(0)
     outcomes = {"error": 0, "ok": 0}
@@ -301,6 +360,22 @@ def test_random_corruption_never_loads_wrong_values(tmp_path: Path) -> None:
         f.write_bytes(originals[f])
     assert outcomes["error"] > 150, outcomes
     assert_same_log(log, lt.load(path))
+
+
+def test_a_finished_streams_journal_cut_or_removed_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    lt.log_forward_pass(nn.ReLU(), torch.ones(2), save_activations_to=path)
+    journal = path / "commits.jsonl"
+    data = journal.read_bytes()
+    journal.write_bytes(b"")  # cut at a record boundary: every remaining record is intact
+    with pytest.raises(BundleError, match=rf"commits.jsonl is truncated: 0 bytes holding 0 commit records; manifest.json says {len(data)} bytes, 1 records"):
+        lt.load(path)
+    journal.write_bytes(data + data)
+    with pytest.raises(BundleError, match="commits.jsonl, line 2: commit record 1 is malformed"):  # a replayed record
+        lt.load(path)
+    journal.unlink()
+    with pytest.raises(BundleError, match="commits.jsonl: the journal is missing; manifest.json says it holds 1 commit records"):
+        lt.load(path, lazy=True)
 
 
 def test_malformed_metadata_with_a_valid_checksum_is_a_bundle_error(tmp_path: Path) -> None:

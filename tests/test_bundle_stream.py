@@ -83,10 +83,69 @@ def test_streaming_a_selection_and_metadata_only(tmp_path: Path) -> None:
 def test_stream_arguments_are_checked_before_the_model_runs(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(BundleError, match="already exists. Pick a new path"):
+    with pytest.raises(BundleError, match=r"Refusing to overwrite .*taken.* not a lens_train bundle.*save_activations_to="):
         lt.log_forward_pass(nn.ReLU(), torch.ones(2), save_activations_to=tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
     with pytest.raises(InvalidArgumentError, match="also pass save_activations_to"):
         lt.log_forward_pass(nn.ReLU(), torch.ones(2), keep_activations_in_memory=False)
+
+
+def test_streaming_to_an_existing_bundle_replaces_it_once_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s"
+    old = lt.log_forward_pass(DemoNetwork(), torch.randn(1, 5), random_seed=0, save_activations_to=path)
+    seen_during: list[list[str]] = []
+    real_sink = CaptureStream.sink
+
+    def sink(self, rec):  # noqa: ANN001
+        if not seen_during:  # mid-stream: the old bundle is still whole at the path
+            assert_same_log(old, lt.load(path))
+            seen_during.append(sorted(p.name for p in tmp_path.iterdir()))
+        real_sink(self, rec)
+
+    monkeypatch.setattr(CaptureStream, "sink", sink)
+    new = lt.log_forward_pass(SimpleRecurrent(), torch.randn(2, 5), random_seed=1, save_activations_to=path,
+                              keep_activations_in_memory=False)
+    assert seen_during[0][1] == "s" and seen_during[0][0].startswith(".s.new-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert_same_log(lt.load(path), new, materialize=True)  # new's layers read the swapped-in bundle
+    assert new.bundle_info["path"] == str(path)
+
+
+def test_a_failed_stream_over_an_existing_bundle_keeps_the_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    old = lt.log_forward_pass(DemoNetwork(), torch.randn(1, 5), random_seed=0, save_activations_to=path)
+    with pytest.raises(RuntimeError, match="boom"):
+        lt.log_forward_pass(Failing(), torch.ones(3), save_activations_to=path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert_same_log(old, lt.load(path))
+
+
+@pytest.mark.slow
+def test_a_killed_stream_over_an_existing_bundle_leaves_the_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    old = lt.log_forward_pass(DemoNetwork(), torch.randn(1, 5), random_seed=0, save_activations_to=path)
+    _stream_in_a_process_that_dies(path, keep_activations_in_memory=True)
+    assert_same_log(old, lt.load(path))
+    (debris,) = [p for p in tmp_path.iterdir() if p.name != "s"]
+    assert debris.name.startswith(".s.new-")
+    with pytest.raises(BundleError, match="no committed capture"):
+        lt.load(debris)
+
+
+def _stream_in_a_process_that_dies(path: Path, keep_activations_in_memory: bool) -> None:
+    """Stream a capture to ``path`` in a new process that is killed after five ops."""
+    script = textwrap.dedent(f"""
+        import os, torch, lens_train as lt
+        class Dies(torch.nn.Module):
+            def forward(self, x):
+                for _ in range(5):
+                    x = x + 1
+                os._exit(3)
+        lt.log_forward_pass(Dies(), torch.ones(1000), save_activations_to={str(path)!r},
+                            keep_activations_in_memory={keep_activations_in_memory})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=120)
+    assert proc.returncode == 3
 
 
 class Failing(nn.Module):
@@ -111,18 +170,7 @@ def test_an_interrupted_stream_is_never_loaded_as_complete(tmp_path: Path, monke
 
 @pytest.mark.slow
 def test_a_killed_process_leaves_a_bundle_that_loads_nothing_uncommitted(tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""
-        import os, torch, lens_train as lt
-        class Dies(torch.nn.Module):
-            def forward(self, x):
-                for _ in range(5):
-                    x = x + 1
-                os._exit(3)
-        lt.log_forward_pass(Dies(), torch.ones(1000), save_activations_to={str(tmp_path / 's')!r},
-                            keep_activations_in_memory=False)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=120)
-    assert proc.returncode == 3
+    _stream_in_a_process_that_dies(tmp_path / "s", keep_activations_in_memory=False)
     with pytest.raises(BundleError, match="no committed capture: its writer stopped.*never committed"):
         lt.load(tmp_path / "s")
 

@@ -66,20 +66,22 @@ def test_shards_are_valid_safetensors_with_complex_stored_as_real_pairs(tmp_path
     assert (entries["z"]["stored"], entries["f8"]["stored"], entries["b"]["stored"]) == ("complex_as_real", "bytes", "native")
 
 
-def test_units_commit_independently_and_close_folds_them_into_the_manifest(tmp_path: Path) -> None:
+def test_units_commit_independently_and_close_marks_the_bundle_complete(tmp_path: Path) -> None:
     w = BundleWriter(tmp_path / "r", kind="rollouts")
     for i in range(3):
         w.append("obs", torch.full((2,), float(i)))
         w.append("act", torch.tensor([i]))
         assert w.commit({"rollout": i}) == i
-    reader = BundleReader(tmp_path / "r")  # readable while still open: units come from the journal
+    reader = BundleReader(tmp_path / "r")  # readable while still open
+    assert not reader.manifest["complete"]
     assert [u["metadata"] for u in reader.units] == [{"rollout": 0}, {"rollout": 1}, {"rollout": 2}]
     assert torch.equal(reader.read_tensor(2, "obs"), torch.full((2,), 2.0))
     w.close()
-    assert not (tmp_path / "r" / JOURNAL_NAME).exists()
+    assert len((tmp_path / "r" / JOURNAL_NAME).read_bytes().splitlines()) == 3  # the journal is where units live
     reader = BundleReader(tmp_path / "r")
     assert reader.manifest["complete"] and reader.manifest["kind"] == "rollouts" and len(reader.units) == 3
     assert torch.equal(reader.read_tensor(1, "act"), torch.tensor([1]))
+    assert torch.equal(reader.read_tensor(-1, "act"), torch.tensor([2]))
 
 
 def test_a_crash_leaves_committed_units_and_reports_the_rest(tmp_path: Path) -> None:
@@ -142,7 +144,7 @@ def test_writer_refuses_bad_names_values_and_paths(tmp_path: Path) -> None:
 
 
 def test_reader_rejects_entries_that_point_outside_their_shard(tmp_path: Path) -> None:
-    with BundleWriter(tmp_path / "b") as w:
+    with BundleWriter(tmp_path / "b", journal=False) as w:  # units in manifest.json, as lt.save writes them
         w.append("x", torch.ones(4))
         w.commit()
     path = tmp_path / "b" / MANIFEST_NAME
@@ -166,3 +168,91 @@ def test_shard_header_is_reserved_then_filled(tmp_path: Path) -> None:
     (n,) = struct.unpack("<Q", data[:8])
     assert n == 200 and json.loads(data[8:8 + n])["x"] == {"dtype": "I16", "shape": [3], "data_offsets": [0, 6]}
     assert data[8 + n:] == torch.arange(3, dtype=torch.int16).numpy().tobytes()
+
+
+def test_reopening_appends_after_the_last_unit_even_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    w = BundleWriter(path, kind="rollouts")
+    w.append("x", torch.zeros(2))
+    w.commit({"n": 0})
+    w.append("x", torch.ones(500))  # never committed
+    w._journal.close()  # the process dies: its files stay as they are, its lock goes with it
+    with open(path / JOURNAL_NAME, "ab") as f:
+        f.write(frame("unit", {"index": 1})[:30])
+    with BundleWriter(path, kind="rollouts", append=True) as w2:
+        assert w2.num_units == 1
+        w2.append("x", torch.full((2,), 7.0))
+        assert w2.commit({"n": 1}) == 1
+    reader = BundleReader(path)
+    assert [u["metadata"] for u in reader.units] == [{"n": 0}, {"n": 1}] and reader.manifest["complete"]
+    assert torch.equal(reader.read_tensor(1, "x"), torch.full((2,), 7.0))
+    assert reader.units[1]["shards"][0]["file"] == "activations-00002.safetensors"  # the dead writer's shard is not reused
+    (left,) = reader.left_out
+    assert left.startswith("activations-00001.safetensors (") and left.endswith("): written but never committed "
+                                                                               "(the writer stopped before its unit's commit).")
+
+
+def test_reopening_a_saved_bundle_keeps_its_units(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "b", kind="capture", journal=False) as w:
+        w.append("a", torch.arange(3))
+        w.commit({"i": 0})
+    w = BundleWriter(tmp_path / "b", kind="capture", append=True)
+    assert not BundleReader(tmp_path / "b").manifest["complete"]  # open for writing again
+    w.append("a", torch.arange(4))
+    w.commit({"i": 1})
+    w.close()
+    reader = BundleReader(tmp_path / "b")
+    assert reader.manifest["complete"] and [u["index"] for u in reader.units] == [0, 1]
+    assert torch.equal(reader.read_tensor(0, "a"), torch.arange(3)) and torch.equal(reader.read_tensor(1, "a"), torch.arange(4))
+
+
+def test_reopening_checks_kind_locks_and_paths(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "r", kind="rollouts") as w:
+        w.commit()
+    with pytest.raises(BundleError, match=r"kind 'capture'.*holds units of kind 'rollouts'.*kind='rollouts', append=True"):
+        BundleWriter(tmp_path / "r", kind="capture", append=True)
+    first = BundleWriter(tmp_path / "r", kind="rollouts", append=True)
+    with pytest.raises(BundleError, match="being written by another BundleWriter"):
+        BundleWriter(tmp_path / "r", kind="rollouts", append=True)
+    first.close()
+    BundleWriter(tmp_path / "r", kind="rollouts", append=True).close()
+    with pytest.raises(InvalidArgumentError, match="journal=True to append"):
+        BundleWriter(tmp_path / "x", append=True, journal=False)
+    w = BundleWriter(tmp_path / "new", kind="rollouts", append=True)  # append to nothing: a new bundle
+    w.abort()
+    assert not (tmp_path / "new").exists()
+
+
+def test_close_and_abort_discard_uncommitted_tensors(tmp_path: Path) -> None:
+    w = BundleWriter(tmp_path / "r", header_reserve=64)
+    w.append("kept", torch.ones(2))
+    w.commit()
+    for i in range(5):
+        w.append(f"dropped/{i}", torch.ones(100))  # several shards (small headers), none committed
+    assert w.uncommitted == [f"dropped/{i}" for i in range(5)]
+    w.close()
+    reader = BundleReader(tmp_path / "r")
+    assert reader.left_out == [] and len(list((tmp_path / "r").glob("*.safetensors"))) == 1
+    w = BundleWriter(tmp_path / "r", append=True)
+    w.append("dropped", torch.ones(3))
+    w.abort()  # a reopened bundle is never removed
+    assert len(BundleReader(tmp_path / "r").units) == 1 and BundleReader(tmp_path / "r").left_out == []
+
+
+def test_a_lenient_reader_skips_a_damaged_record_and_says_so(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "r") as w:
+        for i in range(3):
+            w.append("x", torch.tensor([i]))
+            w.commit({"n": i})
+    journal = tmp_path / "r" / JOURNAL_NAME
+    journal.write_bytes(journal.read_bytes().replace(b'"n":1', b'"n":9'))
+    with pytest.raises(BundleError, match="line 2 fails its checksum"):
+        BundleReader(tmp_path / "r")
+    reader = BundleReader(tmp_path / "r", strict=False)
+    assert [u["index"] for u in reader.units] == [0, 2]
+    assert torch.equal(reader.read_tensor(2, "x"), torch.tensor([2])) and torch.equal(reader.read_tensor(-1, "x"), torch.tensor([2]))
+    with pytest.raises(BundleError, match="no committed unit 1"):
+        reader.read_tensor(1, "x")
+    assert any("line 2 fails its checksum" in s and "Unit 1 was skipped" in s for s in reader.left_out)
+    with pytest.raises(BundleError, match="line 2 fails its checksum"):
+        BundleWriter(tmp_path / "r", append=True)  # damage is not silently appended to

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,8 @@ def test_default_run_end_to_end(in_process, capsys: pytest.CaptureFixture) -> No
     run = in_process(*TINY)
     out = capsys.readouterr().out
     assert "lens-train: train finished in" in out and "test accuracy: " in out
+    headline = re.search(r"finished in ([\d.]+) s \(fit ([\d.]+) s, test ([\d.]+) s; start-up, data and plots", out)
+    assert headline and float(headline[1]) >= float(headline[2]) + float(headline[3]) > 0
     table = out.split("probe accuracy per layer (last epoch):")[1].splitlines()
     assert [line.split()[0] for line in table[1:5]] == ["layer", "blocks.0", "blocks.1", "blocks.2"]
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -173,7 +176,7 @@ def test_distill_experiment_trains_teacher_then_two_students(in_process, capsys:
     run = in_process("experiment=distill_digits", "teacher.trainer.max_epochs=1", *TINY)
     out = capsys.readouterr().out
     table = out.split("test accuracy by stage:")[1].splitlines()[1:4]
-    assert [line.rsplit(None, 1)[0].strip() for line in table] == [
+    assert [line.split("  (fit")[0].rsplit(None, 1)[0].strip() for line in table] == [
         "teacher", "student (no distillation)", "student (distilled)"]
     baseline, distilled = _columns(run / "student_baseline" / "metrics.csv"), _columns(run / "student_distilled" / "metrics.csv")
     assert not any(k.startswith("distill/") for k in baseline)

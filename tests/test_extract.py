@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.models import InPlaceViews
 from torch import nn
 
 import lens_train as lt
-from lens_train.errors import DifferentPathError, InvalidArgumentError, LayerNotFoundError
+from lens_train.errors import DifferentPathError, IncompatibleInputError, InvalidArgumentError, LayerNotFoundError
 
 
 class Block(nn.Module):
@@ -194,3 +195,79 @@ def test_bad_node_names_and_inputs() -> None:
         sub(torch.ones(2, 4, 6, 6), hh=torch.ones(1))
     with pytest.raises(InvalidArgumentError, match="positional"):
         sub(torch.ones(2, 4, 6, 6), torch.ones(1))
+
+
+class Sized(nn.Module):
+    """Sizes of every kind: traced (batch), matched (read from the model input), fixed (float math, unseen)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 8)
+        self.out = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(x))
+        half = int(h.size(1) * 0.5)  # leaves integer arithmetic: fixed at 4
+        k = h.view(h.size(0), 2, half)
+        pos = torch.arange(x.size(0))  # read from the model input, which the sub-model never sees
+        width = torch.zeros(x.size(1))  # x.size(1) == 5: no sub-model input dimension is 5
+        return self.out(k.reshape(h.size(0), -1)) + pos[:, None] + width.sum()
+
+
+def test_fixed_and_matched_sizes_are_listed_per_op() -> None:
+    torch.manual_seed(0)
+    model, x = Sized(), torch.randn(3, 5)
+    log = lt.log_forward_pass(model, x)
+    relu, view = log["relu_1"].layer_label, log["view_1"].layer_label
+    arange, zeros = log["arange_1"].layer_label, log["zeros_1"].layer_label
+    sub = lt.Extract(model, x, node_in={relu: "h"}, node_out=log.output_layers[0])
+    fixed, matched = sub.summary.fixed_sizes, sub.summary.matched_sizes
+    assert len(fixed) == 2 and fixed[0].startswith(f"{view}: view size argument(s) 2, 4: plain ints")
+    assert fixed[1].startswith(f"{zeros}: size(1) of input_1_0 stays 5")
+    assert matched == [f"{arange}: size(0) of input_1_0 (3 on the example) follows size(0) of input {relu}, "
+                       "which had the same size on the example"]
+    assert f"fixed size: {fixed[0]}" in str(sub.summary) and f"matched size: {matched[0]}" in str(sub.summary)
+    h = torch.randn(6, 8)  # another batch size: traced and matched sizes follow it
+    ref = model.out(h) + torch.arange(6)[:, None]
+    assert torch.allclose(sub(h=h), ref, atol=1e-6)
+
+
+def test_an_input_the_fixed_sizes_do_not_fit_raises_a_clear_error() -> None:
+    torch.manual_seed(0)
+    model, x = Sized(), torch.randn(3, 5)
+    log = lt.log_forward_pass(model, x)
+    relu, view = log["relu_1"].layer_label, log["view_1"].layer_label
+    sub = lt.Extract(model, x, node_in={relu: "h"}, node_out=log.output_layers[0])
+    with pytest.raises(IncompatibleInputError, match=rf"replaying {view} failed with .*Inputs: h 6x10 \(example 3x8\)\. "
+                       rf"{view} uses sizes that do not follow the input: view size argument\(s\) 2, 4") as info:
+        sub(torch.randn(6, 10))  # 10 features cannot be viewed as (6, 2, 4)
+    assert isinstance(info.value.__cause__, RuntimeError) and "lt.Extract(model, example" in str(info.value)
+    assert "sub.summary.fixed_sizes" in str(info.value)
+    with pytest.raises(ValueError):  # IncompatibleInputError is a ValueError for user code
+        sub(torch.randn(6, 10))
+
+
+def test_unknown_node_names_list_the_closest_nodes_and_get_nodes() -> None:
+    model, x = _resnet()
+    nodes = lt.get_nodes(model, x)
+    relu = next(n for n in nodes if n.startswith("relu_1_"))
+    typo = relu.replace("relu", "relu_")
+    with pytest.raises(LayerNotFoundError, match=rf"node_in='{typo}' is not a node .*Closest: '{relu}'.*lt\.get_nodes\(model, x\)"):
+        lt.Extract(model, x, node_in=typo, node_out="fc")
+    with pytest.raises(LayerNotFoundError, match=r"node_out='fcc' .*Closest: .*lt\.get_nodes"):
+        lt.Extract(model, x, node_out={"fcc": "logits"})
+
+
+
+def test_in_place_op_on_a_view_replays_and_spares_the_callers_tensor() -> None:
+    torch.manual_seed(0)
+    model, x = InPlaceViews(), torch.randn(3, 4)
+    log = lt.log_forward_pass(model, x)
+    out = log.output_layers[0]
+    for node_in in ("linear_1_1", "mul_1_2"):  # the view is taken inside the sub-model / of its input
+        sub = lt.Extract(model, x, node_in=node_in, node_out=out)
+        assert torch.allclose(sub(log[node_in].activation), log[out].activation)
+        h = torch.randn(5, 4)
+        before = h.clone()
+        expected = model.tail(h * 1 if node_in == "linear_1_1" else h.clone())
+        assert torch.allclose(sub(h), expected) and torch.equal(h, before)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import subprocess
 import sys
+import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,12 @@ import torch
 from torch import nn
 
 import lens_train as lt
+from lens_train.bundle_format import JOURNAL_NAME, frame
+from lens_train.bundle_reader import BundleReader
 from lens_train.errors import AmbiguousLayerError, BundleError, InvalidArgumentError, LayerNotFoundError
 
 from bench.models import Encoder
+from tests.models import InPlaceViews, TanhLoop
 
 
 class Net(nn.Module):
@@ -131,17 +136,7 @@ def test_a_failed_call_is_not_kept_and_recording_goes_on() -> None:
 
 
 def test_recurrent_loops_count_every_pass() -> None:
-    class Loop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.Linear(3, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for _ in range(3):
-                x = torch.tanh(self.cell(x))
-            return x
-
-    model, x = Loop(), torch.ones(1, 3)
+    model, x = TanhLoop(3, steps=3), torch.ones(1, 3)
     rec = lt.fastlog.record(model, x, keep_op=lambda c: c.layer_type == "tanh")
     log = lt.log_forward_pass(model, x)
     assert rec.labels == ["tanh_1", "tanh_2", "tanh_3"]
@@ -186,19 +181,102 @@ def test_recover_loads_complete_rollouts_and_reports_the_rest(tmp_path: Path) ->
     with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=path):
         for i in range(3):
             model(torch.full((1, 2), float(i)))
-    # what a process killed mid-commit leaves: a half-written shard, a shard without its line, a torn line
-    shards = path / "rollouts"
-    (shards / "rollout_000003.tmp").write_bytes(b"\x00" * 10)
-    (shards / "rollout_000004.safetensors").write_bytes((shards / "rollout_000000.safetensors").read_bytes())
-    with open(path / "manifest.jsonl", "a") as f:
-        f.write(json.dumps({"rollout": 5, "shard": "rollouts/rollout_000005.safetensors"})[:20])
+    # what a process killed mid-commit leaves: a half-written shard, a shard whose commit record never
+    # came, and a commit record cut short
+    shards = sorted(path.glob("activations-*.safetensors"))
+    (path / "activations-00007.safetensors").write_bytes(b"\x00" * 10)
+    (path / "activations-00008.safetensors").write_bytes(shards[0].read_bytes())
+    with open(path / JOURNAL_NAME, "ab") as f:
+        f.write(frame("unit", {"index": 3, "metadata": {}})[:20])
     rec = lt.fastlog.recover(path)
     assert len(rec.rollouts) == 3
     assert torch.equal(rec[2]["tanh_1"], model(torch.full((1, 2), 2.0)).detach())
-    assert len(rec.lost) == 3 and any("incomplete" in item for item in rec.lost)
+    assert len(rec.lost) == 3 and any("unfinished commit record (20 bytes)" in item for item in rec.lost)
+    assert sum("never committed" in item for item in rec.lost) == 2
     assert "lost:" in rec.summary()
     with pytest.raises(BundleError, match="recover"):
         lt.fastlog.load(path)
+    # recording goes on after the crash: the cut record is dropped, no shard name is reused
+    with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=path):
+        model(torch.full((1, 2), 3.0))
+    rec = lt.fastlog.recover(path)
+    assert [ro.index for ro in rec.rollouts] == [0, 1, 2, 3]
+    assert torch.equal(rec[3]["tanh_1"], model(torch.full((1, 2), 3.0)).detach())
+    assert len(rec.lost) == 2 and (path / "activations-00009.safetensors").exists()
+
+
+def test_recover_skips_damaged_rollouts_and_keeps_the_rest(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    path = tmp_path / "rec"
+    with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=path):
+        for i in range(3):
+            model(torch.full((1, 2), float(i)))
+    shard = BundleReader(path).units[1]["shards"][0]["file"]
+    (path / shard).write_bytes((path / shard).read_bytes()[:-2])
+    lines = (path / JOURNAL_NAME).read_bytes().splitlines(keepends=True)
+    (path / JOURNAL_NAME).write_bytes(lines[0] + lines[1] + lines[2].replace(b'"num_calls":1', b'"num_calls":2'))
+    rec = lt.fastlog.recover(path)
+    assert [ro.index for ro in rec.rollouts] == [0]
+    assert any(item.startswith("rollout 1: ") and "truncated" in item for item in rec.lost)
+    assert any("line 3 fails its checksum" in item and "Unit 2 was skipped" in item for item in rec.lost)
+    assert torch.equal(rec[0]["linear_1"], model(torch.zeros(1, 2)).detach())
+
+
+def test_a_second_recorder_on_the_same_path_is_refused(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.ReLU())
+    with lt.fastlog.Recorder(model, keep_op=bool, storage="disk", path=tmp_path / "r"):
+        with pytest.raises(BundleError, match="being written by another BundleWriter"):
+            with lt.fastlog.Recorder(model, keep_op=bool, storage="disk", path=tmp_path / "r"):
+                pass
+    lt.save(lt.log_forward_pass(model, torch.ones(1)), tmp_path / "capture")
+    with pytest.raises(BundleError, match="kind 'capture'"):
+        with lt.fastlog.Recorder(model, keep_op=bool, storage="disk", path=tmp_path / "capture"):
+            pass
+    with pytest.raises(BundleError, match="not a fastlog recording. Load it with lt.load"):
+        lt.fastlog.recover(tmp_path / "capture")
+
+
+def test_disk_recording_memory_stays_flat(tmp_path: Path) -> None:
+    policy = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    obs = torch.randn(1, 4)
+    marks = []
+    with lt.fastlog.Recorder(policy, keep_op=lambda c: c.kind == "module", storage="disk", path=tmp_path / "r"):
+        tracemalloc.start()
+        for i in range(1, 121):
+            policy(obs)
+            if i in (40, 120):
+                marks.append(tracemalloc.get_traced_memory()[0])
+        tracemalloc.stop()
+    # each rollout kept in memory would add ~2.5 KB (200 KB here); torch's own caches warm up by ~20 KB
+    assert marks[1] - marks[0] < 64 * 1024, marks
+    rec = lt.fastlog.load(tmp_path / "r")
+    assert len(rec.rollouts) == 120 and torch.equal(rec[119]["2:1"], policy(obs).detach())
+
+
+@pytest.mark.slow
+def test_a_killed_recording_process_keeps_its_committed_rollouts(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, torch, lens_train as lt
+        class Policy(torch.nn.Module):
+            calls = 0
+            def forward(self, x):
+                Policy.calls += 1
+                if Policy.calls == 4:
+                    os._exit(3)  # killed in the middle of the fourth rollout
+                return torch.tanh(x * Policy.calls)
+        model = Policy()
+        with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path={str(tmp_path / 'r')!r}):
+            for _ in range(5):
+                model(torch.ones(2))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=120)
+    assert proc.returncode == 3
+    rec = lt.fastlog.load(tmp_path / "r")  # nothing was lost: the fourth rollout had not started its commit
+    assert [ro.index for ro in rec.rollouts] == [0, 1, 2]
+    assert torch.equal(rec[2]["tanh_1"], torch.tanh(torch.full((2,), 3.0)))
+    with lt.fastlog.Recorder(nn.Tanh(), keep_op=lambda c: c.kind == "op", storage="disk", path=tmp_path / "r") as r:
+        nn.Tanh()(torch.ones(1))
+    assert len(lt.fastlog.load(tmp_path / "r").rollouts) == 3 and r.lost_calls == 0
 
 
 def test_arguments_and_predicate_errors_are_explained(tmp_path: Path) -> None:
@@ -230,3 +308,43 @@ def test_dry_run_stores_nothing_and_model_is_left_untouched() -> None:
     assert "conv2d_1" in str(events[0])
     assert torch.equal(model(x), before)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+
+def test_labels_agree_with_the_log_after_in_place_ops_on_views() -> None:
+    torch.manual_seed(0)
+    model, x = InPlaceViews(), torch.randn(3, 4)
+    log = lt.log_forward_pass(model, x)
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.kind == "op")
+    expected = [layer.layer_label_short for layer in log if not (layer.is_input or layer.is_output)]
+    assert rec.labels == expected
+    # view, then base: mul_ of y[0] then of y, zero_ of z[1] then of z, add_ of the narrowed z then of z
+    assert [k for k in rec.labels if k[:4] in ("mul_", "zero", "add_")][:8] == [
+        "mul_1", "mul_2", "mul_3", "add_1", "zero_1", "zero_2", "add_2", "add_3"]
+    for entry in rec:
+        assert entry.context.shape == log[entry.label].tensor_shape, entry.label
+        assert torch.equal(entry.value, log[entry.label].activation), entry.label
+    base = rec.rollouts[0].entry("mul_3").context
+    assert base.shape == (3, 4) and base.output_index == 1 and base.func_name == "mul_"
+    assert torch.equal(rec["mul_1"], model.fc(x) * 1)  # y as it was before the in-place op
+
+
+def test_unknown_labels_list_the_closest_and_how_to_list_them() -> None:
+    model, x = _net()
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: c.kind == "op")
+    with pytest.raises(LayerNotFoundError, match=r"kept no event 'relu_3'\. Closest: 'relu_2', 'relu_1'.*list\(rollout\).*"
+                       r"lt\.fastlog\.dry_run\(model, x\)"):
+        rec["relu_3"]
+    log_label = lt.log_forward_pass(model, x)["relu_2"].layer_label
+    with pytest.raises(LayerNotFoundError, match=rf"'{log_label}' looks like a ModelLog label \(lt\.get_nodes\(model, x\) "
+                       r"lists those\).*so try 'relu_2'"):
+        rec.values(log_label)
+
+
+def test_capture_spec_moves_to_another_device() -> None:
+    model, x = _net()
+    rec = lt.fastlog.record(model, x, keep_op=lambda c: lt.fastlog.CaptureSpec(device="meta") if c.label == "relu_1" else
+                            c.label == "linear_1")
+    assert rec["relu_1"].device.type == "meta" and rec["relu_1"].shape == (2, 3, 4, 4)
+    assert rec["linear_1"].device.type == "cpu"
+    assert torch.equal(rec["linear_1"], model.fc1(model.act(model.conv(x)).flatten(1)))

@@ -73,3 +73,34 @@ def test_picklable_until_first_use_then_taps_work_in_the_copy():
         clone.net(x)
     assert clone.taps["layer1"].shape == (4, 16)
     assert torch.allclose(clone.taps["layer1"], clone.net.layer1(x))
+
+
+def _tapped_clone(module: ManualLens, clone: ManualLens) -> None:
+    """The clone's taps see the clone's own forward pass, and the original's still work."""
+    x = torch.randn(4, 8)
+    with clone.taps:
+        clone.net(x)
+    assert torch.allclose(clone.taps["layer1"], clone.net.layer1(x))
+    with module.taps:
+        module.net(2 * x)
+    assert torch.allclose(module.taps["layer1"], module.net.layer1(2 * x))
+
+
+def test_pickle_and_deepcopy_after_the_taps_ran(tmp_path):
+    import copy
+
+    module = ManualLens()
+    fit(tmp_path, module, max_epochs=1)  # the taps ran in every step and hold hooks
+    clone = pickle.loads(pickle.dumps(module))
+    assert_same_weights(clone, module)
+    _tapped_clone(module, clone)
+    copied = copy.deepcopy(module)
+    _tapped_clone(module, copied)
+    torch.save(module, tmp_path / "module.pt")  # the common way to save a whole module
+    assert_same_weights(torch.load(tmp_path / "module.pt", weights_only=False), module)
+
+
+def test_pickling_inside_a_step_says_when_it_can():
+    module = ManualLens()
+    with module.taps, pytest.raises(TapError, match="inside a step.*after trainer.fit"):
+        pickle.dumps(module)

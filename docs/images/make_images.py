@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import lens_train as lt  # noqa: E402
-from tests.viz.viz_models import Blocks, Conditional, DemoNetwork, InceptionNet, SimpleRecurrent  # noqa: E402
+from tests.models import DemoNetwork, SimpleRecurrent  # noqa: E402
+from tests.viz.viz_models import Blocks, Conditional, InceptionNet, SmallResNet  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 
@@ -30,6 +31,9 @@ def main() -> None:
         ("inception_depth1", InceptionNet(), torch.rand(2, 4), {"vis_nesting_depth": 1}),
         ("inception_depth2", InceptionNet(), torch.rand(2, 4), {"vis_nesting_depth": 2}),
         ("blocks_focus", Blocks(), torch.rand(2, 8), {"vis_module": "blocks.2"}),
+        ("resnet_depth1", SmallResNet().eval(), torch.rand(2, 3, 16, 16), {"vis_nesting_depth": 1}),
+        ("resnet_depth2", SmallResNet().eval(), torch.rand(2, 3, 16, 16), {"vis_nesting_depth": 2}),
+        ("resnet_full", SmallResNet().eval(), torch.rand(2, 3, 16, 16), {}),
     ]
     for name, model, x, vis in pictures:
         path = lt.show_model_graph(model, x, vis_outpath=OUT / name, vis_fileformat="png", vis_save_only=True,

@@ -4,6 +4,10 @@
 graph-connected taps of the training step; every tap callback on one module joins one
 :class:`~lens_train.callbacks._session.LensSession`, which runs one tap capture per step
 for the union of their layers and is the only place that touches ``training_step``.
+
+Tap callbacks also take part in ``trainer.validate`` and ``trainer.test`` on their own:
+their terms are logged as ``val/...`` or ``test/...`` (never added to a loss) and probes
+are measured, from the state of a previous fit or of the checkpoint given as ``ckpt_path``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing_extensions import override
 
 from ..errors import InvalidArgumentError
 from ._shared import BatchGetter, average_gradients, default_batch_to_input, default_batch_to_targets, make_getter
+
+# The Trainer stages the tap callbacks take part in (``predict`` runs no lens work).
+STAGES = ("fit", "validate", "test")
 
 
 class LensCallback(Callback):
@@ -51,7 +58,7 @@ class LensCallback(Callback):
 
 @dataclass
 class StepContext:
-    """What a tap callback sees after one training or validation step."""
+    """What a tap callback sees after one step; ``stage`` is ``"train"``, ``"val"`` or ``"test"``."""
 
     trainer: pl.Trainer
     module: pl.LightningModule
@@ -81,6 +88,8 @@ class TapCallback(LensCallback):
 
     changes_loss: ClassVar[bool] = False
     save_gradients: bool = False
+    # Set by a training step of a fit, or by a checkpoint's state (subclasses' load_state_dict).
+    trained: bool = False
 
     def tap_layers(self) -> list[Any]:
         """Layers this callback needs tapped in every step."""
@@ -100,20 +109,28 @@ class TapCallback(LensCallback):
     def after_train_step(self, ctx: StepContext) -> None:
         """Work after the step that does not change the loss (probes, statistics)."""
 
-    def val_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Terms to log in validation (prefixed ``val/``), never added to any loss."""
+    def eval_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Terms to log in validation or test (prefixed ``val/`` or ``test/``), never added to any loss."""
         return {}
+
+    def ready_to_evaluate(self) -> bool:
+        """Whether ``trainer.validate``/``trainer.test`` alone can use this callback's trained parts.
+
+        False when they were neither trained by a fit nor loaded from a checkpoint, so
+        measuring them (random auxiliary heads) would mean nothing.
+        """
+        return self.trained or not self.trainable_parameters()
 
     # -- Lightning hooks ---------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage not in STAGES:
             return
-        self._run_join(trainer, pl_module)
+        self._run_join(trainer, pl_module, str(getattr(stage, "value", stage)))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage not in STAGES:
             return
         self._run_leave(pl_module)
 
@@ -128,10 +145,10 @@ class TapCallback(LensCallback):
             return
         self._run_sync_grads(trainer)
 
-    def _run_join(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _run_join(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str = "fit") -> None:
         from ._session import LensSession
 
-        if self.changes_loss and not pl_module.automatic_optimization:
+        if stage == "fit" and self.changes_loss and not pl_module.automatic_optimization:
             raise InvalidArgumentError(
                 f"{type(self).__name__} adds terms to the loss that training_step returns, but "
                 f"{type(pl_module).__name__} uses manual optimization (automatic_optimization=False), where "
@@ -139,7 +156,7 @@ class TapCallback(LensCallback):
                 "L.LightningModule), declare the taps with self.configure_lens(layers=[...]) and add "
                 "aux(self.taps, targets=y, step=self.global_step) to the loss you pass to manual_backward."
             )
-        LensSession.join(self, trainer, pl_module)
+        LensSession.join(self, trainer, pl_module, stage)
 
     def _run_leave(self, pl_module: pl.LightningModule) -> None:
         from ._session import LensSession

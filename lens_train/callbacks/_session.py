@@ -1,8 +1,8 @@
 """One tap session per LightningModule: one capture per step for every tap callback.
 
-The first tap callback to reach ``setup`` installs three instance attributes on the
-module, each wrapping the class's method (Lightning calls ``training_step`` through the
-module even under DDP, so an instance attribute takes effect everywhere):
+The first tap callback to reach ``setup`` installs instance attributes on the module,
+each wrapping the class's method (Lightning calls the steps through the module even
+under DDP, so an instance attribute takes effect everywhere). For ``trainer.fit``:
 
 - ``configure_optimizers``: builds the taps and the callbacks' trainable parts from one
   example input, then lets the user's optimizer see those parameters;
@@ -10,7 +10,9 @@ module even under DDP, so an instance attribute takes effect everywhere):
   to the loss it returns (a tensor, or a dict's ``"loss"``);
 - ``validation_step``: logs the callbacks' terms as ``val/...``, never adding them.
 
-The last callback to leave (``teardown``, or ``on_exception``) removes them again.
+``trainer.validate`` wraps only ``validation_step`` and ``trainer.test`` only
+``test_step`` (terms logged as ``test/...``); there the taps are built from the first
+batch. The last callback to leave (``teardown``, or ``on_exception``) removes them again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
@@ -33,7 +35,10 @@ from ._base import StepContext, TapCallback, unique_layers
 from ._shared import first_batch, model_inputs, quiet_forward
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, LensSession] = weakref.WeakKeyDictionary()
-_WRAPPED = ("configure_optimizers", "training_step", "validation_step")
+# The methods wrapped in each Trainer stage, and the log prefix of each evaluation step.
+_WRAPPED = {"fit": ("configure_optimizers", "training_step", "validation_step"),
+            "validate": ("validation_step",), "test": ("test_step",)}
+_SPLITS = {"validation_step": "val", "test_step": "test"}
 
 
 class LensSession:
@@ -46,11 +51,13 @@ class LensSession:
         True
     """
 
-    def __init__(self, module: pl.LightningModule) -> None:
+    def __init__(self, module: pl.LightningModule, stage: str = "fit") -> None:
         self.module = module
+        self.stage = stage
         self.members: list[TapCallback] = []
         self.taps: Any = None
         self._saved: dict[str, Any] = {}
+        self._ready: list[TapCallback] | None = None
 
     @classmethod
     def of(cls, module: nn.Module) -> LensSession | None:
@@ -58,12 +65,13 @@ class LensSession:
         return _SESSIONS.get(module)
 
     @classmethod
-    def join(cls, callback: TapCallback, trainer: pl.Trainer, module: pl.LightningModule) -> LensSession:
-        """Add ``callback`` to the module's session, creating and installing it if needed."""
+    def join(cls, callback: TapCallback, trainer: pl.Trainer, module: pl.LightningModule,
+             stage: str = "fit") -> LensSession:
+        """Add ``callback`` to the module's session for ``stage``, creating and installing it if needed."""
         session = _SESSIONS.get(module)
         if session is None:
-            session = _SESSIONS[module] = cls(module)
-            session._install(trainer)
+            session = _SESSIONS[module] = cls(module, stage)
+            session._install()
         if callback not in session.members:
             session.members.append(callback)
             session.drop_taps()
@@ -81,12 +89,13 @@ class LensSession:
             del _SESSIONS[module]
 
     # -- installation -------------------------------------------------------------------
-    def _install(self, trainer: pl.Trainer) -> None:
+    def _install(self) -> None:
         module = self.module
         wrappers = {"configure_optimizers": self._configure_optimizers, "training_step": self._training_step,
-                    "validation_step": self._validation_step}
-        for name in _WRAPPED:
-            if name == "validation_step" and not is_overridden(name, module):
+                    "validation_step": functools.partial(self._eval_step, "validation_step"),
+                    "test_step": functools.partial(self._eval_step, "test_step")}
+        for name in _WRAPPED[self.stage]:
+            if name in _SPLITS and not is_overridden(name, module):
                 continue
             original = getattr(module, name)
             self._saved[name] = (module.__dict__.get(name, _MISSING), original)
@@ -119,7 +128,8 @@ class LensSession:
         example = self._example(batch)
         args, kwargs = model_inputs(module, example)
         layers = unique_layers(cb.tap_layers() for cb in self.members)
-        with quiet_forward(module):
+        # Evaluation runs under inference mode; heads built there must stay trainable.
+        with torch.inference_mode(False), quiet_forward(module):
             self.taps = Taps(module, layers, example_input=args, example_kwargs=kwargs,
                              save_gradients=any(cb.save_gradients for cb in self.members))
             for cb in self.members:
@@ -173,22 +183,41 @@ class LensSession:
                 terms.update(cb.train_terms(ctx))
         for cb in self.members:
             cb.after_train_step(ctx)
+            cb.trained = True
         return self._add_terms(out, terms, batch) if terms else out
 
-    def _validation_step(self, *args: Any, **kwargs: Any) -> Any:
+    def _eval_step(self, name: str, *args: Any, **kwargs: Any) -> Any:
         trainer = self.module.trainer
-        if trainer.sanity_checking or self.taps is None:
-            return self._original("validation_step")(*args, **kwargs)
+        original = self._original(name)
+        if trainer.sanity_checking:
+            return original(*args, **kwargs)
         batch, batch_idx = _batch_args(args, kwargs)
+        self.ensure_built(batch)
         with self.taps:
-            out = self._original("validation_step")(*args, **kwargs)
-        ctx = StepContext(trainer, self.module, self.taps, batch, batch_idx, "val")
+            out = original(*args, **kwargs)
+        split = _SPLITS[name]
+        ctx = StepContext(trainer, self.module, self.taps, batch, batch_idx, split)
         terms: dict[str, torch.Tensor] = {}
-        for cb in self.members:
-            terms.update(cb.val_step(ctx))
+        for cb in self._evaluating():
+            terms.update(cb.eval_step(ctx))
         if terms:
-            self.log({f"val/{k}": v.detach() for k, v in terms.items()}, batch, on_step=False)
+            self.log({f"{split}/{k}": v.detach() for k, v in terms.items()}, batch, on_step=False)
         return out
+
+    def _evaluating(self) -> list[TapCallback]:
+        """The members whose trained parts mean something in this stage (all of them in a fit)."""
+        if self.stage == "fit":
+            return self.members
+        if self._ready is None:
+            self._ready = [cb for cb in self.members if cb.ready_to_evaluate()]
+            for cb in self.members:
+                if cb not in self._ready:
+                    rank_zero_warn(
+                        f"{type(cb).__name__} skips trainer.{self.stage}(): its trainable parts were neither trained "
+                        f"by a fit nor restored from a checkpoint. Run trainer.fit first, or pass the checkpoint: "
+                        f"trainer.{self.stage}(model, dataloaders, ckpt_path='path/to/last.ckpt')."
+                    )
+        return self._ready
 
     def _add_terms(self, out: Any, terms: dict[str, torch.Tensor], batch: Any) -> Any:
         loss = out["loss"] if isinstance(out, Mapping) else out

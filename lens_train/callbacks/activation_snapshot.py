@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ from typing_extensions import override
 from ..bundle import save as save_bundle
 from ..capture.api import log_forward_pass
 from ..errors import InvalidArgumentError
-from ..snapshots import Snapshot, entry_from_json, linear_cka, plot_drift, snapshot_name, write_index
+from ..snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
+                         snapshot_name, write_index)
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
 from ._reference import load_reference, save_reference
 from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
 
-_SNAPSHOT_DIR = re.compile(r"epoch=\d+-step=\d+\Z")
+_SNAPSHOT_DIR = re.compile(r"epoch=\d+-step=(\d+)\Z")
 DROPPED = ".dropped"
 
 
@@ -41,7 +43,10 @@ class ActivationSnapshotCallback(LensCallback):
     The snapshot list lives in the callback's checkpoint state. Resuming from a checkpoint
     restores exactly the snapshots taken up to it, also when the resumed run writes to a new
     log dir (the index then points at the earlier files); snapshots a crashed run took after
-    that checkpoint are moved to ``snapshots/aside/`` and numbering continues.
+    that checkpoint are moved to ``snapshots/aside/`` and numbering continues. With
+    ``keep_last``, a dropped snapshot waits in ``snapshots/.dropped/`` while a checkpoint in
+    a ``ModelCheckpoint`` directory still lists it, so resuming from any of those
+    checkpoints, older ones included, finds every snapshot it lists.
     ``lt.load_snapshots(run_dir_or_checkpoint)`` lists them in order.
 
     Args:
@@ -92,6 +97,9 @@ class ActivationSnapshotCallback(LensCallback):
         self._reference: Any = None
         self._previous: dict[str, torch.Tensor] | None = None
         self._is_zero = True
+        self._fitting = True
+        self._trainer: weakref.ref[pl.Trainer] | None = None
+        self._listed: dict[Path, tuple[tuple[int, int], set[str]]] = {}
         self._wanted: dict[str, str] = {}
 
     @property
@@ -103,10 +111,17 @@ class ActivationSnapshotCallback(LensCallback):
     # -- hooks ----------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        self._fitting = stage == "fit"
+        if not self._fitting:
             return
         self.directory = run_dir(trainer) / self.dirname  # every rank: log_dir broadcasts
         self._is_zero = trainer.is_global_zero
+        self._trainer = weakref.ref(trainer)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._prune_dropped()  # checkpoints that top-k removed after the last save
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -131,6 +146,8 @@ class ActivationSnapshotCallback(LensCallback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._fitting:
+            return  # trainer.test(ckpt_path=...) takes no snapshots and must not rewind the list
         self._restored = dict(state_dict)
         self.snapshots = [entry_from_json(e) for e in state_dict["snapshots"]]
         self._next_index = int(state_dict["next_index"])
@@ -233,8 +250,8 @@ class ActivationSnapshotCallback(LensCallback):
 
     # -- keeping the list and the files consistent --------------------------------------
     def _keep_last(self) -> None:
-        # Dropped snapshots wait in .dropped/ until the next checkpoint no longer lists
-        # them, so resuming from the latest checkpoint can still bring them back.
+        # Dropped snapshots wait in .dropped/ while a checkpoint lists them, so resuming
+        # from that checkpoint can still bring them back.
         while self.keep_last and len(self.snapshots) > self.keep_last:
             old = self.snapshots.pop(0)
             target = Path(old.path).parent / DROPPED / old.name
@@ -244,8 +261,26 @@ class ActivationSnapshotCallback(LensCallback):
                 os.replace(old.path, target)
 
     def _prune_dropped(self) -> None:
-        if self._is_zero and self.directory is not None and (self.directory / DROPPED).is_dir():
-            shutil.rmtree(self.directory / DROPPED, ignore_errors=True)
+        dropped = self.directory / DROPPED if self.directory is not None else None
+        if not self._is_zero or dropped is None or not dropped.is_dir():
+            return
+        listed = self._listed_by_checkpoints()
+        for path in dropped.iterdir():
+            if path.name not in listed:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _listed_by_checkpoints(self) -> set[str]:
+        """Names of this directory's snapshots listed by a checkpoint file that still exists."""
+        trainer = self._trainer() if self._trainer is not None else None
+        folders = {Path(cb.dirpath) for cb in (trainer.checkpoint_callbacks if trainer else []) if cb.dirpath}
+        here, names = self.directory.resolve(), set()
+        for path in (p for folder in folders if folder.is_dir() for p in folder.glob("*.ckpt")):
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            if self._listed.get(path, (None,))[0] != key:  # each checkpoint file is read once
+                self._listed[path] = (key, checkpoint_snapshot_paths(path))
+            names |= {Path(p).name for p in self._listed[path][1] if Path(p).parent.resolve() == here}
+        return names
 
     def _run_restore(self, trainer: pl.Trainer) -> None:
         state, self._restored = self._restored, None
@@ -262,6 +297,9 @@ class ActivationSnapshotCallback(LensCallback):
     def _move_aside(self, step: int) -> None:
         listed = {Path(s.path).name for s in self.snapshots}
         later = [p for p in self.directory.iterdir() if p.is_dir() and _SNAPSHOT_DIR.match(p.name) and p.name not in listed]
+        if (self.directory / DROPPED).is_dir():  # dropped by keep_last after the checkpoint
+            later += [p for p in (self.directory / DROPPED).iterdir()
+                      if (match := _SNAPSHOT_DIR.match(p.name)) and int(match[1]) > step]
         if not later:
             return
         aside = _fresh(self.directory / "aside" / f"after-step={step:06d}")

@@ -22,7 +22,8 @@ class AuxiliaryLossCallback(TapCallback):
     (see :mod:`lens_train.callbacks._session`), runs it inside the shared taps, and adds
     the terms to the returned loss (a tensor, or a dict's ``"loss"``). The user's own
     metrics stay as they logged them; the callback logs ``lens/total_loss`` and each term
-    (``aux/layer2``), and in validation ``val/aux/layer2`` (never added to any loss).
+    (``aux/layer2``), and in validation and test ``val/aux/layer2`` and ``test/aux/layer2``
+    (never added to any loss), also in ``trainer.validate``/``trainer.test`` on their own.
 
     Auxiliary heads are built from one example input (``example_input_array`` or the first
     training batch) before ``configure_optimizers`` runs, join the user's optimizer through
@@ -89,7 +90,7 @@ class AuxiliaryLossCallback(TapCallback):
         return {f"aux/{layer}": term for layer, term in terms.items()}
 
     @override
-    def val_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def eval_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return self.train_terms(ctx)
 
     @override
@@ -100,6 +101,7 @@ class AuxiliaryLossCallback(TapCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before configure_optimizers builds the heads.
         state = state_dict.get("aux")
+        self.trained = self.trained or state is not None
         if state is not None and self.aux.is_built:
             self.aux.load_state_dict(state)
         else:

@@ -24,7 +24,8 @@ class DistillationCallback(TapCallback):
     mode; it runs once per step on the step's input (``batch_to_input``). Adapters are
     built before ``configure_optimizers``, trained by the user's optimizer, and saved in
     this callback's state. Terms are logged as ``distill/<student layer>`` and
-    ``distill/logits`` (validation: ``val/distill/...``, never added to a loss).
+    ``distill/logits`` (validation and test: ``val/distill/...``, ``test/distill/...``, never
+    added to a loss).
 
     Args:
         teacher: the trained model.
@@ -108,7 +109,7 @@ class DistillationCallback(TapCallback):
         return {f"distill/{name}": term for name, term in terms.items()}
 
     @override
-    def val_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def eval_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return self.train_terms(ctx)
 
     def _student_output(self, taps: Any) -> Any:
@@ -131,6 +132,7 @@ class DistillationCallback(TapCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before configure_optimizers builds the adapters.
         state = state_dict.get("kd")
+        self.trained = self.trained or state is not None
         if state is not None and self.kd is not None:
             self.kd.load_state_dict(state)
         else:

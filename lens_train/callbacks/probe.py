@@ -18,9 +18,11 @@ class ProbeCallback(TapCallback):
     """Train one linear probe per layer on the detached taps of every training step.
 
     Probes are measured before each update (a fair training score) and trained by their
-    own optimizer in the same step, with no second forward pass; validation only measures
-    them. Each epoch logs ``probe/<layer>/train_acc`` and ``probe/<layer>/val_acc``
-    (regression: ``..._r2`` and ``..._mse``). Probe weights and optimizer state are in
+    own optimizer in the same step, with no second forward pass; validation and test only
+    measure them. Each epoch logs ``probe/<layer>/train_acc`` and ``probe/<layer>/val_acc``,
+    and ``trainer.test`` logs ``probe/<layer>/test_acc`` (regression: ``..._r2`` and
+    ``..._mse``); ``trainer.validate``/``trainer.test`` on their own measure the probes of a
+    previous fit or of their ``ckpt_path``. Probe weights and optimizer state are in
     this callback's state, so a resumed run continues them exactly. Under DDP the probes'
     gradients are averaged across ranks, so every rank holds the same probes.
 
@@ -80,9 +82,13 @@ class ProbeCallback(TapCallback):
             self.probes.update(ctx.taps, self.batch_targets(ctx.batch))
 
     @override
-    def val_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        self.probes.evaluate(ctx.taps, self.batch_targets(ctx.batch))
+    def eval_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        self.probes.evaluate(ctx.taps, self.batch_targets(ctx.batch), split=ctx.stage)
         return {}
+
+    @override
+    def ready_to_evaluate(self) -> bool:
+        return self.trained  # probes always have parameters of their own
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -93,6 +99,10 @@ class ProbeCallback(TapCallback):
         if trainer.sanity_checking:
             return
         self._run_log(pl_module, "val")
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_log(pl_module, "test")
 
     def _run_log(self, pl_module: pl.LightningModule, split: str) -> None:
         # torchmetrics syncs the counts across ranks inside compute(), on every rank.
@@ -124,6 +134,7 @@ class ProbeCallback(TapCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before the first batch builds the probes on their device.
         state = state_dict.get("probes")
+        self.trained = self.trained or state is not None
         if state is not None and self.probes.heads:
             self.probes.load_state_dict(state)
         else:

@@ -14,8 +14,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError, suggestion_text
-from .build import build_log
+from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError, add_note, suggestion_text
+from .build import build_log, failure_note
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
 from .model_log import ModelLog
@@ -174,7 +174,7 @@ _STOP_CODE = _call_model.__code__
 def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
                 plan: CapturePlan, seed: int) -> ModelLog:
     """One seeded, intercepted forward pass turned into a :class:`ModelLog`."""
-    with _gc_paused():
+    with gc_paused():
         recorder, output, elapsed = record_forward(model, input_args, input_kwargs, plan, seed)
         meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
         log = build_log(recorder, model, meta)
@@ -188,12 +188,17 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     recorder = Recorder(model, plan, _STOP_CODE)
     start = time.perf_counter()
-    with forked_rng(seed, _devices(args, kwargs, model)), preserved_buffers(model, recorder.copy_on_write), _gc_paused():
-        with recorder:
-            for name, t in named_tensors(args, kwargs):
-                recorder.add_input(t, name)
-            output = _call_model(model, args, kwargs)
-            recorder.add_outputs(output)
+    try:
+        with forked_rng(seed, _devices(args, kwargs, model)), preserved_buffers(model, recorder.copy_on_write), gc_paused():
+            with recorder:
+                for name, t in named_tensors(args, kwargs):
+                    recorder.add_input(t, name)
+                output = _call_model(model, args, kwargs)
+                recorder.add_outputs(output)
+    except BaseException as exc:
+        if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
+            add_note(exc, failure_note(recorder, model, exc))
+        raise
     elapsed = time.perf_counter() - start
     if not recorder.records:
         raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
@@ -230,9 +235,18 @@ def preserved_buffers(model: nn.Module, before_restore: Callable[[torch.Tensor],
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    # A capture allocates many small records; a full collection of torch's large heap
-    # in the middle would cost more than the capture itself. Nothing here is cyclic.
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a block.
+
+    A capture (or a bundle's JSON) allocates many small, acyclic objects; a full
+    collection of torch's large heap in the middle would cost more than the work itself.
+
+    Example:
+        >>> import gc
+        >>> with gc_paused():
+        ...     gc.isenabled()
+        False
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -49,6 +49,30 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label), meta)
 
 
+def failure_note(recorder: Recorder, model: nn.Module, exc: BaseException) -> str:
+    """The note for an exception raised during capture: the label of the op that raised, or of the last op logged.
+
+    The label is the one the op would have had in the log of the pass up to that point.
+    """
+    records = list(recorder.records)
+    failed = recorder.failure[1] if recorder.failure is not None and recorder.failure[0] is exc else None
+    if failed is not None and failed.index == len(records):
+        records.append(failed)
+    else:
+        failed = None
+    if not records:
+        return "lens_train: raised in forward before any operation was logged"
+    try:
+        label = pass_labels(group_passes(records, frozenset(module_param_counts(model))), len(records))[0][-1]
+    except Exception:  # noqa: BLE001 - the note must never hide the user's error
+        label = records[-1].layer_type
+    stack = records[-1].module_stack
+    where = f" inside module {stack[-1][0]!r} (call {stack[-1][1]})" if stack else ""
+    if failed is not None:
+        return f"lens_train: raised while capturing {label} ({failed.func_name}{where})"
+    return f"lens_train: raised in forward after capturing {label}{where}, the last operation logged"
+
+
 def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
            param_info: dict, pass_labels: list[str]) -> LayerLog:
     arg_locs: dict[str, list[Any]] = {}

@@ -7,14 +7,17 @@ A tensor hook is registered on each saved activation the moment its op runs, so:
   output); passes of a recurrent layer are distinct tensors, so each gets its own;
 * a tensor later changed by an in-place op gets the gradient of the value it had
   when its op ran (autograd routes hooks registered before an in-place op that way),
-  and the in-place op's own pass gets the gradient of the new value;
+  and the in-place op's own pass gets the gradient of the new value; for an in-place
+  op on a view (``y[0].mul_(3)``) that is the view's slice of the base's new gradient,
+  and the base's extra record gets the base's. The view as it was before the op gets
+  none: autograd's gradient for it goes into the base's older value instead;
 * repeated ``backward()`` calls accumulate, as ``param.grad`` does; reset with
   :func:`zero_gradients`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,17 +46,46 @@ class GradientHooks:
     def __init__(self) -> None:
         self.layers: dict[int, LayerLog] = {}
         self.num_hooks = 0
+        self._inplace_views: dict[int, tuple[int, Any, tuple]] = {}  # op id -> (record, hook handle, geometry)
 
     def sink(self, rec: OpRecord) -> None:
         """Register a gradient hook on ``rec``'s tensor if it was saved and needs grad."""
+        if rec.source_name == "view-base":
+            self._hook_view_through_base(rec)
         if (rec.activation is None and rec.transformed_activation is None) or rec.is_buffer:
             return
         t = rec.live_tensor()
         if t is None or not t.requires_grad:
             return
         index = rec.index
-        t.register_hook(lambda grad: self._store(index, grad))
+        handle = t.register_hook(lambda grad: self._store(index, grad))
         self.num_hooks += 1
+        base = t._base
+        if rec.is_inplace and base is not None:
+            geometry = (tuple(t.shape), t.stride(), t.storage_offset() - base.storage_offset())
+            self._inplace_views[rec.op_id] = (index, handle, geometry)
+
+    def _hook_view_through_base(self, rec: OpRecord) -> None:
+        """An in-place op on a view: its gradient is the slice of the base's gradient.
+
+        Autograd sends the gradient of a view changed in place through its base, so a
+        hook on the view itself sees only the view's own later uses; the base's gradient
+        (after the op) holds them all.
+        """
+        entry = self._inplace_views.pop(rec.op_id, None)
+        base = rec.live_tensor()
+        if entry is None or base is None or not base.requires_grad:
+            return
+        index, handle, (size, stride, offset) = entry
+        handle.remove()
+        shape, base_stride = tuple(base.shape), base.stride()
+
+        def store(grad: torch.Tensor) -> None:
+            if grad.stride() != base_stride:
+                grad = torch.empty_strided(shape, base_stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+            self._store(index, grad.as_strided(size, stride, grad.storage_offset() + offset).clone())
+
+        base.register_hook(store)
 
     def bind(self, log: ModelLog) -> None:
         """Send gradients to ``log``'s layers (matched by operation index)."""

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError
+from ..errors import InputMismatchError, InvalidArgumentError, suggestion_text
 
 
 def normalize_inputs(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None = None) -> tuple[tuple, dict]:
@@ -35,6 +35,8 @@ def normalize_inputs(model: nn.Module, input_args: Any, input_kwargs: Mapping[st
             "Example: log_forward_pass(model, (), input_kwargs={'input_ids': ids})."
         )
     kwargs = dict(input_kwargs or {})
+    if kwargs:
+        _check_keywords(model, kwargs)
     if input_args is None:
         return (), kwargs
     if isinstance(input_args, tuple):
@@ -44,6 +46,23 @@ def normalize_inputs(model: nn.Module, input_args: Any, input_kwargs: Mapping[st
             return (input_args,), kwargs
         return tuple(input_args), kwargs
     return (input_args,), kwargs
+
+
+def _check_keywords(model: nn.Module, kwargs: dict) -> None:
+    """Unknown keyword names fail here, naming the closest parameters of ``forward``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise InputMismatchError(
+            f"{type(model).__name__}.forward has no parameter {unknown[0]!r} (input_kwargs keys: {list(kwargs)})."
+            + suggestion_text(str(unknown[0]), accepted, f"inspect.signature({type(model).__name__}.forward)")
+        )
 
 
 def _single_positional(model: nn.Module) -> bool:

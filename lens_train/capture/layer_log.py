@@ -77,7 +77,7 @@ class LayerLog:
     bool_values: list[bool]
     branch_start_layers: list[str]
     pass_labels: list[str]
-    lookup_keys: list[str] = field(default_factory=list)
+    lookup_keys: list[str | int] = field(default_factory=list)
     raw_frames: tuple[Any, ...] = ()
     gradient: torch.Tensor | None = None
     _materialize: Any = None

@@ -89,13 +89,15 @@ class ModelLog:
             if not isinstance(idx, tuple):
                 per_layer[idx].append(key)
         for i, layer in enumerate(layers):
-            layer.lookup_keys = per_layer[i] + [str(i), str(i - len(layers))]
+            layer.lookup_keys = [*per_layer[i], i, i - len(layers)]
 
     # -- lookup -----------------------------------------------------------------------
     def __getitem__(self, key: str | int) -> LayerLog:
         return self.layers[resolve(self._keys, self.layers, key)]
 
     def __contains__(self, key: object) -> bool:
+        if isinstance(key, int) and not isinstance(key, bool):
+            return -len(self.layers) <= key < len(self.layers)
         return isinstance(key, str) and key in self._keys
 
     def __len__(self) -> int:
@@ -110,7 +112,7 @@ class ModelLog:
 
     @property
     def lookup_keys(self) -> list[str]:
-        """Every string key ``log[...]`` accepts."""
+        """Every string key ``log[...]`` accepts (ints ``-len(log)..len(log) - 1`` work too)."""
         return list(self._keys)
 
     @property

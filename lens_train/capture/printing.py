@@ -29,43 +29,69 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def format_layer(layer: LayerLog) -> str:
-    """The printout of one layer pass."""
+    """The printout of one layer pass: tensor, parameters, function, modules, graph links, call stack."""
     passes = f" (pass {layer.pass_num}/{layer.num_passes})" if layer.num_passes > 1 else ""
     lines = [
         f"Layer {layer.layer_label}{passes}, operation {layer.operation_index + 1}:",
         f"\tOutput tensor: shape={layer.tensor_shape}, dtype={layer.tensor_dtype}, size={human_bytes(layer.tensor_fsize)}, device={layer.device}",
+        f"\t\t{_saved_text(layer)}",
     ]
-    if layer.tensor_contents is not None:
-        lines.append(f"\t\t{_preview(layer.tensor_contents)}")
-    elif layer.is_saved:
-        lines.append("\t\t(saved on disk; call .materialize_activation())")
-    else:
-        lines.append("\t\t(not saved)")
     if layer.gradient is not None:
         g = layer.gradient
         lines.append(f"\tGradient: shape={tuple(g.shape)}, dtype={g.dtype}, size={human_bytes(g.nelement() * g.element_size())}")
     if layer.transformed_activation is not None:
         lines.append(f"\tTransformed activation: {_preview(layer.transformed_activation)}")
-    if layer.num_params:
-        shapes = ", ".join(shape_text(s) for s in layer.parent_params)
-        lines.append(f"\tParams: computed from {len(layer.parent_params)} parameter(s) ({shapes}); {layer.num_params} params, {human_bytes(layer.param_bytes)}")
-    else:
-        lines.append("\tParams: no params used")
+    lines.append(f"\tParams: {_params_text(layer)}")
     lines.append(f"\tFunction: {layer.func_name} (grad_fn: {layer.grad_fn_name})")
     lines.append(f"\tComputed inside module: {layer.computed_inside_module or 'not computed inside a module'}")
     lines.append(f"\tOutput of modules: {', '.join(layer.module_outputs) or 'none'}")
-    lines.append(f"\tParent layers: {', '.join(layer.parent_layers) or 'no parent layers'}")
+    lines.append(f"\tOutput of bottom-level module: {layer.bottom_level_module_output or 'none'}")
+    lines.append(f"\tParent layers: {_parents_text(layer) or 'no parent layers'}")
     lines.append(f"\tChild layers: {', '.join(layer.child_layers) or 'no child layers'}")
     flags = [n for n in ("is_input", "is_output", "is_buffer", "is_internally_generated", "is_inplace", "is_conditional") if getattr(layer, n)]
     if layer.buffer_address:
         flags.append(f"buffer address: {layer.buffer_address}")
+    if layer.bool_values:
+        flags.append(f"bool values: {layer.bool_values}, branch taken starts at {', '.join(layer.branch_start_layers) or 'none'}")
     if flags:
         lines.append(f"\tFlags: {', '.join(flags)}")
     if layer.num_passes > 1:
         lines.append(f"\tPasses: {', '.join(layer.pass_labels)}")
     lines.append(f"\tTime elapsed: {layer.time_s * 1e3:.3f} ms")
-    lines.append(f"\tLookup keys: {', '.join(layer.lookup_keys)}")
+    lines.extend(_stack_lines(layer))
+    lines.append(f"\tLookup keys: {', '.join(map(str, layer.lookup_keys))}")
     return "\n".join(lines)
+
+
+def _saved_text(layer: LayerLog) -> str:
+    if layer.tensor_contents is not None:
+        return _preview(layer.tensor_contents)
+    return "(saved on disk; call .materialize_activation())" if layer.is_saved else "(not saved)"
+
+
+def _params_text(layer: LayerLog) -> str:
+    if not layer.num_params:
+        return "no params used"
+    shapes = ", ".join(shape_text(s) for s in layer.parent_params)
+    return (f"computed from {len(layer.parent_params)} parameter(s) ({shapes}); {layer.num_params} params, "
+            f"{human_bytes(layer.param_bytes)} ({', '.join(layer.param_addresses)})")
+
+
+def _parents_text(layer: LayerLog) -> str:
+    def where(pos: Any) -> str:
+        return f"{pos[0]}[{pos[1]}]" if isinstance(pos, tuple) else str(pos)
+
+    locs = layer.parent_layer_arg_locs
+    return ", ".join(f"{p} (arg {', '.join(where(x) for x in locs.get(p, []))})" if locs.get(p) else p
+                     for p in layer.parent_layers)
+
+
+def _stack_lines(layer: LayerLog, n: int = 3) -> list[str]:
+    frames = layer.func_call_stack
+    if not frames:
+        return []
+    more = f" (+{len(frames) - n} outer)" if len(frames) > n else ""
+    return [f"\tCall stack (innermost first){more}:", *(f"\t\t{f}" for f in frames[:n])]
 
 
 def _preview(t: Any, n: int = 8) -> str:

@@ -1,26 +1,26 @@
 """Interception of one forward pass: every torch call becomes an :class:`OpRecord`.
 
 A :class:`Recorder` is a ``TorchFunctionMode`` plus forward hooks on the model's
-modules. It is entered with ``with recorder:`` and removes everything it installed on
-every exit path. The hot path (``__torch_function__``) only looks up parents, runs
-the op, and appends records; labels and structure are derived afterwards.
+modules (:mod:`~lens_train.capture.module_calls`). It is entered with ``with recorder:``
+and removes everything it installed on every exit path. The hot path
+(``__torch_function__``) only looks up parents, runs the op, and appends records;
+call sites come from :mod:`~lens_train.capture.callsites`, and labels and structure
+are derived afterwards.
 
-Granularity: an operation is a torch-level call a user could have written (a torch
-function, ``torch.nn.functional`` function, Tensor method, operator, indexing, or a
-tensor-valued property). A Python-implemented ``torch.nn.functional`` function that
-runs several ops (``multi_head_attention_forward``, ``normalize``...) is decomposed
-into those ops; one that runs a single op is recorded once, under its own name.
-Metadata reads (``.shape``, ``.dim()``, ``.dtype``) are not operations.
+Granularity (:mod:`lens_train.capture.calls` decides it): an operation is a torch-level
+call a user could have written (a torch function, ``torch.nn.functional`` function,
+Tensor method, operator, indexing, or a tensor-valued property). A Python-implemented
+``torch.nn.functional`` function that runs several ops (``multi_head_attention_forward``,
+``normalize``...) is decomposed into those ops; one that runs a single op is recorded
+once, under its own name. Metadata reads (``.shape``, ``.dim()``, ``.dtype``) are not
+operations.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,49 +28,31 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedModelError
+from .calls import (
+    _THIN_FUNCTIONS,
+    BOOL,
+    COMPOSITE,
+    METADATA,
+    _flatten_output,
+    _hashable,
+    _is_inplace,
+    _tensors_in,
+    _undispatched_copy,
+    classify_call,
+    op_outputs,
+    op_type,
+)
+from .callsites import find_callsite
+from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_LENS_DIR = os.path.dirname(os.path.dirname(__file__))
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter
 _perf = time.perf_counter
-_INPLACE_DUNDERS = frozenset({"__setitem__"})
-_TYPE_RENAMES = {torch._C.TensorBase.div: "truediv", torch.Tensor.__rdiv__: "rtruediv"}
-_FUNCTIONAL_GLOBALS = torch.nn.functional.__dict__
-_OP, _COMPOSITE, _METADATA, _BOOL = range(4)
-OP, COMPOSITE, METADATA, BOOL = _OP, _COMPOSITE, _METADATA, _BOOL
-# Calls that read metadata and never produce a tensor: skipped without any work.
-_METADATA_NAMES = frozenset({
-    "shape", "dtype", "device", "dim", "size", "numel", "nelement", "requires_grad", "is_floating_point",
-    "is_complex", "__len__", "stride", "is_contiguous", "data_ptr", "element_size", "ndim", "ndimension",
-    "is_cuda", "layout", "names", "is_sparse", "storage_offset", "get_device", "_version", "grad_fn",
-    "is_leaf", "is_quantized", "is_meta", "is_nested", "__format__", "__repr__", "__hash__", "__index__",
-    "__int__", "__float__", "item", "tolist", "untyped_storage", "is_mkldnn",
-})
 # Ops that update running-statistics buffers inside the kernel without bumping their version.
 _HIDDEN_BUFFER_WRITERS = frozenset({"batchnorm", "instancenorm"})
-# torch.nn.functional functions seen to run exactly one op: recorded as that one op
-# without re-entering them (learned on first use, shared by all captures).
-_THIN_FUNCTIONS: set[Any] = set()
-_NO_GRAD_FALSE = lambda *a, **k: False  # noqa: E731 - stands in for has_torch_function*
-
-
-@dataclass(slots=True)
-class ModuleCall:
-    """One call of one module during the forward pass."""
-
-    address: str
-    module_type: str
-    pass_num: int
-    depth: int
-    parent: tuple[str, int] | None
-    input_records: list[int] = field(default_factory=list)
-    output_records: list[int] = field(default_factory=list)
-    first_op: int = -1
-    last_op: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,88 +72,6 @@ class CapturePlan:
         return s == "all" or (s != "none" and index in s)
 
 
-def op_type(func: Any) -> tuple[str, str]:
-    """(function name, layer type) of a torch callable: ``max_pool2d`` -> ``maxpool2d``."""
-    name = getattr(func, "__name__", None) or type(func).__name__
-    if name == "__get__":  # tensor-valued property such as .T or .real
-        name = getattr(getattr(func, "__self__", None), "__name__", name)
-    renamed = _TYPE_RENAMES.get(func) if _hashable(func) else None
-    return name, renamed or name.replace("_", "").lower()
-
-
-def classify_call(func: Any) -> tuple[str, str, int]:
-    """(function name, layer type, kind) of a torch callable seen by a function mode.
-
-    ``kind`` is ``OP`` (an operation), ``COMPOSITE`` (a Python ``torch.nn.functional``
-    function to run with interception on inside), ``METADATA`` (a read such as ``.shape``:
-    not an operation) or ``BOOL`` (``Tensor.__bool__``: a Python condition).
-
-    Example:
-        >>> import torch
-        >>> classify_call(torch.relu)[0], classify_call(torch.Tensor.dim)[2] == METADATA
-        ('relu', True)
-    """
-    name, layer_type = op_type(func)
-    if type(func) is types.FunctionType and func.__globals__ is _FUNCTIONAL_GLOBALS and func not in _THIN_FUNCTIONS:
-        kind = _COMPOSITE
-    elif name == "__bool__":
-        kind = _BOOL
-    elif name in _METADATA_NAMES:
-        kind = _METADATA
-    else:
-        kind = _OP
-    return name, layer_type, kind
-
-
-def _hashable(obj: Any) -> bool:
-    try:
-        hash(obj)
-    except TypeError:
-        return False
-    return True
-
-
-def _is_inplace(name: str, kwargs: dict) -> bool:
-    if name.endswith("_") and not name.endswith("__"):
-        return True
-    return name in _INPLACE_DUNDERS or kwargs.get("inplace") is True or "out" in kwargs
-
-
-def _tensors_in(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, _Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        out = []
-        for v in value:
-            if isinstance(v, _Tensor):
-                out.append(v)
-            elif isinstance(v, (tuple, list)):
-                out.extend(t for t in v if isinstance(t, _Tensor))
-        return out
-    return []
-
-
-def _canonical_offsets(code: Any) -> list[int]:
-    """Instruction index -> the first instruction index with the same source position.
-
-    Python compiles some code twice (a ``while`` condition before the loop and again at
-    its end; ``finally`` bodies): both copies must give one call site.
-    """
-    positions = getattr(code, "co_positions", None)
-    if positions is None:  # Python 3.10: instruction offsets only
-        return list(range(len(code.co_code) // 2))
-    first: dict[Any, int] = {}
-    return [i if pos[0] is None else first.setdefault(pos, i) for i, pos in enumerate(positions())]
-
-
-def _frame_kind(code: Any) -> int:
-    """0: lens_train's own frame (ignored), 1: library frame, 2: user-code frame."""
-    f = code.co_filename
-    if f.startswith(_LENS_DIR):
-        return 0
-    return 1 if f.startswith(_TORCH_DIR) or f.startswith("<frozen") else 2
-
-
 class Recorder(TorchFunctionMode):
     """Records every torch operation of one forward pass of ``model``.
 
@@ -183,33 +83,23 @@ class Recorder(TorchFunctionMode):
         self.model = model
         self.plan = plan
         self.records: list[OpRecord] = []
-        self.module_calls: list[ModuleCall] = []
-        self.error_record: str | None = None
+        self.module_tracker = ModuleCalls(model, self._lookup, self.records)
+        self.module_calls: list[ModuleCall] = self.module_tracker.calls
+        # (exception, the record its op would have had): the op that raised, for the error note
+        self.failure: tuple[BaseException, OpRecord] | None = None
         self._stop_code = stop_code
         self._owner: dict[int, OpRecord] = {}
         self._by_storage: dict[int, list[OpRecord]] = {}
-        self._stack: tuple[tuple[str, int], ...] = ()
-        self._open_calls: list[ModuleCall] = []
-        self._calls_per_module: dict[str, int] = {}
         self._pending_branch: list[OpRecord] = []
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
-        self._code_kind: dict[Any, tuple[int, list[int]]] = {}
         self._clones: dict[Any, Any] = {}
-        self._handles: list[Any] = []
         self._saved_from_numpy: Any = None
-        self.addresses = _first_names(model.named_modules(remove_duplicate=False))
-        self.param_addresses = _first_names(model.named_parameters(remove_duplicate=False))
-        self.buffer_addresses = _first_names(model.named_buffers(remove_duplicate=False))
-        self._module_types = {id(m): type(m).__name__ for m in model.modules()}
+        self.buffer_addresses = first_names(model.named_buffers(remove_duplicate=False))
 
     # -- entering and leaving ---------------------------------------------------------
     def __enter__(self) -> Recorder:
-        for module in self.model.modules():
-            if module is self.model:
-                continue
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+        self.module_tracker.attach()
         self._saved_from_numpy = torch.from_numpy
         torch.from_numpy = self._from_numpy
         return super().__enter__()
@@ -219,43 +109,8 @@ class Recorder(TorchFunctionMode):
             super().__exit__(*exc)
         finally:
             torch.from_numpy = self._saved_from_numpy
-            for h in self._handles:
-                h.remove()
-            self._handles.clear()
+            self.module_tracker.detach()
             self._owner.clear()
-
-    # -- module hooks -------------------------------------------------------------------
-    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
-        address = self.addresses.get(id(module))
-        if address is None:
-            return
-        n = self._calls_per_module.get(address, 0) + 1
-        self._calls_per_module[address] = n
-        call = ModuleCall(address, self._module_types.get(id(module), type(module).__name__), n,
-                          len(self._stack) + 1, self._stack[-1] if self._stack else None)
-        call.first_op = len(self.records)
-        for t in _tensors_in(args):
-            rec = self._lookup(t)
-            if rec is not None:
-                call.input_records.append(rec.index)
-        self.module_calls.append(call)
-        self._open_calls.append(call)
-        self._stack = self._stack + ((address, n),)
-
-    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        address = self.addresses.get(id(module))
-        if address is None or not self._open_calls:
-            return
-        call = self._open_calls.pop()
-        self._stack = self._stack[:-1]
-        call.last_op = len(self.records) - 1
-        key = (call.address, call.pass_num)
-        for t in _flatten_output(output):
-            rec = self._lookup(t)
-            if rec is not None:
-                if key not in rec.output_of_modules:
-                    rec.output_of_modules += (key,)
-                call.output_records.append(rec.index)
 
     # -- the hot path ---------------------------------------------------------------
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
@@ -265,11 +120,11 @@ class Recorder(TorchFunctionMode):
         except (KeyError, TypeError):
             names = self._classify(func)
         kind = names[2]
-        if kind == _METADATA:
+        if kind == METADATA:
             return func(*args, **kwargs)
-        if kind == _COMPOSITE:
+        if kind == COMPOSITE:
             return self._run_python_function(func, args, kwargs)
-        if kind == _BOOL:
+        if kind == BOOL:
             result = func(*args, **kwargs)
             self._note_condition(args[0], result)
             return result
@@ -285,15 +140,10 @@ class Recorder(TorchFunctionMode):
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            self._add_note(exc, names[1])
+            self._note_failure(exc, func, names, parents, params)
             raise
         elapsed = _perf() - start
-        if name == "__setitem__":
-            outputs = [args[0]]
-        elif "out" in kwargs and isinstance(kwargs["out"], _Tensor):
-            outputs = [kwargs["out"]]
-        else:
-            outputs = _tensors_in(result)
+        outputs = op_outputs(name, args, kwargs, result)
         if outputs:
             self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
         if names[1] in _HIDDEN_BUFFER_WRITERS:
@@ -313,7 +163,7 @@ class Recorder(TorchFunctionMode):
         return names
 
     def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
-        callsite, frames = self._callsite()
+        callsite, frames = find_callsite(self._stop_code)
         op_id = self._op_count
         self._op_count += 1
         for i, t in enumerate(outputs):
@@ -344,7 +194,7 @@ class Recorder(TorchFunctionMode):
 
     def _new_record(self, names, func, op_id, out_index, parents, callsite, frames, t) -> OpRecord:  # noqa: ANN001
         rec = OpRecord(len(self.records), names[0], names[1], func, op_id, out_index, list(parents),
-                       self._stack, callsite, frames)
+                       self.module_tracker.stack, callsite, frames)
         if self._pending_branch:
             for cond in self._pending_branch:
                 cond.branch_starts += (rec.index,)
@@ -433,7 +283,7 @@ class Recorder(TorchFunctionMode):
         if base_rec is None or base_rec.version != base._version:
             return self._source(t)
         geometry = (tuple(t.shape), tuple(t.stride()), t.storage_offset() - base.storage_offset())
-        callsite, frames = self._callsite()
+        callsite, frames = find_callsite(self._stop_code)
         rec = self._new_record(("as_strided", "asstrided"), torch.as_strided, self._op_count, 0,
                                [(base_rec.index, 0)], callsite, frames, t)
         self._op_count += 1
@@ -460,7 +310,7 @@ class Recorder(TorchFunctionMode):
         else:
             names = ("tensor", "tensor")
         rec = OpRecord(len(self.records), names[0], names[1], None, self._op_count, 0, [],
-                       self._stack, (), ())
+                       self.module_tracker.stack, (), ())
         self._op_count += 1
         rec.is_input = name is not None
         rec.source_name = name
@@ -497,36 +347,6 @@ class Recorder(TorchFunctionMode):
             if rec.activation is not None and out.activation is None and self.plan.saves(out.index):
                 out.activation = rec.activation
 
-    def _callsite(self) -> tuple[tuple, tuple]:
-        """(call-site key, user frames): every frame below the model call, innermost first.
-
-        The key holds (code, instruction offset) of every frame, library frames
-        included, so two statements never share a key while a loop body always does.
-        Only user-code frames are kept for display.
-        """
-        f = sys._getframe(1)
-        key = []
-        frames = []
-        stop = self._stop_code
-        kinds = self._code_kind
-        while f is not None:
-            code = f.f_code
-            if code is stop:
-                break
-            entry = kinds.get(code)
-            if entry is None:
-                entry = kinds[code] = (_frame_kind(code), _canonical_offsets(code))
-            kind = entry[0]
-            if kind:
-                key.append(id(code))  # code objects hash slowly; their ids are stable while loaded
-                canon = entry[1]
-                i = f.f_lasti >> 1
-                key.append(canon[i] if 0 <= i < len(canon) else -1 - i)
-                if kind == 2:
-                    frames.append((code, f.f_lineno))
-            f = f.f_back
-        return tuple(key), tuple(frames)
-
     def _template(self, args: tuple, kwargs: dict) -> tuple:
         def conv(v: Any) -> Any:
             if isinstance(v, _Tensor):
@@ -561,38 +381,47 @@ class Recorder(TorchFunctionMode):
             # a thin wrapper around one op: name the op after the function the user called, and
             # give it the call site later (thin) calls will have, so loop passes line up
             name, layer_type = op_type(func)
-            callsite, frames = self._callsite()
+            callsite, frames = find_callsite(self._stop_code)
+            where = _argument_positions(args, kwargs)  # positions in the call the user made, as thin calls have
             for rec in new:
                 rec.func_name, rec.layer_type = name, layer_type
                 rec.callsite, rec.frames = callsite, frames
+                rec.parents = [(p, where.get(id(self.records[p].live_tensor()), pos)) for p, pos in rec.parents]
             _THIN_FUNCTIONS.add(func)
             self._type_cache.pop(func, None)
         return result
 
     def _from_numpy(self, array: Any) -> torch.Tensor:
         t = self._saved_from_numpy(array)
-        callsite, frames = self._callsite()
+        callsite, frames = find_callsite(self._stop_code)
         rec = OpRecord(len(self.records), "from_numpy", "fromnumpy", self._saved_from_numpy,
-                       self._op_count, 0, [], self._stack, callsite, frames)
+                       self._op_count, 0, [], self.module_tracker.stack, callsite, frames)
         self._op_count += 1
         rec.is_internally_generated = True
         self._finish(rec, t)
         return t
 
-    def _add_note(self, exc: BaseException, layer_type: str) -> None:
-        notes = getattr(exc, "__notes__", ())
-        if any(n.startswith("lens_train:") for n in notes):
+    def _note_failure(self, exc: BaseException, func: Any, names: tuple, parents: list, params: tuple) -> None:
+        """Keep the record the raising op would have had (the innermost one, when ops nest)."""
+        if self.failure is not None and self.failure[0] is exc:
             return
-        where = f" inside module '{self._stack[-1][0]}' (call {self._stack[-1][1]})" if self._stack else ""
-        self.error_record = f"{layer_type} (operation #{self._op_count + 1}){where}"
-        exc.add_note(f"lens_train: raised while capturing {self.error_record}")
+        site, frames = find_callsite(self._stop_code)
+        rec = OpRecord(len(self.records), names[0], names[1], func, self._op_count, 0, list(parents),
+                       self.module_tracker.stack, site, frames, param_ids=params)
+        self.failure = (exc, rec)
 
 
-def _first_names(named: Any) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for name, obj in named:
-        out.setdefault(id(obj), name)
-    return out
+def _argument_positions(args: tuple, kwargs: dict) -> dict[int, Any]:
+    """id of each tensor argument -> its position, as :meth:`Recorder._parents` numbers them."""
+    where: dict[int, Any] = {}
+    for pos, a in [*enumerate(args), *((k, v) for k, v in kwargs.items() if k != "out")]:
+        if isinstance(a, _Tensor):
+            where.setdefault(id(a), pos)
+        elif isinstance(a, (list, tuple)):
+            for j, b in enumerate(a):
+                if isinstance(b, _Tensor):
+                    where.setdefault(id(b), (pos, j))
+    return where
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -600,40 +429,3 @@ def _storage_key(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return id(t)
-
-
-def _flatten_output(value: Any) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    _flatten_into(value, out, 0)
-    return out
-
-
-def _flatten_into(value: Any, out: list, depth: int) -> None:
-    if isinstance(value, _Tensor):
-        out.append(value)
-    elif depth > 8:
-        return
-    elif isinstance(value, dict):
-        for v in value.values():
-            _flatten_into(v, out, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _flatten_into(v, out, depth + 1)
-    elif hasattr(value, "__dataclass_fields__"):
-        for name in value.__dataclass_fields__:
-            _flatten_into(getattr(value, name, None), out, depth + 1)
-
-
-def _undispatched_copy(func: types.FunctionType) -> types.FunctionType:
-    """A copy of ``func`` whose own ``has_torch_function`` checks are off.
-
-    Calling it with the mode active records the ops inside ``func`` without
-    re-dispatching ``func`` itself to the mode (which would recurse forever).
-    """
-    glb = dict(func.__globals__)
-    for name in ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic"):
-        if name in glb:
-            glb[name] = _NO_GRAD_FALSE
-    copy = types.FunctionType(func.__code__, glb, func.__name__, func.__defaults__, func.__closure__)
-    copy.__kwdefaults__ = func.__kwdefaults__
-    return copy

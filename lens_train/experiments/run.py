@@ -70,13 +70,15 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule:
     trainer = make_trainer(cfg, out_dir, [*lens, history], trainer_overrides)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_s = time.perf_counter() - start
     best = _best_checkpoint(trainer)
     test = {}
+    start = time.perf_counter()
     if cfg.get("test", True):
         metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
         test = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
-    result = StageResult(name, out_dir, test=test, history=history, best_checkpoint=best,
-                         elapsed_s=time.perf_counter() - start)
+    result = StageResult(name, out_dir, test=test, history=history, best_checkpoint=best, fit_s=fit_s,
+                         test_s=time.perf_counter() - start)
     if cfg.get("plots", True) and trainer.is_global_zero:
         result.plots = write_plots(history, out_dir / "plots")
         # The snapshot callback draws the drift heat map next to its snapshots.
@@ -118,9 +120,11 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
         module_cls = get_class(teacher_cfg.model._target_)
         teacher = module_cls.load_from_checkpoint(path, net=instantiate(teacher_cfg.model.net), weights_only=False)
         trainer = make_trainer(cfg, out_dir, [], {"logger": False, "callbacks": []})
+        start = time.perf_counter()
         metrics = trainer.test(teacher, datamodule=datamodule, verbose=False)
         test = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
-        return teacher, StageResult("teacher (loaded)", out_dir, test=test, best_checkpoint=str(path))
+        return teacher, StageResult("teacher (loaded)", out_dir, test=test, best_checkpoint=str(path),
+                                    test_s=time.perf_counter() - start)
     teacher = instantiate(teacher_cfg.model)
     overrides = OmegaConf.to_container(teacher_cfg.get("trainer") or {}, resolve=True)
     result, trainer = fit_stage(cfg, "teacher", teacher, datamodule, out_dir, trainer_overrides=overrides)
@@ -161,8 +165,11 @@ def distill_flow(cfg: DictConfig) -> list[StageResult]:
 FLOWS: dict[str, Callable[[DictConfig], list[StageResult]]] = {"train": train_flow, "distill": distill_flow}
 
 
-def run_experiment(cfg: DictConfig) -> list[StageResult]:
+def run_experiment(cfg: DictConfig, started: float | None = None) -> list[StageResult]:
     """Run ``cfg.flow`` (``train`` or ``distill``) seeded by ``cfg.seed``; print the summary on rank zero.
+
+    ``started`` (a ``time.monotonic()`` value, default: now) is when the run began, for
+    the wall time in the summary; ``lens-train`` passes the start of its process.
 
     Example:
         >>> from omegaconf import OmegaConf
@@ -171,6 +178,7 @@ def run_experiment(cfg: DictConfig) -> list[StageResult]:
         ...
         lens_train.errors.InvalidArgumentError: Unknown flow 'nope'. Choose one of ['distill', 'train']...
     """
+    started = time.monotonic() if started is None else started
     flow = str(cfg.get("flow", "train"))
     if flow not in FLOWS:
         raise InvalidArgumentError(
@@ -180,5 +188,6 @@ def run_experiment(cfg: DictConfig) -> list[StageResult]:
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
     results = FLOWS[flow](cfg)
     if rank_zero_only.rank == 0 and cfg.get("print_summary", True):
-        print(format_summary(results), flush=True)
+        print(format_summary(results, wall_s=time.monotonic() - started), flush=True)
     return results
+

@@ -12,12 +12,12 @@ from .plots import probe_table
 
 @dataclass
 class StageResult:
-    """One fit + test of one model: its metrics and where its files are.
+    """One fit + test of one model: its metrics, wall times and where its files are.
 
     Example:
-        >>> r = StageResult("train", Path("run"), test={"test/acc": 0.97})
-        >>> r.test_acc
-        0.97
+        >>> r = StageResult("train", Path("run"), test={"test/acc": 0.97}, fit_s=10.0, test_s=0.5)
+        >>> r.test_acc, r.elapsed_s
+        (0.97, 10.5)
     """
 
     name: str
@@ -26,8 +26,14 @@ class StageResult:
     history: MetricsHistory = field(default_factory=MetricsHistory)
     best_checkpoint: str | None = None
     plots: dict[str, Path] = field(default_factory=dict)
-    elapsed_s: float = 0.0
+    fit_s: float = 0.0
+    test_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall time of ``trainer.fit`` plus ``trainer.test``."""
+        return self.fit_s + self.test_s
 
     @property
     def test_acc(self) -> float | None:
@@ -51,26 +57,29 @@ def _rel(path: Path, base: Path | None = None) -> str:
         return str(path)
 
 
-def probe_lines(history: MetricsHistory) -> list[str]:
-    """The per-layer probe accuracy table (last epoch), as aligned text lines.
+def probe_lines(history: MetricsHistory, test: dict[str, float] | None = None) -> list[str]:
+    """The per-layer probe accuracy table (last epoch; test of the tested checkpoint), as text lines.
 
     Example:
         >>> h = MetricsHistory()
         >>> h.epochs = [{"epoch": 0.0, "step": 9.0, "probe/blocks.0/val_acc": 0.5, "probe/blocks.0/train_acc": 0.6}]
-        >>> print("\\n".join(probe_lines(h)))
-        layer     train    val
-        blocks.0  0.600  0.500
+        >>> print("\\n".join(probe_lines(h, {"probe/blocks.0/test_acc": 0.55})))
+        layer     train    val   test
+        blocks.0  0.600  0.500  0.550
     """
     _, val = probe_table(history, "val")
     _, train = probe_table(history, "train")
-    layers = list(dict.fromkeys([*train, *val]))
+    tested = {key[len("probe/"):-len("/test_acc")]: [v] for key, v in (test or {}).items()
+              if key.startswith("probe/") and key.endswith("/test_acc")}
+    columns = {"train": train, "val": val, **({"test": tested} if tested else {})}
+    layers = list(dict.fromkeys([*train, *val, *tested]))
     if not layers:
         return []
     width = max(8, *(len(layer) for layer in layers)) + 2
-    lines = [f"{'layer':<{width}}{'train':>5}  {'val':>5}"]
+    lines = [f"{'layer':<{width}}" + "  ".join(f"{name:>5}" for name in columns)]
     for layer in layers:
-        cells = [_fmt(table.get(layer, [])[-1:] or [None]) for table in (train, val)]
-        lines.append(f"{layer:<{width}}{cells[0]:>5}  {cells[1]:>5}")
+        cells = [_fmt(table.get(layer, [])[-1:] or [None]) for table in columns.values()]
+        lines.append(f"{layer:<{width}}" + "  ".join(f"{cell:>5}" for cell in cells))
     return lines
 
 
@@ -85,7 +94,7 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
     if result.test_acc is not None:
         loss = result.test.get("test/loss")
         lines.append(f"test accuracy: {result.test_acc:.4f}" + (f"   (test loss {loss:.4f})" if loss is not None else ""))
-    probes = probe_lines(result.history)
+    probes = probe_lines(result.history, result.test)
     if probes:
         lines += ["", "probe accuracy per layer (last epoch):", *(indent + p for p in probes)]
     lines += ["", f"{'run dir':<12} {_rel(result.run_dir, base)}"]
@@ -97,24 +106,33 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
     return lines + [f"{note}" for note in result.notes]
 
 
-def format_summary(results: list[StageResult], title: str = "lens-train") -> str:
+def format_summary(results: list[StageResult], title: str = "lens-train", wall_s: float | None = None) -> str:
     """The whole end-of-run summary; several stages (distillation) get a comparison table first.
 
+    ``wall_s`` is the whole command's wall time; the headline splits it into the stages'
+    ``trainer.fit`` and ``trainer.test`` time and the rest (start-up, data, plots).
+
     Example:
-        >>> r = StageResult("train", Path("."), test={"test/acc": 0.9, "test/loss": 0.3}, elapsed_s=12.0)
-        >>> print(format_summary([r]).splitlines()[1])
-        lens-train: train finished in 12.0 s
+        >>> r = StageResult("train", Path("."), test={"test/acc": 0.9, "test/loss": 0.3}, fit_s=11.5, test_s=0.5)
+        >>> print(format_summary([r], wall_s=17.0).splitlines()[1])
+        lens-train: train finished in 17.0 s (fit 11.5 s, test 0.5 s; start-up, data and plots 5.0 s)
     """
     bar = "=" * 72
-    total = sum(r.elapsed_s for r in results)
+    fit_s, test_s = sum(r.fit_s for r in results), sum(r.test_s for r in results)
     names = ", ".join(r.name for r in results)
-    lines = [bar, f"{title}: {names} finished in {total:.1f} s"]
+    if wall_s is None or wall_s < fit_s + test_s:
+        headline = f"finished in {fit_s + test_s:.1f} s (fit {fit_s:.1f} s, test {test_s:.1f} s)"
+    else:
+        rest = wall_s - fit_s - test_s
+        headline = f"finished in {wall_s:.1f} s (fit {fit_s:.1f} s, test {test_s:.1f} s; start-up, data and plots {rest:.1f} s)"
+    lines = [bar, f"{title}: {names} {headline}"]
     base = None
     if len(results) > 1:
         base = Path(os.path.commonpath([r.run_dir.absolute() for r in results]))
         lines += ["", "test accuracy by stage:"]
         width = max(len(r.name) for r in results) + 2
-        lines += [f"  {r.name:<{width}}{_fmt([r.test_acc])}" for r in results]
+        lines += [f"  {r.name:<{width}}{_fmt([r.test_acc])}   (fit {r.fit_s:.1f} s, test {r.test_s:.1f} s)"
+                  for r in results]
         lines += ["", f"run dir: {_rel(base)}  (paths below are relative to it)"]
     for result in results:
         header = [] if len(results) == 1 else ["", f"-- {result.name} " + "-" * max(0, 68 - len(result.name))]

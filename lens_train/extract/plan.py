@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..capture.model_log import ModelLog
-from ..capture.records import OpRecord
+from ..capture.records import OpRecord, TensorArg
 from ..errors import InvalidArgumentError
-from .sizes import SizeTracer, TracedInt, TracedShape, sources
+from .fixed_sizes import SizeNotes, size_notes, template_sources
+from .sizes import SizeTracer, expr_text, sources
 
 # ops whose recorded arguments depend on module.training (dropout masks, batch statistics)
 MODE_DEPENDENT = frozenset({
@@ -75,6 +76,8 @@ class ExtractPlan:
     labels: dict[int, str]
     unchecked: list[str]
     mode_dependent: bool
+    mutated_inputs: set[int] = field(default_factory=set)  # inputs an in-place op changes: cloned first
+    size_notes: dict[str, SizeNotes] = field(default_factory=dict)  # op label -> its sizes that do not follow
 
 
 def _flags(records: list[OpRecord], inputs: set[int]) -> tuple[list[bool], list[bool]]:
@@ -115,20 +118,12 @@ def _closure(starts: list[int], records: list[OpRecord], inputs: set[int], dep: 
 
 
 def _template_sources(rec: OpRecord) -> set[tuple[int, int | None]]:
-    found: set[tuple[int, int | None]] = set()
+    return template_sources(rec.call_template) if _replayable(rec) else set()
 
-    def walk(v: Any) -> None:
-        if isinstance(v, TracedInt):
-            found.update(sources(v.expr))
-        elif isinstance(v, (tuple, list, TracedShape)):
-            for x in v:
-                walk(x)
 
-    if rec.call_template is not None:
-        args, kwargs = rec.call_template
-        walk(args)
-        walk(list(kwargs.values()))
-    return found
+def _replayable(rec: OpRecord) -> bool:
+    """Whether ``rec`` is replayed by calling its op (a view's base changed in place is a copy)."""
+    return rec.call_template is not None and rec.source_name != "view-base"
 
 
 def build_plan(records: list[OpRecord], log: ModelLog, tracer: SizeTracer, ins: list[tuple[int, str]],
@@ -154,7 +149,7 @@ def build_plan(records: list[OpRecord], log: ModelLog, tracer: SizeTracer, ins: 
     by_step: dict[int, list[Check]] = defaultdict(list)
     for check in checks:
         by_step[position.get(check.record, -1)].append(check)
-    for check, ready in _guards(tracer, available, position, max(out_ids) + 1):
+    for check, ready in _guards(tracer, available, position, max(out_ids) + 1, labels):
         by_step[ready].append(check)
     extra_list = sorted(extras)
     return ExtractPlan(
@@ -165,7 +160,27 @@ def build_plan(records: list[OpRecord], log: ModelLog, tracer: SizeTracer, ins: 
         example_shapes={i: tuple(int(s) for s in records[i].shape) for i in available},
         labels=labels, unchecked=unchecked,
         mode_dependent=any(records[i].func_name in MODE_DEPENDENT for i in needed),
+        mutated_inputs=_mutated_inputs(records, needed, inputs | extras),
+        size_notes=size_notes([(s.label, records[s.records[0][0]]) for s in steps if s.kind == "op"], records, labels, fallback),
     )
+
+
+def _mutated_inputs(records: list[OpRecord], needed: set[int], boundary: set[int]) -> set[int]:
+    """Inputs that a replayed in-place op changes, directly or through a view of them."""
+    out = set()
+    for i in needed:
+        rec = records[i]
+        if rec.source_name == "view-base":
+            target = rec.parents[0][0]
+        elif rec.is_inplace and _replayable(rec):
+            args, kwargs = rec.call_template
+            arg = kwargs.get("out", args[0] if args else None)
+            target = arg.record_index if isinstance(arg, TensorArg) else None
+        else:
+            continue
+        if target in boundary:
+            out.add(target)
+    return out
 
 
 def _add_shape_sources(records: list[OpRecord], inputs: set[int], dep: list[bool], const: list[bool],
@@ -221,14 +236,14 @@ def _fallback_sizes(records: list[OpRecord], needed: set[int], available: set[in
 def _steps(records: list[OpRecord], needed: set[int], labels: dict[int, str], tracer: SizeTracer) -> tuple[list[Step], dict[int, int]]:
     by_op: dict[int, list[OpRecord]] = defaultdict(list)
     for rec in records:
-        if rec.call_template is not None:
+        if _replayable(rec):
             by_op[rec.op_id].append(rec)
     steps: list[Step] = []
     position: dict[int, int] = {}
     done_ops: set[int] = set()
     for i in sorted(needed):
         rec = records[i]
-        if rec.call_template is not None:
+        if _replayable(rec):
             if rec.op_id in done_ops:
                 position[i] = position[by_op[rec.op_id][0].index]
                 continue
@@ -249,12 +264,14 @@ def _steps(records: list[OpRecord], needed: set[int], labels: dict[int, str], tr
     return steps, position
 
 
-def _guards(tracer: SizeTracer, available: set[int], position: dict[int, int], horizon: int) -> list[tuple[Check, int]]:
+def _guards(tracer: SizeTracer, available: set[int], position: dict[int, int], horizon: int,
+            labels: dict[int, str]) -> list[tuple[Check, int]]:
     out = []
     for name, left, right, result, seen in tracer.guards:
         srcs = sources(left) | sources(right)
         if not srcs or seen > horizon or any(s not in available for s, _ in srcs):
             continue
         ready = max(position.get(s, -1) for s, _ in srcs)
-        out.append((Check("guard", f"a size comparison ({name}) was {result}", guard=(name, left, right), expected=result), ready))
+        text = expr_text((name, left, right), labels)
+        out.append((Check("guard", f"the size comparison {text} was {result}", guard=(name, left, right), expected=result), ready))
     return out

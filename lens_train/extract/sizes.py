@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..capture.recorder import Recorder, op_type
+from ..capture.calls import op_type
+from ..capture.recorder import Recorder
 from ..capture.records import OpRecord
 
 # An expression: ("dim", record, d) | ("numel", record) | ("const", v) | (op_name, expr, expr)
@@ -140,6 +141,28 @@ def evaluate(expr: Expr, size_of: Callable[[int, int | None], int | None]) -> in
     if a is None or b is None:
         return None
     return _OPS[kind](a, b) if kind in _OPS else _COMPARE[kind](a, b)
+
+
+_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%", "eq": "==", "ne": "!=", "lt": "<",
+            "le": "<=", "gt": ">", "ge": ">="}
+
+
+def expr_text(expr: Expr, labels: dict[int, str]) -> str:
+    """``expr`` as Python-like text, naming tensors by their labels.
+
+    Example:
+        >>> expr_text(("ne", ("dim", 2, 1), ("const", 8)), {2: "linear_1_1"})
+        'linear_1_1.size(1) != 8'
+    """
+    kind = expr[0]
+    if kind == "const":
+        return str(expr[1])
+    if kind == "dim":
+        return f"{labels.get(expr[1], expr[1])}.size({expr[2]})"
+    if kind == "numel":
+        return f"{labels.get(expr[1], expr[1])}.numel()"
+    a, b = (expr_text(e, labels) if e[0] in ("const", "dim", "numel") else f"({expr_text(e, labels)})" for e in expr[1:])
+    return f"{a} {_SYMBOLS[kind]} {b}"
 
 
 def sources(expr: Expr) -> set[tuple[int, int | None]]:

@@ -11,10 +11,18 @@ from torch import nn
 
 from ..capture.api import check_supported, record_forward
 from ..capture.build import build_log
+from ..capture.calls import op_outputs
 from ..capture.printing import shape_text
-from ..capture.recorder import CapturePlan, _tensors_in
+from ..capture.recorder import CapturePlan
 from ..capture.records import TensorArg
-from ..errors import DifferentPathError, InvalidArgumentError, suggestion_text
+from ..errors import (
+    AmbiguousLayerError,
+    DifferentPathError,
+    IncompatibleInputError,
+    InvalidArgumentError,
+    LayerNotFoundError,
+    suggestion_text,
+)
 from .plan import Check, ExtractPlan, Step, build_plan
 from .sizes import SizeTracer, TracedInt, TracedShape, evaluate
 
@@ -31,8 +39,15 @@ class ExtractSummary:
             that the subgraph still reads; pass them by name: ``sub(h, **{label: t})``.
         outputs: output name -> node label.
         ops: labels of the replayed ops, in order.
-        fixed_sizes: sizes read from tensors the sub-model never sees, which stay as
-            they were on the example input.
+        fixed_sizes: sizes that stay at their example value whatever the input, one line
+            per op that uses them (``"view_1_3: view size argument(s) 2, 4: plain ints..."``):
+            plain-int arguments of size-taking ops (constants, or sizes computed outside
+            integer arithmetic such as ``int(n * 0.5)``), and sizes read from a tensor the
+            sub-model never sees when no input dimension matches them. A later input
+            these sizes do not fit raises :class:`~lens_train.errors.IncompatibleInputError`.
+        matched_sizes: sizes read from a tensor the sub-model never sees (the model's
+            input, when ``node_in`` is later), taken from the input dimension that had
+            the same size on the example.
         unchecked: path conditions the sub-model cannot re-check (they need more inputs).
     """
 
@@ -41,6 +56,7 @@ class ExtractSummary:
     outputs: dict[str, str]
     ops: list[str]
     fixed_sizes: list[str] = field(default_factory=list)
+    matched_sizes: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -50,6 +66,7 @@ class ExtractSummary:
             lines.append("  extra inputs (pass by name): " + ", ".join(f"{lab} ({shape_text(s)})" for lab, s in self.extra_inputs.items()))
         lines.append("  outputs: " + ", ".join(f"{n} <- {lab}" for n, lab in self.outputs.items()))
         lines.extend(f"  fixed size: {s}" for s in self.fixed_sizes)
+        lines.extend(f"  matched size: {s}" for s in self.matched_sizes)
         lines.extend(f"  unchecked: {s}" for s in self.unchecked)
         return "\n".join(lines)
 
@@ -116,20 +133,33 @@ class Extract(nn.Module):
             pairs, form = [(n, n) for n in nodes], "tuple"
         else:
             raise InvalidArgumentError(f"{what} must be a label, a list of labels or a {{label: name}} dict, got {nodes!r}. Example: {what}={{'relu_2_5': 'h'}}.")
-        resolved = [(self.log[key].operation_index, str(name)) for key, name in pairs]
+        resolved = [(self._node(key, what), str(name)) for key, name in pairs]
         if len({i for i, _ in resolved}) != len(resolved):
             raise InvalidArgumentError(f"{what} names the same node twice: {nodes!r}.")
         return resolved, form
 
+    def _node(self, key: object, what: str) -> int:
+        try:
+            return self.log[key].operation_index
+        except (LayerNotFoundError, AmbiguousLayerError) as exc:
+            nodes = [layer.layer_label for layer in self.log if not layer.is_input and not layer.is_output]
+            listing = "lt.get_nodes(model, x) (a module address such as 'layer1.0' names that module's output)"
+            if isinstance(exc, AmbiguousLayerError):
+                raise AmbiguousLayerError(f"{what}: {exc} List every node with {listing}.") from None
+            raise LayerNotFoundError(f"{what}={key!r} is not a node of this forward pass."
+                                     + suggestion_text(str(key), nodes + list(self.log.modules), listing)) from None
+
     def _summary(self) -> ExtractSummary:
         p = self.plan
-        fixed = [f"{'numel' if dim is None else f'size({dim})'} of {p.labels[rec]}" for (rec, dim), to in p.fallback_sizes.items() if to is None]
+        fixed = _by_text((label, text) for label, note in p.size_notes.items() for text in note.fixed)
+        matched = _by_text((label, text) for label, note in p.size_notes.items() for text in note.matched)
         outs = p.output_names or [p.labels[i] for i in p.output_records]
         return ExtractSummary(
             inputs=dict(zip(p.input_names, (p.labels[i] for i in p.input_records))),
             extra_inputs={p.labels[i]: p.example_shapes[i] for i in p.extra_records},
             outputs=dict(zip(outs, (p.labels[i] for i in p.output_records))),
-            ops=[s.label for s in p.steps if s.kind == "op"], fixed_sizes=fixed, unchecked=list(p.unchecked),
+            ops=[s.label for s in p.steps if s.kind == "op"], fixed_sizes=fixed, matched_sizes=matched,
+            unchecked=list(p.unchecked),
         )
 
     # -- running ------------------------------------------------------------------------
@@ -144,7 +174,8 @@ class Extract(nn.Module):
                 "lt.Extract(model, x, node_in=..., node_out=...)."
             )
         env = self._bind(inputs, named)
-        external = {id(t) for t in env.values()}
+        for rec in plan.mutated_inputs:  # an in-place op would change the caller's tensor
+            env[rec] = env[rec].clone()
 
         def size_of(rec: int, dim: int | None) -> int | None:
             t = env.get(rec)
@@ -158,7 +189,7 @@ class Extract(nn.Module):
 
         self._check(plan.checks.get(-1, ()), env, size_of)
         for pos, step in enumerate(plan.steps):
-            self._run(step, env, size_of, external)
+            self._run(step, env, size_of)
             if pos in plan.checks:
                 self._check(plan.checks[pos], env, size_of)
         values = [env[i] for i in plan.output_records]
@@ -188,7 +219,7 @@ class Extract(nn.Module):
                 raise InvalidArgumentError(f"Input {key!r} must be a tensor, got {type(v).__name__}. Call it as {call}.")
         return {rec: values[n] for rec, n in zip(plan.input_records + plan.extra_records, names + plan.extra_names)}
 
-    def _run(self, step: Step, env: dict[int, Any], size_of: Any, external: set[int]) -> None:
+    def _run(self, step: Step, env: dict[int, Any], size_of: Any) -> None:
         if step.kind == "copy":
             env[step.records[0][0]] = env[step.source]
             return
@@ -200,20 +231,11 @@ class Extract(nn.Module):
             return
         args = tuple(_resolve(a, env, size_of) for a in step.args)
         kwargs = {k: _resolve(v, env, size_of) for k, v in step.kwargs.items()}
-        if step.inplace:
-            args, kwargs = _protect_inputs(args, kwargs, external)
         try:
             result = step.func(*args, **kwargs)
-        except Exception as exc:
-            exc.add_note(f"lens_train: raised while the extracted sub-model replayed {step.label}")
-            raise
-        name = getattr(step.func, "__name__", "")
-        if name == "__setitem__":
-            outputs = [args[0]]
-        elif isinstance(kwargs.get("out"), torch.Tensor):
-            outputs = [kwargs["out"]]
-        else:
-            outputs = _tensors_in(result)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise IncompatibleInputError(self._incompatible(step, env, exc)) from exc
+        outputs = op_outputs(getattr(step.func, "__name__", ""), args, kwargs, result)
         for rec, k, ndim in step.records:
             if k >= len(outputs) or outputs[k].dim() != ndim:
                 got = "no such output" if k >= len(outputs) else f"{outputs[k].dim()} dims"
@@ -224,6 +246,23 @@ class Extract(nn.Module):
                 )
             env[rec] = outputs[k]
 
+    def _incompatible(self, step: Step, env: dict[int, Any], exc: BaseException) -> str:
+        plan = self.plan
+        given = []
+        for rec, name in zip(plan.input_records + plan.extra_records, plan.input_names + plan.extra_names):
+            now, example = shape_text(tuple(env[rec].shape)), shape_text(plan.example_shapes[rec])
+            given.append(f"{name} {now}" + ("" if now == example else f" (example {example})"))
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = f"This input does not fit the sub-model: replaying {step.label} failed with {reason!r}. Inputs: {', '.join(given)}."
+        note = plan.size_notes.get(step.label)
+        if note is not None:
+            text += " " + step.label + " uses sizes that do not follow the input: " + "; ".join(note.fixed + note.matched) + "."
+        others = sum(len(n.fixed) + len(n.matched) for label, n in plan.size_notes.items() if label != step.label)
+        if others:
+            text += f" {others} more such size(s) elsewhere: see sub.summary.fixed_sizes and sub.summary.matched_sizes."
+        return text + (" Other sizes follow the input, except those the model's weights fix (features, channels). Re-extract "
+                       "with an example shaped like this input: lt.Extract(model, example, node_in=..., node_out=...).")
+
     def _check(self, checks: Any, env: dict[int, Any], size_of: Any) -> None:
         for check in checks:
             now = _check_value(check, env, size_of)
@@ -233,6 +272,14 @@ class Extract(nn.Module):
                     f"during extraction but is {now} now, so the recorded ops no longer apply. Re-extract with an example "
                     "that takes this path: lt.Extract(model, new_example, node_in=..., node_out=...)."
                 )
+
+
+def _by_text(notes: Any) -> list[str]:
+    """``"op_a, op_b: text"``: one line per distinct note, naming every op it applies to."""
+    ops: dict[str, list[str]] = {}
+    for label, text in notes:
+        ops.setdefault(text, []).append(label)
+    return [f"{', '.join(labels)}: {text}" for text, labels in ops.items()]
 
 
 def _check_value(check: Check, env: dict[int, Any], size_of: Any) -> bool | None:
@@ -254,13 +301,3 @@ def _resolve(v: Any, env: dict[int, Any], size_of: Any) -> Any:
         items = [_resolve(x, env, size_of) for x in v]
         return list(items) if t is list else tuple(items)
     return v
-
-
-def _protect_inputs(args: tuple, kwargs: dict, external: set[int]) -> tuple[tuple, dict]:
-    """Clone a caller's tensor before an in-place op would change it."""
-    if "out" in kwargs and id(kwargs["out"]) in external:
-        kwargs = {**kwargs, "out": kwargs["out"].clone()}
-    elif args and isinstance(args[0], torch.Tensor) and id(args[0]) in external:
-        args = (args[0].clone(),) + args[1:]
-    return args, kwargs
-

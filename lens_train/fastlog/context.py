@@ -45,6 +45,8 @@ class RecordContext:
             type in execution order within the rollout (``relu_3`` is the third ReLU run).
             For a model without loops this equals the ``ModelLog``'s short label
             (``log["relu_3"]``); in a loop every pass counts, while the log counts layers.
+            An in-place op on a view (``y[0].zero_()``) is two events, as in the log:
+            the view, then its base (``output_index`` 1), each counted.
             Modules: ``{address}:{pass}`` (``"encoder.fc:2"``), with ``[i]`` appended for
             the i-th tensor when a call returns several.
         layer_type: op type (``"relu"``, ``"linear"``) or lowercased module class.

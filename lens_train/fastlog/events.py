@@ -20,17 +20,17 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..capture.recorder import (
+from ..capture.calls import (
     _THIN_FUNCTIONS,
     COMPOSITE,
     METADATA,
     _flatten_output,
-    _first_names,
     _is_inplace,
-    _tensors_in,
     _undispatched_copy,
     classify_call,
+    op_outputs,
 )
+from ..capture.module_calls import first_names
 from .context import RecordContext
 
 _Tensor = torch.Tensor
@@ -57,7 +57,7 @@ class EventStream(TorchFunctionMode):
         self.history_size = history_size
         self.before_inplace: Callable[[torch.Tensor], None] | None = None
         self.rollout = 0
-        self._addresses = _first_names(model.named_modules(remove_duplicate=False))
+        self._addresses = first_names(model.named_modules(remove_duplicate=False))
         self._classes = {id(m): type(m).__name__ for m in model.modules()}
         self._handles: list[Any] = []
         self._depth = 0
@@ -70,6 +70,7 @@ class EventStream(TorchFunctionMode):
         self._module_calls: dict[str, int] = {}
         self._stack: list[tuple[str, str, int]] = []
         self._index = 0
+        self._view_bases: set[int] = set()
         self._history: deque[RecordContext] = deque(maxlen=self.history_size)
 
     # -- installing -------------------------------------------------------------------
@@ -148,17 +149,15 @@ class EventStream(TorchFunctionMode):
         if kind == COMPOSITE:
             return self._composite(func, args, kwargs)
         name = names[0]
-        if self.before_inplace is not None and _is_inplace(name, kwargs):
+        inplace = _is_inplace(name, kwargs)
+        if inplace and self.before_inplace is not None:
             target = kwargs["out"] if "out" in kwargs else args[0]
             if isinstance(target, _Tensor):
                 self.before_inplace(target)
         result = func(*args, **kwargs)
-        if name == "__setitem__":
-            outputs = [args[0]]
-        elif "out" in kwargs and isinstance(kwargs["out"], _Tensor):
-            outputs = [kwargs["out"]]
-        else:
-            outputs = _tensors_in(result)
+        outputs = op_outputs(name, args, kwargs, result)
+        if outputs and outputs[0]._base is not None:
+            outputs = self._with_view_base(outputs, args, inplace)
         if self._frames:
             frame = self._frames[-1]
             frame[0] += 1
@@ -167,6 +166,23 @@ class EventStream(TorchFunctionMode):
             for i, t in enumerate(outputs):
                 self._op_event(names, t, i)
         return result
+
+    def _with_view_base(self, outputs: list[torch.Tensor], args: tuple, inplace: bool) -> list[torch.Tensor]:
+        """Mirror the capture engine's records for views, so type counts match the log's labels.
+
+        The engine records a tensor once it is an op's argument (parameters aside). An
+        in-place op on a view of such a tensor changes that base too, and the engine adds
+        a record for the base's new value (same op type, next output index): fastlog adds
+        the same event. A base counts as recorded once a view was taken of it directly.
+        """
+        if inplace:
+            base = outputs[0]._base
+            return [*outputs, base] if id(base) in self._view_bases else outputs
+        for t in outputs:
+            base = t._base
+            if base is not None and not isinstance(base, nn.Parameter) and any(base is a for a in args):
+                self._view_bases.add(id(base))
+        return outputs
 
     def _op_event(self, names: tuple, t: torch.Tensor, out_index: int) -> None:
         layer_type = names[1]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import re
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,28 @@ import torch
 from ..capture.printing import human_bytes, shape_text
 from ..errors import AmbiguousLayerError, LayerNotFoundError, suggestion_text
 from .context import RecordContext
+
+
+_LOG_LABEL = re.compile(r"^([a-z0-9]+)_(\d+)_\d+(?::\d+)?$")
+
+
+def unknown_label_text(what: str, label: object, kept: Iterable[str], listing_call: str) -> str:
+    """Error text for a label fastlog did not keep: closest kept labels, how to list them all.
+
+    A ``ModelLog`` label (``relu_1_4``, as ``lt.get_nodes`` lists) is recognised and the
+    fastlog label it usually corresponds to is named.
+
+    Example:
+        >>> print(unknown_label_text("No event 'relu_1_4'.", "relu_1_4", ["relu_1", "linear_1"], "rec.labels"))
+        No event 'relu_1_4'. Closest: 'relu_1'. List every name with rec.labels. 'relu_1_4' looks like a ModelLog label (lt.get_nodes(model, x) lists those); fastlog labels events as they happen, {type}_{count} for ops and {address}:{call} for modules, so try 'relu_1'. lt.fastlog.dry_run(model, x) lists every event with its label.
+    """
+    text = what + suggestion_text(str(label), kept, listing_call)
+    match = _LOG_LABEL.match(str(label))
+    if match:
+        text += (f" {str(label)!r} looks like a ModelLog label (lt.get_nodes(model, x) lists those); fastlog labels events "
+                 "as they happen, {type}_{count} for ops and {address}:{call} for modules, "
+                 f"so try {match.group(1) + '_' + match.group(2)!r}.")
+    return text + " lt.fastlog.dry_run(model, x) lists every event with its label."
 
 
 @dataclass(slots=True, eq=False)
@@ -69,9 +93,8 @@ class Rollout(Mapping):
         try:
             return self._by_label[label]
         except (KeyError, TypeError):
-            raise LayerNotFoundError(
-                f"Rollout {self.index} kept no event {label!r}." + suggestion_text(str(label), self._by_label, "list(rollout)")
-            ) from None
+            raise LayerNotFoundError(unknown_label_text(f"Rollout {self.index} kept no event {label!r}.", label, self._by_label,
+                                                        "list(rollout)")) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_label)
@@ -120,7 +143,7 @@ class Recording:
         """``label``'s tensor from every rollout that kept it, in rollout order."""
         found = [ro[label] for ro in self.rollouts if label in ro._by_label]
         if not found:
-            raise LayerNotFoundError(f"No rollout kept {label!r}." + suggestion_text(label, self.labels, "rec.labels"))
+            raise LayerNotFoundError(unknown_label_text(f"No rollout kept {label!r}.", label, self.labels, "rec.labels"))
         return found
 
     @property

@@ -1,36 +1,32 @@
-"""Disk storage of fastlog rollouts: append-only, crash-safe, no pickle.
+"""Disk storage of fastlog rollouts: a bundle (``docs/bundles.md``) with one unit per rollout.
 
-Layout of a recording directory::
-
-    manifest.jsonl                 header line, then one JSON line per committed rollout
-    rollouts/rollout_000000.safetensors   the kept tensors of rollout 0, keyed by label
-
-A rollout is committed in two steps: its shard is written to a temporary file,
-fsynced and renamed into place; then its manifest line is appended and fsynced. A
-rollout exists only once its manifest line does, so a process killed at any moment
-leaves complete rollouts plus, at worst, one shard without a line or one torn line:
-:func:`recover` loads the former and reports the latter.
+A recording directory is an append-only bundle of kind ``"fastlog"``: each committed
+rollout is one unit whose tensors are the kept values, named by online label, and whose
+metadata lists the kept events. The bundle's commit protocol makes it crash-safe: a
+rollout exists once its fsynced commit record does, so a process killed at any moment
+leaves complete rollouts plus, at worst, shard files and a cut record that no commit
+names; :func:`recover` loads the former and reports the latter.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
 
+from ..bundle_format import parse_dtype
+from ..bundle_reader import BundleReader
+from ..bundle_writer import BundleWriter
 from ..errors import BundleError
 from .context import RecordContext
 from .recording import Entry, Recording, Rollout
 
-FORMAT = "lens_train.fastlog"
-VERSION = 1
-MANIFEST = "manifest.jsonl"
-SHARDS = "rollouts"
+KIND = "fastlog"
+# a rollout keeps a handful of tensors: a small first shard header (later ones adapt)
+_HEADER_RESERVE = 4 << 10
 
 
 class RolloutWriter:
@@ -38,90 +34,29 @@ class RolloutWriter:
 
     Example:
         >>> import tempfile, torch
-        >>> w = RolloutWriter(tempfile.mkdtemp())
-        >>> w.commit([], {}, num_calls=1)
-        0
+        >>> w = RolloutWriter(tempfile.mkdtemp() + "/rec")
+        >>> w.commit([], {}, num_calls=1), w.next_index
+        (0, 1)
+        >>> w.close()
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        (self.path / SHARDS).mkdir(parents=True, exist_ok=True)
-        manifest = self.path / MANIFEST
-        committed = _read_manifest(manifest)[0] if manifest.exists() else None
-        self.next_index = 1 + max((line["rollout"] for line in committed), default=-1) if committed else 0
-        self._file = open(manifest, "a", encoding="utf-8")
-        if committed is None:
-            self._append({"format": FORMAT, "version": VERSION})
+        self.bundle = BundleWriter(path, kind=KIND, append=True, header_reserve=_HEADER_RESERVE)
+
+    @property
+    def next_index(self) -> int:
+        """Index the next committed rollout gets (rollouts of earlier sessions count)."""
+        return self.bundle.num_units
 
     def commit(self, contexts: list[RecordContext], tensors: dict[str, torch.Tensor], num_calls: int) -> int:
         """Durably add one rollout; returns its index."""
-        index = self.next_index
-        shard = f"{SHARDS}/rollout_{index:06d}.safetensors"
-        final = self.path / shard
-        tmp = final.with_suffix(".tmp")
-        data = save({k: _storable(v) for k, v in tensors.items()}, metadata={"format": FORMAT, "rollout": str(index)})
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_path(final.parent)
-        self._append({"rollout": index, "shard": shard, "num_calls": num_calls,
-                      "entries": [c.describe() for c in contexts]})
-        self.next_index += 1
-        return index
+        for label, value in tensors.items():
+            self.bundle.append(label, value)
+        return self.bundle.commit({"num_calls": num_calls, "entries": [c.describe() for c in contexts]})
 
     def close(self) -> None:
-        """Close the manifest (everything committed is already on disk)."""
-        self._file.close()
-
-    def _append(self, obj: dict[str, Any]) -> None:
-        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-
-def _storable(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu").contiguous()
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _read_manifest(manifest: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """(committed rollout lines, problems) of a manifest; a torn last line is a problem."""
-    raw = manifest.read_bytes().decode("utf-8", errors="replace")
-    lines = raw.split("\n")
-    problems: list[str] = []
-    if not lines or not lines[0].strip():
-        raise BundleError(f"{manifest} is empty: no fastlog recording was started there. Record one with lt.fastlog.Recorder(model, keep_op, storage='disk', path=...).")
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        header = {}
-    if header.get("format") != FORMAT:
-        raise BundleError(f"{manifest} is not a fastlog manifest (first line {lines[0][:80]!r}). Pass the directory given to lt.fastlog.Recorder(..., path=...).")
-    if header.get("version", 0) > VERSION:
-        raise BundleError(f"{manifest} has format version {header['version']}, newer than this lens_train ({VERSION}). Upgrade lens_train to read it.")
-    committed = []
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            committed.append(json.loads(line))
-        except json.JSONDecodeError:
-            problems.append(f"manifest line {n} is incomplete ({len(line)} bytes): a rollout whose commit was interrupted")
-    return committed, problems
+        """Mark the recording complete (everything committed is already on disk)."""
+        self.bundle.close()
 
 
 def load(path: str | os.PathLike) -> Recording:
@@ -132,7 +67,7 @@ def load(path: str | os.PathLike) -> Recording:
 
     Example:
         >>> import tempfile, torch, lens_train as lt
-        >>> d = tempfile.mkdtemp()
+        >>> d = tempfile.mkdtemp() + "/rec"
         >>> net = torch.nn.ReLU()
         >>> with lt.fastlog.Recorder(net, keep_op=lambda c: True, storage="disk", path=d):
         ...     for _ in range(2):
@@ -143,19 +78,20 @@ def load(path: str | os.PathLike) -> Recording:
     """
     rec = recover(path)
     if rec.lost:
-        raise BundleError(f"The recording at {path} is damaged: {rec.lost[0]}. Load what is complete with lt.fastlog.recover({str(path)!r}).")
+        raise BundleError(f"The recording at {path} is damaged: {rec.lost[0]} Load what is complete with lt.fastlog.recover({str(path)!r}).")
     return rec
 
 
 def recover(path: str | os.PathLike) -> Recording:
     """Load every complete rollout of a recording, even one whose process crashed.
 
-    Rollouts whose commit did not finish are skipped and described in ``rec.lost``
-    (also shown by ``rec.summary()``).
+    Rollouts whose commit did not finish, or whose files were damaged since, are
+    skipped and described in ``rec.lost`` (also shown by ``rec.summary()``). Shard
+    files are checked for presence, size and header now; tensor checksums when a value is read.
 
     Example:
         >>> import tempfile, torch, lens_train as lt
-        >>> d = tempfile.mkdtemp()
+        >>> d = tempfile.mkdtemp() + "/rec"
         >>> model = torch.nn.Sequential(torch.nn.ReLU())
         >>> with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=d):
         ...     _ = model(torch.ones(2))
@@ -164,44 +100,32 @@ def recover(path: str | os.PathLike) -> Recording:
         (1, [])
     """
     root = Path(path)
-    manifest = root / MANIFEST
-    if not manifest.exists():
-        raise BundleError(f"No fastlog recording at {root} ({MANIFEST} is missing). Record with lt.fastlog.Recorder(model, keep_op, storage='disk', path={str(root)!r}).")
-    committed, lost = _read_manifest(manifest)
+    if not root.exists():
+        raise BundleError(f"No fastlog recording at {str(root)!r}: the path does not exist. Record one with "
+                          f"lt.fastlog.Recorder(model, keep_op, storage='disk', path={str(root)!r}).")
+    reader = BundleReader(root, strict=False)
+    kind = reader.manifest.get("kind")
+    if kind != KIND:
+        hint = " Load it with lt.load(path)." if kind == "capture" else ""
+        raise BundleError(f"{str(root)!r} holds a bundle of kind {kind!r}, not a fastlog recording.{hint}")
+    lost = list(reader.left_out)
     rollouts = []
-    listed = set()
-    for line in committed:
-        listed.add(line["shard"])
-        shard = root / line["shard"]
-        problem = _check_shard(shard, [e["label"] for e in line["entries"]])
-        if problem:
-            lost.append(f"rollout {line['rollout']}: {problem}")
-            continue
-        entries = [Entry(RecordContext.from_description(e), None, _loader(shard, e["label"])) for e in line["entries"]]
-        rollouts.append(Rollout(line["rollout"], entries, line.get("num_calls", 1)))
-    shard_dir = root / SHARDS
-    for f in sorted(shard_dir.iterdir()) if shard_dir.exists() else ():
-        rel = f"{SHARDS}/{f.name}"
-        if rel not in listed:
-            what = "partly written shard" if f.suffix == ".tmp" else "shard with no manifest line"
-            lost.append(f"{rel}: {what} (its rollout was not committed)")
+    for unit in reader.units:
+        try:
+            reader.verify(unit["index"])
+            rollouts.append(_rollout(reader, unit))
+        except (BundleError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            lost.append(f"rollout {unit['index']}: {exc}")
     return Recording(rollouts, path=str(root), lost=lost)
 
 
-def _check_shard(shard: Path, labels: list[str]) -> str | None:
-    if not shard.exists():
-        return f"shard {shard.name} is missing"
-    try:
-        with safe_open(str(shard), framework="pt") as f:
-            missing = set(labels) - set(f.keys())
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        return f"shard {shard.name} cannot be read ({exc})"
-    return f"shard {shard.name} lacks {sorted(missing)}" if missing else None
-
-
-def _loader(shard: Path, key: str) -> Any:
-    def load_one() -> torch.Tensor:
-        with safe_open(str(shard), framework="pt") as f:
-            return f.get_tensor(key)
-
-    return load_one
+def _rollout(reader: BundleReader, unit: dict[str, Any]) -> Rollout:
+    index, meta = unit["index"], unit["metadata"]
+    entries = []
+    for d in meta["entries"]:
+        parse_dtype(d.get("dtype"), f"the record of rollout {index}")  # only dtypes are looked up in torch
+        ctx = RecordContext.from_description(d)
+        if ctx.label not in unit["tensors"]:
+            raise BundleError(f"the value of {ctx.label!r} is not in the rollout's commit record.")
+        entries.append(Entry(ctx, None, partial(reader.read_tensor, index, ctx.label)))
+    return Rollout(index, entries, int(meta.get("num_calls", 1)))

@@ -102,18 +102,22 @@ class AuxiliaryLoss(nn.Module):
         return total, terms
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Raise if some head's parameters are in no param group of ``optimizer``."""
+        """Raise if some head is not built yet or its parameters are in no param group of ``optimizer``."""
+        self._require_built()
         check_in_optimizer("AuxiliaryLoss", zip(self.layers, self.terms), optimizer, "aux")
 
     def _check_ready(self, step: int | None) -> None:
+        self._require_built()
+        if self.schedules and step is None:
+            raise InvalidArgumentError("This AuxiliaryLoss has a schedule: pass the step, aux(taps, targets=y, step=global_step).")
+
+    def _require_built(self) -> None:
         if not self.is_built:
             missing = [layer for layer, t in zip(self.layers, self.terms) if not t.is_built]
             raise InvalidArgumentError(
                 f"AuxiliaryLoss heads for {missing} are not built. Build them before creating the optimizer: "
                 "aux.setup(model, example_input), then torch.optim.AdamW([*model.parameters(), *aux.parameters()])."
             )
-        if self.schedules and step is None:
-            raise InvalidArgumentError("This AuxiliaryLoss has a schedule: pass the step, aux(taps, targets=y, step=global_step).")
 
 
 def check_in_optimizer(what: str, named: Iterable[tuple[str, nn.Module]],

@@ -63,7 +63,7 @@ class Distillation(nn.Module):
             callable ``(student, teacher) -> scalar``, or ``{student_layer: loss}``.
         logits_loss: a loss on the two models' outputs, e.g. ``lt.losses.kd_kl(4.0)``.
         adapters: ``"auto"`` (trainable 1x1 conv / linear plus resizing where shapes
-            differ), None, or ``{student_layer: nn.Module}``.
+            differ), None, or ``{student_layer: nn.Module}`` (pairs left out get ``"auto"``).
         weights: per-term multipliers, keyed by student layer or ``"logits"``.
         weight: a global multiplier.
         example_input, example_kwargs: build the adapters now (or call :meth:`setup`).
@@ -101,9 +101,10 @@ class Distillation(nn.Module):
         self.weight = float(weight)
         self.adapter_mode = adapters
         self.adapters = nn.ModuleList(nn.Identity() for _ in pairs)
-        self.is_built = not pairs or adapters is None
+        self._explicit: set[str] = set()
         if isinstance(adapters, Mapping):
             self._set_adapters(adapters)
+        self.is_built = not pairs or adapters is None or self._explicit == set(pairs)
         self._teacher_taps = Taps(teacher, list(pairs.values())) if pairs else None
         self._student_taps = Taps(student, self.student_layers) if pairs else None
         self.student_output: Any = None
@@ -121,16 +122,27 @@ class Distillation(nn.Module):
         return self._models[1]
 
     def setup(self, example_input: Any, example_kwargs: Mapping[str, Any] | None = None) -> Distillation:
-        """Build the adapters from one example pass of both models (before creating the optimizer)."""
-        if not self.pairs or self.adapter_mode != "auto":
-            self.is_built = True
+        """Build the adapters from one example pass of both models (before creating the optimizer).
+
+        Also resolves op-label pairs now, so the first step runs each model once. Does
+        nothing once the adapters are built, so trained adapters are never replaced.
+        """
+        if self._teacher_taps is not None and self._teacher_taps.selection is None:
+            self._teacher_taps.remove()
+            self._teacher_taps = Taps(self.teacher, list(self.pairs.values()), example_input=example_input,
+                                      example_kwargs=example_kwargs)
+        if self._student_taps is not None and self._student_taps.selection is None:
+            self._student_taps.remove()
+            self._student_taps = Taps(self.student, self.student_layers, example_input=example_input,
+                                      example_kwargs=example_kwargs)
+        if self.is_built:
             return self
         s_vals, _ = tap_example(self.student, self.student_layers, example_input, example_kwargs)
         with torch.no_grad():
             t_vals, _ = tap_example(self.teacher, list(self.pairs.values()), example_input, example_kwargs)
         for i, (s_layer, t_layer) in enumerate(self.pairs.items()):
             s, t = main_tensor(s_vals[s_layer]), main_tensor(t_vals[t_layer])
-            if s.shape != t.shape:
+            if s_layer not in self._explicit and s.shape != t.shape:
                 self.adapters[i] = Adapter(tuple(s.shape), tuple(t.shape)).to(device=s.device, dtype=param_dtype(s))
         self.is_built = True
         return self
@@ -163,7 +175,8 @@ class Distillation(nn.Module):
         return total, terms
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Raise if some adapter's parameters are in no param group of ``optimizer``."""
+        """Raise if the adapters are not built yet or some are in no param group of ``optimizer``."""
+        self._require_built()
         check_in_optimizer("Distillation adapter", zip(self.student_layers, self.adapters), optimizer, "kd")
 
     def _run_teacher(self, input_args: Any, input_kwargs: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
@@ -179,15 +192,18 @@ class Distillation(nn.Module):
             return {t: self._teacher_taps[t] for t in self.pairs.values()}, out
 
     def _check_ready(self, student_taps: Any, student_output: Any) -> None:
+        self._require_built()
+        if self.pairs and student_taps is None:
+            raise InvalidArgumentError(f"kd.loss needs the student's taps: lt.Taps(student, {self.student_layers!r}).")
+        if self.logits_loss is not None and student_output is None:
+            raise InvalidArgumentError("logits_loss needs the student's output: kd.loss(taps, x, student_output=out).")
+
+    def _require_built(self) -> None:
         if not self.is_built:
             raise InvalidArgumentError(
                 "Distillation adapters are not built. Build them before creating the optimizer: kd.setup(example_input) "
                 "or lt.Distillation(..., example_input=x), then torch.optim.AdamW([*student.parameters(), *kd.parameters()])."
             )
-        if self.pairs and student_taps is None:
-            raise InvalidArgumentError(f"kd.loss needs the student's taps: lt.Taps(student, {self.student_layers!r}).")
-        if self.logits_loss is not None and student_output is None:
-            raise InvalidArgumentError("logits_loss needs the student's output: kd.loss(taps, x, student_output=out).")
 
     def _set_adapters(self, adapters: Mapping[str, nn.Module]) -> None:
         unknown = [k for k in adapters if k not in self.pairs]
@@ -196,4 +212,4 @@ class Distillation(nn.Module):
         for i, layer in enumerate(self.pairs):
             if layer in adapters:
                 self.adapters[i] = adapters[layer]
-        self.is_built = True
+                self._explicit.add(layer)

@@ -12,17 +12,20 @@ step). Outside ``with taps:`` a hook returns after one attribute read. Roles:
 
 A forward recomputed by activation checkpointing runs inside the backward pass
 (``torch._C._current_graph_task_id() != -1``); the hooks ignore it, so taps are
-neither duplicated nor overwritten.
+neither duplicated nor overwritten. Under ``nn.DataParallel`` the replicas' outputs
+of one call are gathered into one pass (:mod:`lens_train.train.replicas`).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
 from torch import nn
 
 from .optaps import OpScope
+from .replicas import GatheredValue, ReplicaTracker
 from .selection import Selection
 from .tap_values import ClonePolicy, TapValue
 
@@ -33,8 +36,12 @@ _compiling = torch.compiler.is_compiling
 class TapHooks:
     """Per-step storage of tapped values plus the hooks that fill it."""
 
-    def __init__(self, selection: Selection, clone: str, save_gradients: bool) -> None:
+    def __init__(self, selection: Selection, clone: str, save_gradients: bool,
+                 replicas: ReplicaTracker | None = None) -> None:
         self.selection = selection
+        self.replicas = replicas
+        self._replica_calls: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
         self.active = False
         self.save_gradients = save_gradients
         self.values: list[list[TapValue]] = [[] for _ in selection.specs]
@@ -42,9 +49,24 @@ class TapHooks:
         self.scopes: dict[str, OpScope] = {}
         self._handles: list[Any] = []
 
-    def capture(self, tap: int, value: Any) -> None:
-        """Store ``value`` as the next pass of tap number ``tap``."""
+    def capture(self, tap: int, value: Any, module: nn.Module | None = None) -> None:
+        """Store ``value`` as the next pass of tap number ``tap`` (``module``: the one that made it)."""
         self.values[tap].append(TapValue(value, self.policies[tap].should_clone(), self.save_gradients))
+
+    def capture_from(self, tap: int, value: Any, module: nn.Module) -> None:
+        """Like :meth:`capture`, filing a ``DataParallel`` replica's output as its part of a pass."""
+        replica = self.replicas.replica_of(module)
+        if replica is None:
+            self.capture(tap, value)
+            return
+        part = TapValue(value, self.policies[tap].should_clone(), self.save_gradients)
+        with self._lock:  # replicas run in threads
+            k = self._replica_calls.get((tap, replica), 0)
+            self._replica_calls[tap, replica] = k + 1
+            values = self.values[tap]
+            while len(values) <= k:
+                values.append(GatheredValue(self.replicas))
+            values[k].add(replica, part)
 
     def uncapture(self, tap: int) -> None:
         """Forget the latest pass of tap number ``tap``."""
@@ -54,6 +76,7 @@ class TapHooks:
     def new_step(self) -> None:
         """Forget the previous step's values (nothing of it stays alive)."""
         self.values = [[] for _ in self.selection.specs]
+        self._replica_calls.clear()
         for scope in self.scopes.values():
             scope.reset()
 
@@ -94,7 +117,7 @@ class TapHooks:
             scope.enter()
 
     def _make_hooks(self, taps: list[int], scope: OpScope | None, pausers: list[OpScope]) -> tuple[Any, Any]:
-        capture = self.capture
+        capture = self.capture_from if self.replicas is not None else self.capture
         resumers = pausers[::-1]
 
         def pre(module: nn.Module, args: Any) -> None:
@@ -110,7 +133,7 @@ class TapHooks:
                 return
             if output is not None:  # None: the forward raised (this hook still runs to pop scopes)
                 for i in taps:
-                    capture(i, output)
+                    capture(i, output, module)
             if scope is not None:
                 scope.exit()
             for s in resumers:

@@ -125,6 +125,7 @@ class FeatureMSE(TapLoss):
     """FitNet hint: mean squared error between (adapted) student and teacher features."""
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        _check_same_shape("mse", student, teacher)
         return F.mse_loss(student.float(), teacher.float())
 
 
@@ -132,6 +133,7 @@ class FeatureCosine(TapLoss):
     """``1 - cosine similarity`` of the flattened features, averaged over the batch."""
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        _check_same_shape("cosine", student, teacher)
         return (1 - F.cosine_similarity(student.float().flatten(1), teacher.float().flatten(1), dim=1)).mean()
 
 
@@ -273,6 +275,16 @@ def as_loss(loss: Any, what: str) -> TapLoss:
     if callable(loss):
         return FunctionLoss(loss)
     raise InvalidArgumentError(f"{what} must be a loss from lt.losses or a callable, got {type(loss).__name__} {loss!r}.")
+
+
+def _check_same_shape(name: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
+    # Broadcasting would silently compare the wrong values.
+    if student.shape != teacher.shape:
+        raise InvalidArgumentError(
+            f"The {name} feature loss compares equal shapes, got student {tuple(student.shape)} and teacher "
+            f"{tuple(teacher.shape)}. Let lt.Distillation(..., adapters='auto') map them, pass "
+            "adapters={student_layer: module}, or use feature_loss='attention_transfer' (any channel count)."
+        )
 
 
 def param_dtype(example: torch.Tensor) -> torch.dtype:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..capture.recorder import _THIN_FUNCTIONS, COMPOSITE, OP, _tensors_in, _undispatched_copy, classify_call
+from ..capture.calls import _THIN_FUNCTIONS, COMPOSITE, OP, _undispatched_copy, classify_call, op_outputs
 
 _Tensor = torch.Tensor
 _stack_len = torch._C._len_torch_function_stack
@@ -53,16 +53,6 @@ def _kind(func: Any) -> tuple[str, str, int]:
         return names
     except TypeError:  # unhashable callables
         return classify_call(func)
-
-
-def _outputs(name: str, args: tuple, kwargs: dict, result: Any) -> list[torch.Tensor]:
-    if isinstance(result, _Tensor) and name != "__setitem__":
-        return [kwargs["out"]] if isinstance(kwargs.get("out"), _Tensor) else [result]
-    if name == "__setitem__":
-        return [args[0]]
-    if isinstance(kwargs.get("out"), _Tensor):
-        return [kwargs["out"]]
-    return _tensors_in(result)
 
 
 class _OpMode(TorchFunctionMode):
@@ -156,7 +146,7 @@ class OpScope:
     # -- the hot path -----------------------------------------------------------------
     def count(self, frame: _Frame, name: str, layer_type: str, args: tuple, kwargs: dict, result: Any) -> None:
         """Count one op; hand its output to the taps that want it."""
-        outputs = _outputs(name, args, kwargs, result)
+        outputs = op_outputs(name, args, kwargs, result)
         if not outputs:
             return
         counts = frame.counts

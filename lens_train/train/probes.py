@@ -16,7 +16,7 @@ from .pooling import check_pool, pool_features
 from .structures import main_tensor
 from .taps import tap_example
 
-_SPLITS = ("train", "val")
+_SPLITS = ("train", "val", "test")
 
 
 class Probes:
@@ -114,15 +114,16 @@ class Probes:
         self.optimizer.step()
         return {layer: float(v.detach()) for layer, v in losses.items()}
 
-    def evaluate(self, taps: Any, targets: torch.Tensor) -> dict[str, float]:
-        """Score the probes without training them (validation); returns ``{layer: loss}``."""
+    def evaluate(self, taps: Any, targets: torch.Tensor, split: str = "val") -> dict[str, float]:
+        """Score the probes without training them on ``split`` (``"val"`` or ``"test"``); returns ``{layer: loss}``."""
+        _check_split(split)
         feats = self._gather(taps)
         self._build(feats)
         out: dict[str, float] = {}
         with torch.no_grad():
             for layer, x in feats.items():
                 pred = self.heads[_key(layer)](self._features(x))
-                self._score("val", layer, pred, targets)
+                self._score(split, layer, pred, targets)
                 out[layer] = float(self._loss(pred, targets))
         return out
 
@@ -139,7 +140,7 @@ class Probes:
                 for layer, m in self.metrics[split].items() if any(x.update_count for x in m.values())}
 
     def reset(self, split: str | None = None) -> None:
-        """Reset the metrics of one split (``"train"``/``"val"``) or of both."""
+        """Reset the metrics of one split (``"train"``/``"val"``/``"test"``) or of all."""
         for s in _SPLITS if split is None else (split,):
             _check_split(s)
             for m in self.metrics[s].values():
@@ -204,4 +205,4 @@ def _key(layer: str) -> str:
 
 def _check_split(split: str) -> None:
     if split not in _SPLITS:
-        raise InvalidArgumentError(f"split must be 'train' or 'val', got {split!r}.")
+        raise InvalidArgumentError(f"split must be one of {list(_SPLITS)}, got {split!r}.")

@@ -302,7 +302,9 @@ class Resolver:
     def _names(self) -> list[str]:
         names = self.index.addresses()
         if self._log is not None:
-            names += [layer.layer_label_no_pass for layer in self._log.layers]
+            for layer, site in zip(self._log.layers, self._sites):
+                if site is not None:
+                    names += [layer.layer_label_short, layer.layer_label_no_pass]
         return names
 
     def _op_passes(self, base: str) -> list[int]:

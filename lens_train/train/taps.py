@@ -12,8 +12,16 @@ from torch import nn
 
 from ..capture.api import get_model_metadata
 from ..capture.inputs import normalize_inputs
-from ..errors import InvalidArgumentError, LayerNotFoundError, TapError, UnsupportedModelError, suggestion_text
+from ..errors import (
+    InvalidArgumentError,
+    LayerNotFoundError,
+    LensTrainError,
+    TapError,
+    UnsupportedModelError,
+    suggestion_text,
+)
 from .hooks import TapHooks, pause_map
+from .replicas import ReplicaTracker, find_data_parallel
 from .selection import LISTING, ModuleIndex, Resolver, Selection, as_selector_list, clean_name, is_compiled, split_pass
 from .structures import zip_tensors
 
@@ -24,7 +32,9 @@ class Taps:
     """Taps on modules and ops of ``model``, filled by every forward pass run inside ``with taps:``.
 
     Args:
-        model: the model being trained (DDP / DataParallel / ``torch.compile`` wrappers welcome).
+        model: the model being trained (DDP / DataParallel / ``torch.compile`` wrappers welcome;
+            under ``nn.DataParallel`` a module tap is the replicas' outputs gathered along
+            the batch dim, one value per call).
         layers: a name, a predicate ``(address, module) -> bool``, or a list of them. Names
             are module addresses (``"layer2"``, a unique suffix, ``"fc:2"`` for one call),
             op labels from :func:`lens_train.log_forward_pass` (``"relu_5_12"``, ``"relu_5"``,
@@ -85,7 +95,11 @@ class Taps:
         selection = resolver.resolve(self._selectors)
         scopes = {s.address for s in selection.specs if s.kind == "op"}
         pauses = pause_map(self._index.modules, resolver._log, scopes, clean_name) if scopes else {}
-        hooks = TapHooks(selection, self.clone, self.save_gradients)
+        wrapper = find_data_parallel(self.model)
+        replicas = ReplicaTracker(wrapper) if wrapper is not None else None
+        if replicas is not None:
+            self._owned.append(replicas)
+        hooks = TapHooks(selection, self.clone, self.save_gradients, replicas)
         hooks.install(self._index.modules, pauses)
         hooks.active = self._active
         self._hooks = hooks
@@ -93,11 +107,18 @@ class Taps:
         self._names = _display_names(selection, self._selectors)
 
     def _first_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self._active or self._hooks is not None:
+        if not self._active or self._hooks is not None or self._deferred is None:
             return
-        self._deferred.remove()
-        self._deferred = None
-        self._resolve(args, kwargs, True)
+        deferred, self._deferred = self._deferred, None  # None also stops re-entry from the example pass
+        try:
+            self._resolve(args, kwargs, True)
+        except LensTrainError as err:
+            self._deferred = deferred  # stay unresolved: every later step raises the same error
+            raise type(err)(
+                f"{err} (lt.Taps got no example_input, so op labels are resolved on the first forward pass "
+                "inside `with taps:`; pass example_input=x to lt.Taps to check every name when it is built.)"
+            ) from None
+        deferred.remove()
         self._hooks.enter_root_call("")
 
     def _check_eager(self) -> None:

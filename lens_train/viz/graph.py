@@ -22,7 +22,7 @@ from .node_text import (
     module_style,
     pass_ranges,
 )
-from .placement import Placement, VisOptions, place_layers
+from .placement import Placement, VisOptions, module_key, place_layers
 
 if TYPE_CHECKING:
     from ..capture.model_log import ModelLog
@@ -165,16 +165,18 @@ def _node(log: ModelLog, key: str, idx: list[int], placement: Placement, from_in
 
 
 def _clusters(log: ModelLog, placement: Placement, members: dict[str, list[int]], rolled: bool) -> dict[str, VisCluster]:
-    """Modules drawn as boxes: those holding at least two nodes (one node shows ``@address``)."""
-    counts: dict[str, int] = {}
-    for key in members:
-        for mod in placement.cluster_path[key]:
-            counts[mod] = counts.get(mod, 0) + 1
+    """Modules drawn as boxes: those whose one call holds at least two operation nodes.
+
+    A module with a single operation per call is not boxed (its node shows ``@address``),
+    even when rolled mode merges several calls of it (a ResNet block's one ``relu`` used
+    twice); buffers it reads (BatchNorm's running statistics) do not count as operations.
+    """
+    counts = _nodes_per_call(log, placement, members, rolled)
     clusters: dict[str, VisCluster] = {}
     for key in members:
         parent = None
         for mod in placement.cluster_path[key]:
-            if counts[mod] < 2:
+            if counts.get(mod, 0) < 2:
                 continue
             if mod not in clusters:
                 module = log.modules[mod if rolled else mod.rsplit(":", 1)[0]]
@@ -182,6 +184,21 @@ def _clusters(log: ModelLog, placement: Placement, members: dict[str, list[int]]
                 clusters[mod] = VisCluster(mod, cluster_label(module, mod, rolled), parent, depth)
             parent = mod
     return clusters
+
+
+def _nodes_per_call(log: ModelLog, placement: Placement, members: dict[str, list[int]], rolled: bool) -> dict[str, int]:
+    """Per cluster key: the most operation nodes (buffers aside) that one call of it holds."""
+    per_call: dict[str, dict[str, set[str]]] = {}
+    for key, idx in members.items():
+        if key not in placement.module_nodes and all(log.layers[i].is_buffer for i in idx):
+            continue
+        path = set(placement.cluster_path[key])
+        for i in idx:
+            for entry in log.layers[i].containing_modules:
+                mod = module_key(entry, rolled)
+                if mod in path:
+                    per_call.setdefault(mod, {}).setdefault(entry, set()).add(key)
+    return {mod: max(len(keys) for keys in calls.values()) for mod, calls in per_call.items()}
 
 
 def _data_edges(log: ModelLog, placement: Placement, members: dict[str, list[int]], from_input: list[bool],
@@ -202,7 +219,7 @@ def _data_edges(log: ModelLog, placement: Placement, members: dict[str, list[int
             f = facts.setdefault((tail, head), _EdgeFacts())
             f.tail_passes.add(placement.node_pass[j])
             f.head_passes.add(placement.node_pass[i])
-            f.dashed = f.dashed or not from_input[j]
+            f.dashed = f.dashed or not (from_input[j] or log.layers[j].is_buffer)
             # Rolled: one pass that carried gradient makes the merged edge blue.
             f.gradient = f.gradient or (flow[i] and flow[j])
             if with_args:

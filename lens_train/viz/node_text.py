@@ -86,7 +86,7 @@ def layer_label(passes: list[LayerLog], log: ModelLog, rolled: bool, boundary: s
     title = first.layer_label_no_pass if rolled else first.layer_label
     if rolled and first.num_passes > 1:
         title += f" (x{first.num_passes})"
-    lines = [f"<b>{html(title)}</b>", html(f"{shape_label(first.tensor_shape)} ({human_bytes(first.tensor_fsize)})")]
+    lines = [f"<b>{html(title)}</b>"] + [html(line) for line in shape_lines([(p.pass_num, p.tensor_shape, p.tensor_fsize) for p in passes])]
     where = _address_line(first, log, rolled)
     if where:
         lines.append(html(where))
@@ -98,6 +98,32 @@ def layer_label(passes: list[LayerLog], log: ModelLog, rolled: bool, boundary: s
     if boundary:
         lines.append(f"<i>{'enters' if boundary == 'in' else 'leaves'} the module</i>")
     return "<br/>".join(lines)
+
+
+def shape_lines(passes: list[tuple[int, tuple[int, ...], int]], limit: int = 4, unit: str = "pass") -> list[str]:
+    """Shape and size lines of a node standing for ``(pass, shape, bytes)`` passes.
+
+    One line when every pass has the same shape (``5x5 (100 B)``); otherwise one line
+    per distinct shape saying which passes (``unit="call"``: module calls) had it, at
+    most ``limit`` lines.
+
+    Example:
+        >>> shape_lines([(1, (5, 5), 100)])
+        ['5x5 (100 B)']
+        >>> shape_lines([(1, (1, 5), 20), (2, (2, 5), 40), (3, (2, 5), 40)])
+        ['1x5 (20 B): pass 1', '2x5 (40 B): passes 2-3']
+    """
+    by_shape: dict[tuple[tuple[int, ...], int], list[int]] = {}
+    for num, shape, nbytes in passes:
+        by_shape.setdefault((tuple(shape), nbytes), []).append(num)
+    texts = [f"{shape_label(shape)} ({human_bytes(nbytes)})" for shape, nbytes in by_shape]
+    if len(texts) == 1:
+        return texts
+    plural = "es" if unit.endswith("s") else "s"
+    lines = [f"{text}: {unit}{plural if len(nums) > 1 else ''} {pass_ranges(nums)}" for text, nums in zip(texts, by_shape.values())]
+    if len(lines) > limit:
+        lines = lines[: limit - 1] + [f"... {len(lines) - limit + 1} more shapes"]
+    return lines
 
 
 def _address_line(layer: LayerLog, log: ModelLog, rolled: bool) -> str:
@@ -165,10 +191,14 @@ def module_label(module: ModuleLog, call: dict[str, Any], log: ModelLog, rolled:
     address = module.address if rolled or module.num_passes == 1 else f"{module.address}:{call['pass_num']}"
     calls = f" (x{module.num_passes})" if rolled and module.num_passes > 1 else ""
     lines = [f"<b>@{html(address)}{calls}</b>", html(module.module_type)]
-    if call["outputs"]:
-        out = log[call["outputs"][0]]
-        more = f" +{len(call['outputs']) - 1}" if len(call["outputs"]) > 1 else ""
-        lines.append(html(f"{shape_label(out.tensor_shape)} ({human_bytes(out.tensor_fsize)}){more}"))
+    calls = module.calls if rolled else [call]
+    outs = [(c["pass_num"], log[c["outputs"][0]]) for c in calls if c["outputs"]]
+    if outs:
+        shapes = shape_lines([(num, out.tensor_shape, out.tensor_fsize) for num, out in outs], unit="call")
+        more = len(call["outputs"]) - 1
+        if more:  # the first output tensor is shown; say how many others the module returns
+            shapes = [shapes[0] + f" +{more}"] if len(shapes) == 1 else shapes + [f"+{more} more outputs"]
+        lines += [html(line) for line in shapes]
     if module.num_params:
         lines.append(html(f"params: {module.num_params:,}"))
     return "<br/>".join(lines)

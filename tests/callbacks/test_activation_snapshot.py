@@ -152,3 +152,41 @@ def test_constructor_validation():
         ActivationSnapshotCallback(every_n_steps=0)
     with pytest.raises(InvalidArgumentError, match="layers must be 'all'"):
         ActivationSnapshotCallback(layers="layer1")
+
+
+class ListedAtStart(pl.Callback):
+    """Which snapshots the callback lists, and whether their files exist, when training (re)starts."""
+
+    def __init__(self, snap: ActivationSnapshotCallback) -> None:
+        self.snap, self.seen = snap, []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen = [(s.step, Path(s.path).is_dir()) for s in self.snap.snapshots]
+
+
+def _keep_last_run(root: Path, ckpt: str | None = None) -> tuple[ActivationSnapshotCallback, ListedAtStart]:
+    snap = ActivationSnapshotCallback(layers=["layer1"], every_n_steps=1, keep_last=2)
+    listed = ListedAtStart(snap)
+    checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, every_n_epochs=1)
+    t = trainer(root, [snap, listed, checkpoint], max_epochs=3, enable_checkpointing=True,
+                logger=CSVLogger(root, name="run", version=0))
+    torch.manual_seed(0)
+    t.fit(LitNet(), *loaders(), ckpt_path=ckpt)
+    return snap, listed
+
+
+@pytest.mark.slow
+def test_keep_last_resume_from_an_older_checkpoint_finds_its_snapshots(tmp_path):
+    snap, _ = _keep_last_run(tmp_path)
+    assert [s.step for s in snap.snapshots] == [11, 12]
+    # Checkpoints at steps 4 and 8 list [3, 4] and [7, 8]: those wait in .dropped, the rest is gone.
+    dropped = snap.directory / ".dropped"
+    assert sorted(int(p.name[-6:]) for p in dropped.iterdir()) == [3, 4, 7, 8]
+    straight = [(s.name, s.cka) for s in snap.snapshots]
+    with pytest.warns(UserWarning, match=r"moved 4 snapshot"):
+        resumed, listed = _keep_last_run(tmp_path, ckpt=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
+    assert listed.seen == [(3, True), (4, True)]
+    assert [(s.name, s.cka) for s in resumed.snapshots] == straight
+    aside = snap.directory / "aside" / "after-step=000004"
+    assert sorted(int(p.name[-6:]) for p in aside.iterdir()) == [7, 8, 11, 12]  # the abandoned run's
+    assert sorted(int(p.name[-6:]) for p in dropped.iterdir()) == [3, 4, 7, 8]

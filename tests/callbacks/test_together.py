@@ -51,7 +51,7 @@ def test_all_callbacks_share_one_capture(tmp_path, monkeypatch):
 def test_no_lens_work_during_the_sanity_check(tmp_path):
     calls = []
     cb = AuxiliaryLossCallback({"layer1": lt.losses.l1_activity()})
-    original = cb.val_step
-    cb.val_step = lambda ctx: calls.append(ctx.trainer.sanity_checking) or original(ctx)  # type: ignore[method-assign]
+    original = cb.eval_step
+    cb.eval_step = lambda ctx: calls.append(ctx.trainer.sanity_checking) or original(ctx)  # type: ignore[method-assign]
     fit(tmp_path, LitNet(), [cb], max_epochs=1, num_sanity_val_steps=2)
     assert calls and not any(calls)

@@ -55,9 +55,10 @@ def test_inplace_ops_do_not_change_saved_snapshots() -> None:
 def test_layers_to_save_selection() -> None:
     model = SmallAlexNet().eval()
     x = torch.randn(1, 3, 64, 64)
-    log = lt.log_forward_pass(model, x, layers_to_save=["conv2d_3_7", "features.0", -2, "linear"])
+    log = lt.log_forward_pass(model, x, layers_to_save=["conv2d_3_7", "features.0", -2, "linear", "relu_7", 14])
     saved = {layer.layer_label for layer in log if layer.activation is not None}
-    assert saved == {"conv2d_1_1", "conv2d_3_7", "linear_1_17", "linear_2_20", "linear_3_22"}
+    assert saved == {"conv2d_1_1", "conv2d_3_7", "linear_1_17", "linear_2_20", "linear_3_22", "relu_7_21",
+                     "adaptiveavgpool2d_1_14"}
     full = lt.log_forward_pass(model, x)
     assert torch.equal(log["conv2d_3_7"].activation, full["conv2d_3_7"].activation)
     assert log["relu_3_8"].tensor_shape == full["relu_3_8"].tensor_shape
@@ -164,6 +165,60 @@ def test_every_kind_of_operation_is_captured() -> None:
     for expected in ["ones", "arange", "fromnumpy", "rtruediv", "pow", "sub", "T", "mT", "data", "setitem", "relu", "sum"]:
         assert expected.lower() in types, expected
     assert "shape" not in types and "dim" not in types and "size" not in types
+
+
+def test_operations_and_properties_have_their_values() -> None:
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.dtype == torch.float32 and x.ndim == 2  # metadata reads: not operations
+            z = torch.complex(x, -x)
+            parts = z.real * z.imag
+            y = (1 / x) ** 2 + x.T + parts
+            y[0, 0] = -1.0
+            return y[1:]
+
+    x = torch.rand(2, 2) + 1
+    log = lt.log_forward_pass(M(), x)
+    assert [layer.layer_type for layer in log] == [
+        "input", "neg", "complex", "real", "imag", "mul", "rtruediv", "pow", "t", "add", "add", "setitem", "getitem",
+        "output"]
+    assert torch.equal(log["complex_1_2"].activation, torch.complex(x, -x))
+    assert torch.equal(log["real_1_3"].activation, x) and torch.equal(log["imag_1_4"].activation, -x)
+    assert torch.equal(log["rtruediv_1_6"].activation, 1 / x)
+    assert torch.equal(log["pow_1_7"].activation, (1 / x) ** 2)
+    assert torch.equal(log["t_1_8"].activation, x.T) and log["t_1_8"].func_name == "T"
+    y = (1 / x) ** 2 + x.T + x * -x
+    assert torch.equal(log["add_2_10"].activation, y)  # a snapshot from before the assignment
+    y[0, 0] = -1.0
+    assert torch.equal(log["setitem_1_11"].activation, y) and log["setitem_1_11"].is_inplace
+    assert log["setitem_1_11"].parent_layers == ["add_2_10"]
+    assert torch.equal(log[-1].activation, y[1:])
+
+
+def test_nested_buffers_are_tagged_with_their_address() -> None:
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("example_buffer", torch.arange(3.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.example_buffer
+
+    model = nn.Sequential(nn.Identity(), nn.Sequential(Inner()))
+    log = lt.log_forward_pass(model, torch.ones(3))
+    (buffer,) = log.buffer_layers
+    assert log[buffer].buffer_address == "1.0.example_buffer"
+    assert torch.equal(log[buffer].activation, torch.arange(3.0)) and log[buffer].is_buffer
+    assert log[buffer].containing_modules == ["1:1", "1.0:1"]
+
+
+def test_vis_mode_is_an_alias_of_vis_opt(tmp_path) -> None:
+    out = tmp_path / "graph"
+    log = lt.log_forward_pass(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), torch.ones(1, 2), vis_mode="rolled",
+                              vis_outpath=str(out), vis_save_only=True)
+    assert (tmp_path / "graph.svg").read_text().count("relu_1_2") >= 1 and len(log) == 4
+    with pytest.raises(InvalidArgumentError, match="vis_opt must be"):
+        lt.log_forward_pass(nn.ReLU(), torch.ones(1), vis_mode="sideways")
 
 
 def test_python_functional_internals_are_captured_once() -> None:

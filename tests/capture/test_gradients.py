@@ -7,6 +7,7 @@ from torch import nn
 
 import lens_train as lt
 from lens_train.capture.gradients import gradient_layers, zero_gradients
+from tests.models import InPlaceViews, TanhLoop
 
 
 def _mlp() -> tuple[nn.Module, torch.Tensor]:
@@ -43,18 +44,8 @@ def test_backward_from_an_intermediate_layer_accumulates_like_grad() -> None:
 
 
 def test_recurrent_passes_each_get_their_own_gradient() -> None:
-    class Loop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.Linear(2, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for _ in range(3):
-                x = torch.tanh(self.cell(x))
-            return x
-
     torch.manual_seed(0)
-    model, x = Loop(), torch.randn(1, 2)
+    model, x = TanhLoop(2, steps=3), torch.randn(1, 2)
     log = lt.log_forward_pass(model, x, save_gradients=True)
     log[-1].activation.sum().backward()
     # reference: the same loop with retain_grad on every step
@@ -90,3 +81,20 @@ def test_only_saved_layers_get_gradients_and_default_is_off() -> None:
     assert gradient_layers(log) == ["relu_1_2"]
     plain = lt.log_forward_pass(model, x)
     assert not plain["relu_1_2"].activation.requires_grad and plain.meta["save_gradients"] is False
+
+
+
+def test_in_place_op_on_a_view_gets_the_slice_of_its_bases_gradient() -> None:
+    torch.manual_seed(0)
+    model, x = InPlaceViews(), torch.randn(3, 4)
+    log = lt.log_forward_pass(model, x, save_gradients=True)
+    log[-1].activation.sum().backward()
+    model.retain = True  # reference: the gradient of y after the in-place op, from autograd itself
+    model(x).sum().backward()
+    y_new = model.seen["y"].grad
+    y_old = y_new.clone()
+    y_old[0] *= 3  # y[0].mul_(3): row 0 of y before the op gets 3 times the gradient
+    assert torch.allclose(log["mul_1_2"].gradient, y_old)  # y before the op
+    assert torch.allclose(log["mul_3_5"].gradient, y_new)  # the engine's record of y after it
+    assert torch.allclose(log["mul_2_4"].gradient, y_new[0])  # the view after the op: both of its uses
+    assert log["getitem_1_3"].gradient is None  # autograd routes the view's old value through y

@@ -11,22 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 
 import lens_train as lt
-from lens_train.capture import recorder as recorder_module
+from lens_train.capture import calls
 from lens_train.capture.api import record_forward
 from lens_train.capture.passes import group_passes
 from lens_train.capture.recorder import CapturePlan
+from tests.models import SimpleRecurrent, TanhLoop
 from tests.zoo.control import (
     BranchInLoop,
     IndependentIterations,
     InterleavedLoops,
-    LongLoop,
     LSTMCellLoop,
     LSTMCellStep,
-    ModuleInLoop,
     NestedLoops,
     ResidualStack,
     SharedReluResBlock,
-    SimpleRecurrent,
     SinLoop,
     SingleIteration,
     TwoLoopsSameWeights,
@@ -34,7 +32,7 @@ from tests.zoo.control import (
     WhileLoop,
 )
 
-from bench.models import Encoder
+from bench.models import Encoder, LongLoop
 
 
 def passes_of(log: lt.ModelLog) -> dict[str, int]:
@@ -102,7 +100,7 @@ def test_lstm_cell_in_a_loop_has_one_pass_per_step() -> None:
 
 
 def test_module_called_in_python_loop() -> None:
-    log = lt.log_forward_pass(ModuleInLoop(3), torch.randn(2, 4))
+    log = lt.log_forward_pass(TanhLoop(4, steps=3), torch.randn(2, 4))
     assert passes_of(log) == {"input_1_0": 1, "linear_1_1": 3, "tanh_1_2": 3, "output_1_3": 1}
 
 
@@ -169,10 +167,10 @@ def test_shared_parameter_free_module_in_two_contexts_is_not_recurrence() -> Non
     assert log.modules["relu"].num_passes == 2
 
 
-def test_functional_wrapper_first_call_lines_up_with_later_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_functional_wrapper_first_call_lines_up_with_later_calls() -> None:
     # the first call of F.relu is run instrumented (to learn it wraps one op); it must
     # land in the same layer as the later calls
-    monkeypatch.setattr(recorder_module, "_THIN_FUNCTIONS", set())
+    calls._THIN_FUNCTIONS.discard(F.relu)
 
     class Loop(nn.Module):
         def __init__(self) -> None:
@@ -186,6 +184,8 @@ def test_functional_wrapper_first_call_lines_up_with_later_calls(monkeypatch: py
 
     log = lt.log_forward_pass(Loop(), torch.randn(2, 4))
     assert passes_of(log)["relu_1_2"] == 3
+    assert F.relu in calls._THIN_FUNCTIONS  # learned during the capture
+    assert [layer.func_name for layer in log].count("relu") == 3
 
 
 class ParameterFreeLongLoop(nn.Module):
@@ -209,7 +209,7 @@ class CountingList(list):
         return super().__getitem__(i)
 
 
-@pytest.mark.parametrize("make", [LongLoop, ParameterFreeLongLoop])
+@pytest.mark.parametrize("make", [lambda steps: LongLoop(steps, d=4), ParameterFreeLongLoop])
 def test_long_loop_grouping_work_is_linear(make) -> None:
     def grouping_work(steps: int) -> tuple[int, int]:
         recorder, _, _ = record_forward(make(steps), torch.randn(2, 4), None, CapturePlan(save="none"), 0)
@@ -237,7 +237,7 @@ def test_long_loop_post_processing_time_per_op() -> None:
 
 
 def test_thousand_iteration_loop_labels() -> None:
-    log = lt.log_forward_pass(LongLoop(1000), torch.randn(2, 4), layers_to_save=None)
+    log = lt.log_forward_pass(LongLoop(1000, d=4), torch.randn(2, 4), layers_to_save=None)
     assert passes_of(log) == {"input_1_0": 1, "linear_1_1": 1000, "tanh_1_2": 1000, "mul_1_3": 1000, "add_1_4": 1000,
                               "output_1_5": 1}
     assert log["fc:1000"] is log["linear_1_1:1000"]

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from tests.zoo.control import Conditional, NetworkOrganizationDemo, SimpleRecurrent, TwoResidualAdds
+from tests.models import SimpleRecurrent
+from tests.zoo.control import Conditional, NetworkOrganizationDemo, TwoResidualAdds
 
 
 def test_network_organization_demo() -> None:

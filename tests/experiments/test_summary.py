@@ -13,19 +13,22 @@ def _result(tmp_path: Path, name: str = "train", acc: float = 0.9712) -> StageRe
     history.epochs = [{"epoch": 0.0, "step": 5.0, "probe/blocks.0/val_acc": 0.81, "probe/blocks.0/train_acc": 0.85,
                        "probe/blocks.1/val_acc": 0.93}]
     return StageResult(name, tmp_path, test={"test/acc": acc, "test/loss": 0.1}, history=history,
-                       best_checkpoint=str(tmp_path / "checkpoints" / "last.ckpt"), elapsed_s=3.25,
+                       best_checkpoint=str(tmp_path / "checkpoints" / "last.ckpt"), fit_s=3.0, test_s=0.25,
                        plots={"training_curves": tmp_path / "plots" / "training_curves.png"})
 
 
 def test_summary_has_accuracy_probe_table_and_paths(tmp_path) -> None:
-    text = format_summary([_result(tmp_path)])
-    assert "train finished in 3.2 s" in text or "train finished in 3.3 s" in text
+    result = _result(tmp_path)
+    result.test["probe/blocks.1/test_acc"] = 0.95
+    text = format_summary([result])
+    assert "train finished in 3.2 s (fit 3.0 s, test 0.2 s)" in text or "finished in 3.3 s (fit 3.0 s, test 0.3 s)" in text
     assert "test accuracy: 0.9712" in text
     lines = text.splitlines()
     row0 = next(line for line in lines if line.strip().startswith("blocks.0"))
     row1 = next(line for line in lines if line.strip().startswith("blocks.1"))
-    assert row0.split()[1:] == ["0.850", "0.810"]
-    assert row1.split()[1:] == ["-", "0.930"]
+    assert next(line for line in lines if line.strip().startswith("layer")).split() == ["layer", "train", "val", "test"]
+    assert row0.split()[1:] == ["0.850", "0.810", "-"]
+    assert row1.split()[1:] == ["-", "0.930", "0.950"]
     assert any(line.strip().startswith("checkpoints") and "[1 entries]" in line and "best: last.ckpt" in line
                for line in lines)
     assert any(line.strip().startswith("snapshots") and "csv/snapshots" in line for line in lines)
@@ -36,5 +39,13 @@ def test_summary_of_several_stages_compares_them(tmp_path) -> None:
     results = [_result(tmp_path / "t", "teacher", 0.99), _result(tmp_path / "s", "student", 0.9)]
     text = format_summary(results)
     table = text.split("test accuracy by stage:")[1].splitlines()[1:3]
-    assert [line.split() for line in table] == [["teacher", "0.990"], ["student", "0.900"]]
+    assert [line.split()[:2] for line in table] == [["teacher", "0.990"], ["student", "0.900"]]
+    assert all(line.endswith("(fit 3.0 s, test 0.2 s)") for line in table)
     assert "-- teacher" in text and "-- student" in text
+
+
+def test_headline_splits_the_wall_time_into_fit_test_and_the_rest(tmp_path) -> None:
+    results = [_result(tmp_path / "t", "teacher"), _result(tmp_path / "s", "student")]
+    headline = format_summary(results, wall_s=20.0).splitlines()[1]
+    assert headline == ("lens-train: teacher, student finished in 20.0 s "
+                        "(fit 6.0 s, test 0.5 s; start-up, data and plots 13.5 s)")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,8 @@ def test_heads_need_setup_and_an_optimizer() -> None:
         model(x)
     with pytest.raises(InvalidArgumentError, match=r"aux.setup\(model, example_input\)"):
         aux(taps, targets=torch.tensor([0, 1]))
+    with pytest.raises(InvalidArgumentError, match=r"\['1'\] are not built"):  # no heads yet: nothing to find missing
+        aux.check_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     aux.setup(model, x)
     assert [tuple(p.shape) for p in aux.parameters()] == [(3, 8), (3,)]
     assert set(aux.state_dict()) == {"terms.0.head.weight", "terms.0.head.bias"}
@@ -100,3 +106,31 @@ def test_deep_supervision_changes_training() -> None:
             opt.step()
         results.append(torch.cat([p.detach().flatten() for p in model[0].parameters()]))
     assert (results[0] - results[1]).abs().max() > 1e-2
+
+
+def test_per_layer_schedules_follow_the_explicit_step() -> None:
+    model, x, y = _mlp().double(), torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    aux = lt.AuxiliaryLoss({"1": lt.losses.deep_supervision(3), "3": lt.losses.l2_activation()},
+                           schedule={"1": schedules.cosine_decay(10, warmup=2)}, model=model, example_input=x)
+    assert aux.terms[0].head.weight.dtype == torch.float64  # heads take the activation's dtype
+    taps = lt.Taps(model, aux.layers)
+    with taps:
+        model(x)
+    base = {k: v.detach() for k, v in aux(taps, targets=y, step=2)[1].items()}
+    for step, factor in [(0, 0.0), (1, 0.5), (7, 0.5), (12, 0.0), (500, 0.0)]:
+        _, terms = aux(taps, targets=y, step=step)
+        assert torch.allclose(terms["1"], base["1"] * factor) and torch.equal(terms["3"], base["3"])
+    with pytest.raises(InvalidArgumentError, match="step=global_step"):
+        aux(taps, targets=y)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_skipped_term_keeps_the_ddp_reducer_working(tmp_path: Path) -> None:
+    # Two gloo ranks; the tapped layer runs on rank 1 only. With a plain zero instead of the
+    # head-touching one (`ddp_skip_run.py OUT plain-zero`) DDP fails at the second step.
+    out = tmp_path / "result.pt"
+    script = Path(__file__).with_name("ddp_skip_run.py")
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(out)["heads_equal"]

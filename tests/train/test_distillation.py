@@ -64,9 +64,18 @@ def test_adapters_must_be_built_and_optimised() -> None:
     kd = lt.Distillation(teacher, student, pairs={"c2": "c2"})
     with pytest.raises(InvalidArgumentError, match=r"kd.setup\(example_input\)"):
         kd(torch.randn(1, 1, 4, 4))
+    with pytest.raises(InvalidArgumentError, match="not built"):
+        kd.check_optimizer(torch.optim.SGD(student.parameters(), lr=0.1))
     kd.setup(torch.randn(1, 1, 4, 4))
     with pytest.raises(InvalidArgumentError, match="kd.parameters"):
         kd.check_optimizer(torch.optim.SGD(student.parameters(), lr=0.1))
+
+
+def test_mismatched_shapes_without_adapters_raise_clearly() -> None:
+    teacher, student = ConvNet(8, False), ConvNet(4, False)
+    kd = lt.Distillation(teacher, student, pairs={"c2": "c2"}, adapters=None)
+    with pytest.raises(InvalidArgumentError, match=r"student \(2, 4, 4, 4\) and teacher \(2, 8, 4, 4\).*adapters='auto'"):
+        kd(torch.randn(2, 1, 4, 4))
 
 
 def test_sequence_adapter_resizes_tokens() -> None:
@@ -96,3 +105,68 @@ def test_distillation_changes_the_student() -> None:
         with torch.no_grad():
             finals.append(F.mse_loss(student(x), teacher(x)).item())
     assert finals[1] < finals[0] * 0.8  # the distilled student's logits are closer to the teacher's
+
+
+class TokenTeacher(nn.Module):
+    """A different architecture: conv stem, residual conv blocks, then tokens and a transformer layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 12, 3, padding=1)
+        self.blocks = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1), nn.GELU())
+        self.mixer = nn.TransformerEncoderLayer(12, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = h + self.blocks(h)  # add_1: an op, not a module output
+        tokens = self.mixer(h.flatten(2).transpose(1, 2))
+        return self.head(tokens.mean(1))
+
+
+def test_several_pairs_with_a_teacher_of_a_different_architecture() -> None:
+    torch.manual_seed(0)
+    teacher, student = TokenTeacher(), ConvNet(4, pool=True)
+    x = torch.randn(3, 1, 6, 6)
+    pairs = {"c1": "stem", "pool": "add_1", "c2": "mixer"}
+    losses = {"c1": "mse", "pool": "attention_transfer", "c2": lambda s, t: (s.mean() - t.mean()).abs()}
+    kd = lt.Distillation(teacher, student, pairs=pairs, feature_loss=losses, logits_loss=lt.losses.kd_kl(3.0),
+                         adapters={"c2": nn.Sequential(nn.Flatten(2), nn.Linear(36, 12))},
+                         weights={"c1": 0.5, "pool": 2.0, "logits": 0.1}, weight=3.0)
+    with pytest.raises(InvalidArgumentError, match="not built"):
+        kd(x)
+    kd.setup(x)
+    assert [type(a).__name__ for a in kd.adapters] == ["Adapter", "Adapter", "Sequential"]
+    assert kd.adapters[1].size == (6, 6)  # (3, 3) student map resized to the teacher's (6, 6)
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    total, terms = kd(x)
+    assert calls == [1] and not teacher.training
+    with torch.no_grad():
+        t_stem = teacher.stem(x)
+        t_add = torch.relu(t_stem) + teacher.blocks(torch.relu(t_stem))
+        t_mix = teacher.mixer(t_add.flatten(2).transpose(1, 2))
+        s_c1 = student.c1(x)
+        s_c2 = student.c2(torch.relu(s_c1))
+        s_pool = student.pool(torch.relu(s_c2))
+        expected = {
+            "c1": 3.0 * 0.5 * F.mse_loss(kd.adapters[0](s_c1), t_stem),
+            "pool": 3.0 * 2.0 * lt.losses.attention_transfer()(kd.adapters[1](s_pool), t_add),
+            "c2": 3.0 * (kd.adapters[2](s_c2).mean() - t_mix.mean()).abs(),
+            "logits": 3.0 * 0.1 * lt.losses.kd_kl(3.0)(student(x), teacher(x)),
+        }
+    for name, value in expected.items():
+        assert torch.allclose(terms[name], value, atol=1e-5), name
+    assert torch.allclose(total, sum(expected.values()), atol=1e-5)
+    total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in kd.parameters()) and student.c1.weight.grad is not None
+
+
+def test_adapter_is_a_1x1_projection_then_resizing() -> None:
+    a = Adapter((2, 3, 4, 4), (2, 5, 8, 8))
+    x = torch.randn(2, 3, 4, 4)
+    want = F.interpolate(F.conv2d(x, a.proj.weight, a.proj.bias), size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(a(x), want, atol=1e-6)
+    same = Adapter((2, 6), (2, 6))
+    assert isinstance(same.proj, nn.Identity)

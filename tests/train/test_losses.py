@@ -31,6 +31,10 @@ def test_activity_losses_and_decorrelation() -> None:
     a = torch.randn(8, 3)
     assert torch.allclose(lt.losses.l1_activity()(a, None), a.abs().mean())
     assert torch.allclose(lt.losses.l2_activation()(a, None), a.pow(2).mean())
+    x = torch.randn(64, 5)
+    corr = torch.corrcoef(x.T)
+    off = corr - torch.diag(torch.diagonal(corr))
+    assert torch.allclose(lt.losses.decorrelation()(x, None), off.pow(2).sum() / 20, atol=1e-4)
     independent = torch.eye(4).repeat(4, 1)
     assert lt.losses.decorrelation()(independent, None) < lt.losses.decorrelation()(torch.randn(16, 1).repeat(1, 4), None)
 

@@ -76,3 +76,44 @@ def test_token_pooling_and_errors() -> None:
         lt.Probes(["0"])
     with pytest.raises(InvalidArgumentError, match="pool"):
         lt.Probes(["0"], num_classes=2, pool="max")
+
+
+def test_regression_metrics_equal_manual_mse_and_r2() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(32, 3)
+    target = torch.stack([x @ torch.tensor([1.0, -2.0, 0.5]), x[:, 0] * 3], 1) + 0.3 * torch.randn(32, 2)
+    model = nn.Sequential(nn.Identity())
+    probes = lt.Probes(["0"], task="regression", num_outputs=2, lr=0.05)
+    taps = lt.Taps(model, ["0"])
+    for _ in range(20):
+        with taps:
+            model(x)
+        probes.update(taps, target)
+    probes.evaluate(taps, target)
+    with torch.no_grad():
+        pred = probes.heads["0"](x)
+    residual = ((pred - target) ** 2).sum(0)
+    total = ((target - target.mean(0)) ** 2).sum(0)
+    got = probes.compute_all("val")["0"]
+    assert got["mse"] == pytest.approx(float(((pred - target) ** 2).mean()), rel=1e-5)
+    assert got["r2"] == pytest.approx(float((1 - residual / total).mean()), rel=1e-5)  # averaged over outputs
+
+
+_MAPS, _TOKENS = torch.randn(5, 3, 4, 2), torch.randn(5, 6, 7)
+
+
+@pytest.mark.parametrize(("pool", "x", "expected"), [
+    ("avg", _MAPS, _MAPS.mean((2, 3))), ("flatten", _MAPS, _MAPS.flatten(1)),
+    ("avg", _TOKENS, _TOKENS.mean(1)), (2, _TOKENS, _TOKENS[:, 2]),
+])
+def test_probe_pooling_options(pool: object, x: torch.Tensor, expected: torch.Tensor) -> None:
+    probes = lt.Probes(["0"], num_classes=2, pool=pool)
+    probes.setup(nn.Sequential(nn.Identity()), x)
+    head = probes.heads["0"]
+    assert head.in_features == expected.shape[1] and torch.equal(probes._features(x), expected)
+    taps = lt.Taps(nn.Sequential(nn.Identity()), ["0"])
+    with taps:
+        taps.model(x)
+    probes.evaluate(taps, torch.zeros(5, dtype=torch.long))
+    want = float((head(expected).argmax(1) == 0).float().mean())
+    assert probes.compute("val")["0"] == pytest.approx(want)

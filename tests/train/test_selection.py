@@ -41,3 +41,16 @@ def test_unknown_op_like_name_with_example_lists_labels() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     with pytest.raises(LayerNotFoundError, match=r"relu_1_2.*lt.get_nodes"):
         lt.Taps(model, ["relu_9"], example_input=torch.ones(1, 2))
+
+
+def test_op_label_glob_gives_a_dict_of_op_taps() -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    model.forward = lambda x: torch.relu(model[0](x)) + torch.relu(-x)  # type: ignore[method-assign]
+    x = torch.randn(3, 2)
+    taps = lt.Taps(model, ["relu_*"], example_input=x)
+    assert {s.kind for s in taps.selection.specs} == {"op"}
+    with taps:
+        model(x)
+    found = taps["relu_*"]
+    assert sorted(found) == ["relu_1_2", "relu_2_4"]
+    assert torch.allclose(found["relu_1_2"], torch.relu(model[0](x))) and torch.equal(found["relu_2_4"], torch.relu(-x))

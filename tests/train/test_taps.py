@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 import lens_train as lt
 from lens_train.errors import AmbiguousLayerError, LayerNotFoundError, TapError, UnsupportedModelError
+from tests.models import TanhLoop
 
 
 class BNNet(nn.Module):
@@ -177,17 +178,7 @@ def test_passes_policies_and_explicit_pass() -> None:
 
 
 def test_recurrent_op_passes() -> None:
-    class Loop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.Linear(3, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            for _ in range(3):
-                x = torch.tanh(self.cell(x))
-            return x
-
-    model, x = Loop(), torch.randn(2, 3)
+    model, x = TanhLoop(3, steps=3), torch.randn(2, 3)
     log = lt.log_forward_pass(model, x)
     taps = lt.Taps(model, ["linear_1_1:2", "tanh_1"], example_input=x, passes="list")
     with taps:
@@ -254,6 +245,20 @@ def test_op_labels_resolve_on_the_first_step_without_example() -> None:
     assert torch.allclose(taps["mul_1"], torch.tanh(model.a(x)) * 2.0)
 
 
+def test_unknown_names_without_example_raise_as_clearly_as_at_construction() -> None:
+    model, x = OpNet(), torch.randn(2, 4)
+    with pytest.raises(LayerNotFoundError, match=r"no module named 'aa'.*Closest: 'a'.*lt.get_layers"):
+        lt.Taps(model, ["aa"])  # not shaped like an op label: known to be wrong now
+    taps = lt.Taps(model, ["a", "mul_9"])
+    for _ in range(2):  # stays unresolved: every step raises, none silently taps nothing
+        with pytest.raises(LayerNotFoundError,
+                           match=r"no module or op named 'mul_9'\. Closest: 'mul_1'.*lt.get_nodes.*example_input=x"):
+            with taps:
+                model(x)
+        assert taps.selection is None and torch._C._len_torch_function_stack() == 0
+    assert len(model._forward_pre_hooks) == 1 and not model.a._forward_hooks
+
+
 def test_save_gradients_matches_retain_grad() -> None:
     model, x = BNNet(), torch.randn(2, 3, 4, 4)
     taps = lt.Taps(model, ["conv", "bn"], save_gradients=True)
@@ -283,6 +288,19 @@ def test_checkpointing_non_reentrant_does_not_duplicate_taps() -> None:
         before = taps["block.1"]
         (out.sum() + taps["block.1"].sum()).backward()
         assert taps.num_passes("block.1") == 1 and taps["block.1"] is before
+
+
+def test_checkpointing_reentrant_keeps_first_forward_values_without_gradient() -> None:
+    block = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    model, x = nn.Sequential(nn.Linear(3, 3), block), torch.randn(2, 3)
+    model.forward = lambda x: checkpoint(block, model[0](x), use_reentrant=True)  # type: ignore[method-assign]
+    with lt.Taps(model, ["1.0", "1.1"]) as taps:
+        out = model(x)
+        out.sum().backward()  # recomputes block inside backward: ignored, so still one pass
+    assert taps.num_passes("1.0") == 1 and not taps["1.0"].requires_grad  # inside the segment: no_grad
+    assert taps["1.1"].requires_grad  # the segment's output is the checkpoint function's output
+    assert torch.allclose(taps["1.0"], block[0](model[0](x))) and torch.allclose(taps["1.1"], out)
+    assert model[0].weight.grad is not None  # the checkpointed model itself still trains
 
 
 def test_autocast_bf16_on_cpu() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import torch
-from tests.viz.viz_models import DemoNetwork, InceptionNet
+from tests.models import DemoNetwork
+from tests.viz.viz_models import InceptionNet
 
 import lens_train as lt
 from lens_train.viz import to_dot

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests.viz.svg_tools import parse_svg, render_svg
-from tests.viz.viz_models import SimpleRecurrent
+from tests.models import SimpleRecurrent
 from torch import nn
 
 import lens_train as lt

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 from tests.viz.svg_tools import render_svg
-from tests.viz.viz_models import Blocks, Conditional, DemoNetwork, InceptionNet, SharedBlock, SimpleRecurrent
+from tests.models import DemoNetwork, SimpleRecurrent
+from tests.viz.viz_models import Blocks, Conditional, InceptionNet, SharedBlock, SmallResNet
 
 import lens_train as lt
+from lens_train.capture.calls import _THIN_FUNCTIONS
 from lens_train.viz.graph import build_graph
 from lens_train.viz.placement import VisOptions
 
@@ -29,7 +31,7 @@ def test_demo_network_nodes_colours_and_text(tmp_path):
     assert set(g.nodes) == set(log.layer_labels)
     assert g.nodes["input_1_0"].fill == INPUT and g.nodes["output_1_11"].fill == OUTPUT
     buffer = g.nodes["buffer_1_9"]
-    assert buffer.fill == BUFFER and "@scale" in buffer.texts
+    assert buffer.fill == BUFFER and "@example_buffer" in buffer.texts
     fc = g.nodes["linear_1_3"]
     # 5x5 float32 = 25 * 4 bytes; weight 5x5 and bias of 5
     assert fc.texts == ["linear_1_3", "5x5 (100 B)", "@fc", "params: 5x5, x5"]
@@ -196,3 +198,85 @@ def test_rolled_layer_feeding_its_next_pass_is_a_self_loop(tmp_path):
     g = render_svg(log, tmp_path, vis_opt="rolled")
     assert g.edges[("linear_1_1", "linear_1_1")][0].texts == ["out 1-2", "in 2-3"]
     assert g.edges[("linear_1_1", "output_1_2")][0].texts == ["out 3"]
+
+
+def _resnet_log() -> lt.ModelLog:
+    torch.manual_seed(0)
+    return lt.log_forward_pass(SmallResNet().eval(), torch.randn(2, 3, 16, 16), layers_to_save=None)
+
+
+def test_resnet_at_depth_one_is_a_chain_of_modules(tmp_path):
+    log = _resnet_log()
+    g = render_svg(log, tmp_path, vis_nesting_depth=1)
+    chain = ["input_1_0", "@stem:1", "@layer1:1", "@layer2:1", "adaptiveavgpool2d_1_32", "flatten_1_33", "linear_1_34",
+             "output_1_35"]
+    assert set(g.nodes) == set(chain) and g.clusters == {}
+    assert set(g.edges) == set(zip(chain, chain[1:]))
+    params = sum(p.numel() for p in SmallResNet().layer2.parameters())
+    assert g.nodes["@layer2:1"].texts == ["@layer2", "BasicBlock", "2x16x8x8 (8.0 KB)", f"params: {params:,}"]
+
+
+def test_resnet_at_depth_two_boxes_the_blocks_and_shows_both_skips(tmp_path):
+    log = _resnet_log()
+    g = render_svg(log, tmp_path, vis_nesting_depth=2)
+    assert set(g.clusters) == {"stem:1", "layer1:1", "layer2:1"}
+    collapsed = {k for k in g.nodes if k.startswith("@")}
+    assert collapsed == {"@stem.1:1", "@layer1.bn1:1", "@layer1.bn2:1", "@layer2.bn1:1", "@layer2.bn2:1", "@layer2.downsample:1"}
+    assert not any(k.startswith("buffer") for k in g.nodes)  # inside the collapsed BatchNorms
+    # block 1 adds its input (the stem's output); block 2 adds its downsampled input
+    assert {("relu_1_5", "add_1_15"), ("relu_3_16", "@layer2.downsample:1"), ("@layer2.downsample:1", "add_2_30"),
+            ("@layer2.bn2:1", "add_2_30")} <= set(g.edges)
+    assert g.clusters["layer2:1"].contains(g.nodes["@layer2.downsample:1"])
+    assert not g.clusters["layer1:1"].contains(g.nodes["relu_1_5"])
+
+
+def test_resnet_full_view_boxes_only_modules_with_several_ops(tmp_path):
+    _THIN_FUNCTIONS.discard(torch.nn.functional.batch_norm)  # the first call of it is learned again
+    log = _resnet_log()
+    g = render_svg(log, tmp_path)
+    assert set(g.nodes) == set(log.layer_labels) and set(g.edges) == _parent_pairs(log)
+    # a BatchNorm is one op reading two buffers: not a box; its buffers sit in the block's box
+    assert set(g.clusters) == {"stem:1", "layer1:1", "layer2:1", "layer2.downsample:1"}
+    assert g.clusters["layer1:1"].contains(g.nodes["buffer_3_7"]) and "@layer1.bn1.running_mean" in g.nodes["buffer_3_7"].texts
+    assert g.clusters["layer2.downsample:1"].contains(g.nodes["batchnorm_6_29"])
+    for bn in [layer for layer in log if layer.layer_type == "batchnorm"]:
+        mean, var = [p for p in bn.parent_layers if log[p].is_buffer]
+        # the same argument labels on every call, the first (which teaches the engine F.batch_norm) included
+        assert g.edges[(mean, bn.layer_label)][0].texts == ["arg 1"] and g.edges[(var, bn.layer_label)][0].texts == ["arg 2"]
+        assert not g.edges[(mean, bn.layer_label)][0].dashed  # buffers are model state, not generated tensors
+    assert g.nodes["relu_2_10"].texts[-1] == "@layer1.relu:1" and g.nodes["relu_3_16"].texts[-1] == "@layer1.relu:2"
+
+
+def test_resnet_rolled_does_not_box_a_relu_used_twice(tmp_path):
+    g = render_svg(_resnet_log(), tmp_path, vis_opt="rolled")
+    assert set(g.clusters) == {"stem", "layer1", "layer2", "layer2.downsample"}
+    assert g.nodes["relu_2_10"].texts[-1] == "@layer1.relu" and g.nodes["relu_3_16"].texts[-1] == "@layer1.relu"
+    assert g.clusters["layer1"].contains(g.nodes["relu_2_10"]) and g.clusters["layer1"].contains(g.nodes["relu_3_16"])
+
+
+class _Growing(torch.nn.Module):
+    """A shared block applied to a batch that doubles each pass: passes of one layer differ in shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            x = torch.cat([x, self.block(x)], dim=0)
+        return x
+
+
+def test_rolled_node_lists_every_shape_its_passes_had(tmp_path):
+    log = _log(_Growing(), 1, 4)
+    g = render_svg(log, tmp_path, vis_opt="rolled")
+    assert g.nodes["linear_1_1"].texts == ["linear_1_1 (x3)", "1x4 (16 B): pass 1", "2x4 (32 B): pass 2", "4x4 (64 B): pass 3",
+                                           "@block.0", "params: 4x4, x4"]
+    assert g.nodes["cat_1_3"].texts[1:] == ["2x4 (32 B): pass 1", "4x4 (64 B): pass 2", "8x4 (128 B): pass 3"]
+    module = render_svg(log, tmp_path, "m", vis_opt="rolled", vis_nesting_depth=1).nodes["@block"]
+    assert module.texts == ["@block (x3)", "Sequential", "1x4 (16 B): call 1", "2x4 (32 B): call 2", "4x4 (64 B): call 3",
+                            "params: 20"]
+    unrolled = render_svg(log, tmp_path, "u")
+    assert unrolled.nodes["linear_1_1:2"].texts[1] == "2x4 (32 B)"
+    same = render_svg(_log(SimpleRecurrent(), 5, 5), tmp_path, "same", vis_opt="rolled")
+    assert same.nodes["linear_1_1"].texts[1] == "5x5 (100 B)"  # one shape: one line, no pass list

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import lens_train as lt
-from lens_train.viz.node_text import arg_text, header_label, html, labels_arguments, pass_ranges, shape_label
+from lens_train.viz.node_text import arg_text, header_label, html, labels_arguments, pass_ranges, shape_label, shape_lines
 from lens_train.viz.placement import VisOptions
 
 
@@ -53,3 +53,11 @@ def test_header_counts_tensors_and_params():
         f"{params:,} params in 4 tensors ({params * 4 / 1024:.1f} KB)", "rolled view, inside 0, nesting depth 2",
     ]
     assert "no parameters" in header_label(lt.log_forward_pass(torch.nn.ReLU(), torch.rand(2), layers_to_save=None), VisOptions("unrolled"))
+
+
+def test_shape_lines_group_passes_by_shape_and_stay_short():
+    assert shape_lines([(1, (2, 3), 24), (2, (2, 3), 24)]) == ["2x3 (24 B)"]
+    assert shape_lines([(1, (1,), 4), (2, (2,), 8), (3, (1,), 4)]) == ["x1 (4 B): passes 1,3", "x2 (8 B): pass 2"]
+    many = shape_lines([(n, (n,), 4 * n) for n in range(1, 8)], limit=3)
+    assert many == ["x1 (4 B): pass 1", "x2 (8 B): pass 2", "... 5 more shapes"]
+    assert shape_lines([(1, (1,), 4), (2, (2,), 8)], unit="call")[1] == "x2 (8 B): call 2"

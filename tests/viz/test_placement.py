@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.viz.viz_models import Blocks, InceptionNet, SimpleRecurrent
+from tests.models import SimpleRecurrent
+from tests.viz.viz_models import Blocks, InceptionNet
 
 import lens_train as lt
 from lens_train.errors import InvalidArgumentError, LayerNotFoundError

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tests.viz.svg_tools import parse_svg
-from tests.viz.viz_models import DemoNetwork, SimpleRecurrent
+from tests.models import DemoNetwork, SimpleRecurrent
 
 import lens_train as lt
 from lens_train.errors import InvalidArgumentError, RenderError

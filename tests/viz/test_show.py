@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.viz.svg_tools import parse_svg
-from tests.viz.viz_models import DemoNetwork
+from tests.models import DemoNetwork
 
 import lens_train as lt
 from lens_train.errors import InvalidArgumentError

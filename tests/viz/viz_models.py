@@ -1,45 +1,9 @@
-"""Small models whose graphs the visualization tests read (TorchLens' README examples)."""
+"""Small models whose graphs the visualization tests read (the README examples are in tests/models)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-
-class DemoNetwork(nn.Module):
-    """Every kind of node: input, module ops, plain ops, random tensor, buffer, output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(5, 5)
-        self.register_buffer("scale", torch.full((5,), 2.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + 1
-        x = self.relu(x)
-        x = self.fc(x)
-        x = F.relu(x)
-        x = x + torch.randn(x.shape)
-        y = x**2
-        x = x / y
-        return x * self.scale
-
-
-class SimpleRecurrent(nn.Module):
-    """One Linear applied four times in a loop: a recurrent graph."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(5, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(4):
-            x = self.fc(x)
-            x = x + 1
-            x = x * 2
-        return x
 
 
 class Conditional(nn.Module):
@@ -107,3 +71,40 @@ class SharedBlock(nn.Module):
         for _ in range(3):
             x = self.block(x)
         return x
+
+
+class BasicBlock(nn.Module):
+    """A ResNet basic block: conv-bn-relu-conv-bn, plus the (downsampled) input, then relu."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """stem -> two basic blocks (the second downsamples) -> pool -> fc."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer1 = BasicBlock(8, 8)
+        self.layer2 = BasicBlock(8, 16, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.models import TinyHFEncoder, hf_inputs
+
 from . import zoo
 
 
@@ -301,3 +303,6 @@ zoo("arch_transformer_decoder_layer")(lambda: (nn.TransformerDecoderLayer(8, 2, 
                                                 {"tgt_mask": nn.Transformer.generate_square_subsequent_mask(4)}))
 zoo("arch_embedding_bag")(lambda: (nn.EmbeddingBag(10, 4, mode="mean"), (torch.tensor([1, 2, 4, 5, 4, 3]), torch.tensor([0, 3]))))
 zoo("arch_autoencoder")(lambda: (nn.Sequential(nn.Linear(8, 3), nn.Tanh(), nn.Linear(3, 8), nn.Sigmoid()), torch.rand(4, 8)))
+zoo("arch_hf_style_input_kwargs")(lambda: (TinyHFEncoder().train(), (), hf_inputs()))
+zoo("arch_hf_style_tuple_output")(lambda: (TinyHFEncoder().eval(), hf_inputs()["input_ids"],
+                                            {"attention_mask": hf_inputs()["attention_mask"], "return_dict": False}))

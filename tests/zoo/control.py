@@ -1,7 +1,8 @@
 """Loops of every kind and Python conditionals on tensors.
 
 The same classes serve tests/capture/test_passes.py and test_structure.py, which check
-how their ops are grouped into passes.
+how their ops are grouped into passes (the README's SimpleRecurrent and the plain
+weight-shared loops come from tests/models and bench/models).
 """
 
 from __future__ import annotations
@@ -9,23 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bench.models import LongLoop
+from tests.models import SimpleRecurrent, TanhLoop
+
 from . import zoo
 from .tensor_ops import x34
-
-
-class SimpleRecurrent(nn.Module):
-    """The TorchLens README's recurrent example."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_features=5, out_features=5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(4):
-            x = self.fc(x)
-            x = x + 1
-            x = x * 2
-        return x
 
 
 class TwoResidualAdds(nn.Module):
@@ -76,18 +65,6 @@ class LSTMCellLoop(nn.Module):
         for x in xs:
             h, c = self.cell(x, (h, c))
         return h
-
-
-class ModuleInLoop(nn.Module):
-    def __init__(self, steps: int = 3) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-        self.steps = steps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.steps):
-            x = torch.tanh(self.fc(x))
-        return x
 
 
 class BranchInLoop(nn.Module):
@@ -173,18 +150,6 @@ class SingleIteration(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(1):
             x = self.fc(x) + 1
-        return x
-
-
-class LongLoop(nn.Module):
-    def __init__(self, steps: int = 1000) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-        self.steps = steps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.steps):
-            x = torch.tanh(self.fc(x)) * 0.9 + 0.1
         return x
 
 
@@ -283,14 +248,14 @@ class Conditional(nn.Module):
 
 
 zoo("loop_simple_recurrent")(lambda: (SimpleRecurrent(), torch.randn(6, 5)))
-zoo("loop_module_in_python_loop")(lambda: (ModuleInLoop(), x34()))
+zoo("loop_module_in_python_loop")(lambda: (TanhLoop(4), x34()))
 zoo("loop_branch_inside")(lambda: (BranchInLoop(), x34()))
 zoo("loop_nested")(lambda: (NestedLoops(), x34()))
 zoo("loop_interleaved_weight_shared")(lambda: (InterleavedLoops(), x34()))
 zoo("loop_two_loops_same_weights")(lambda: (TwoLoopsSameWeights(), x34()))
 zoo("loop_data_dependent_while")(lambda: (WhileLoop(), x34()))
 zoo("loop_single_iteration")(lambda: (SingleIteration(), x34()))
-zoo("loop_long_200")(lambda: (LongLoop(200), x34()))
+zoo("loop_long_200")(lambda: (LongLoop(200, d=4), x34()))
 zoo("loop_parameter_free")(lambda: (SinLoop(), x34()))
 zoo("loop_independent_iterations")(lambda: (IndependentIterations(), x34()))
 zoo("loop_lstm_cell")(lambda: (LSTMCellLoop(), torch.randn(5, 3, 4)))

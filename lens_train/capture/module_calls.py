@@ -1,0 +1,123 @@
+"""Which module calls are running while a forward pass is captured: forward pre/post hooks.
+
+:class:`ModuleCalls` keeps the stack of open calls (``(address, pass)`` pairs, read by
+the recorder for every op it records) and one :class:`ModuleCall` per call, with the
+records that went in and came out. Its hooks are installed by :meth:`ModuleCalls.attach`
+and removed by :meth:`ModuleCalls.detach` (the recorder calls both on every exit path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .calls import _flatten_output, _tensors_in
+from .records import OpRecord
+
+
+@dataclass(slots=True)
+class ModuleCall:
+    """One call of one module during the forward pass."""
+
+    address: str
+    module_type: str
+    pass_num: int
+    depth: int
+    parent: tuple[str, int] | None
+    input_records: list[int] = field(default_factory=list)
+    output_records: list[int] = field(default_factory=list)
+    first_op: int = -1
+    last_op: int = -1
+
+
+class ModuleCalls:
+    """The module calls of one forward pass of ``model`` (its own call is not one: it is the pass).
+
+    ``lookup(tensor)`` gives the record that owns a tensor (or None); ``records`` is the
+    recorder's record list, read for the ops each call spans.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        >>> calls = ModuleCalls(model, lambda t: None, [])
+        >>> calls.attach()
+        >>> _ = model(torch.ones(1, 2))
+        >>> calls.detach()
+        >>> [(c.address, c.module_type, c.depth) for c in calls.calls], calls.stack
+        ([('0', 'Linear', 1), ('1', 'ReLU', 1)], ())
+    """
+
+    def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord]) -> None:
+        self.model = model
+        self.calls: list[ModuleCall] = []
+        self.stack: tuple[tuple[str, int], ...] = ()
+        self._lookup = lookup
+        self._records = records
+        self._open: list[ModuleCall] = []
+        self._count: dict[str, int] = {}
+        self._handles: list[Any] = []
+        self._addresses = first_names(model.named_modules(remove_duplicate=False))
+        self._types = {id(m): type(m).__name__ for m in model.modules()}
+
+    def attach(self) -> None:
+        """Install the hooks on every submodule."""
+        for module in self.model.modules():
+            if module is not self.model:
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+                self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+
+    def detach(self) -> None:
+        """Remove every hook :meth:`attach` installed."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        address = self._addresses.get(id(module))
+        if address is None:
+            return
+        n = self._count.get(address, 0) + 1
+        self._count[address] = n
+        stack = self.stack
+        call = ModuleCall(address, self._types.get(id(module), type(module).__name__), n, len(stack) + 1,
+                          stack[-1] if stack else None)
+        call.first_op = len(self._records)
+        for t in _tensors_in(args):
+            rec = self._lookup(t)
+            if rec is not None:
+                call.input_records.append(rec.index)
+        self.calls.append(call)
+        self._open.append(call)
+        self.stack = stack + ((address, n),)
+
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._addresses.get(id(module)) is None or not self._open:
+            return
+        call = self._open.pop()
+        self.stack = self.stack[:-1]
+        call.last_op = len(self._records) - 1
+        key = (call.address, call.pass_num)
+        for t in _flatten_output(output):
+            rec = self._lookup(t)
+            if rec is not None:
+                if key not in rec.output_of_modules:
+                    rec.output_of_modules += (key,)
+                call.output_records.append(rec.index)
+
+
+def first_names(named: Any) -> dict[int, str]:
+    """``id(object) -> name`` from ``named_modules()``-style pairs, keeping the first name of shared objects.
+
+    Example:
+        >>> lin = torch.nn.Linear(1, 1)
+        >>> list(first_names([("a", lin), ("b", lin)]).values())
+        ['a']
+    """
+    out: dict[int, str] = {}
+    for name, obj in named:
+        out.setdefault(id(obj), name)
+    return out
