@@ -90,6 +90,10 @@ class Recorder(TorchFunctionMode):
         self._stop_code = stop_code
         self._owner: dict[int, OpRecord] = {}
         self._by_storage: dict[int, list[OpRecord]] = {}
+        # parameters by storage: one changed in place by forward is backed up first and
+        # put back on exit, so a capture never changes parameter values
+        self._param_storage = {_storage_key(p): p for p in model.parameters()}
+        self._param_backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_branch: list[OpRecord] = []
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
@@ -111,6 +115,14 @@ class Recorder(TorchFunctionMode):
             torch.from_numpy = self._saved_from_numpy
             self.module_tracker.detach()
             self._owner.clear()
+            self._restore_parameters()
+
+    def _restore_parameters(self) -> None:
+        with torch.no_grad():
+            for param, value in self._param_backups:
+                self.copy_on_write(param)  # saved views of the parameter keep their captured values
+                param.copy_(value)
+        self._param_backups.clear()
 
     # -- the hot path ---------------------------------------------------------------
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
@@ -208,8 +220,7 @@ class Recorder(TorchFunctionMode):
         rec.device = t.device
         rec.nbytes = t.nelement() * t.element_size()
         rec.requires_grad = t.requires_grad
-        gf = t.grad_fn
-        rec.grad_fn_name = type(gf).__name__ if gf is not None else None
+        rec.grad_fn_name = _grad_fn_name(t)
         rec.version = t._version
         rec.tensor_ref = make_ref(t)
         self.records.append(rec)
@@ -233,9 +244,15 @@ class Recorder(TorchFunctionMode):
 
     def copy_on_write(self, target: Any) -> None:
         """Clone saved values that share ``target``'s memory before an in-place op changes it."""
-        if not isinstance(target, _Tensor) or not self._by_storage:
+        if not isinstance(target, _Tensor):
             return
-        for rec in self._by_storage.pop(_storage_key(target), ()):
+        key = _storage_key(target)
+        param = self._param_storage.pop(key, None) if self._param_storage else None
+        if param is not None:
+            self._param_backups.append((param, param.detach().clone()))
+        if not self._by_storage:
+            return
+        for rec in self._by_storage.pop(key, ()):
             if rec.activation is not None:
                 rec.activation = rec.activation.clone()
 
@@ -429,3 +446,12 @@ def _storage_key(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return id(t)
+
+
+def _grad_fn_name(t: torch.Tensor) -> str | None:
+    try:
+        gf = t.grad_fn
+    except RuntimeError:
+        # a no_grad view of a tensor changed in place: autograd refuses to describe it
+        return None
+    return type(gf).__name__ if gf is not None else None

@@ -210,3 +210,24 @@ def test_cuda_capture_keeps_device() -> None:
     assert log["conv2d_1_1"].activation.is_cuda and log["conv2d_1_1"].device.startswith("cuda")
     assert log["conv2d_1_1"].tensor_fsize == log["conv2d_1_1"].activation.nelement() * 4
     assert torch.allclose(log[-1].activation, model(x))
+
+
+def test_parameters_changed_in_place_by_forward_are_put_back() -> None:
+    class ClipsItsWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                self.fc.weight[0].zero_()
+            return self.fc(x)
+
+    model, x = ClipsItsWeight(), torch.randn(2, 3)
+    weight = model.fc.weight.detach().clone()
+    log = lt.log_forward_pass(model, x)
+    assert torch.equal(model.fc.weight, weight)
+    assert torch.equal(log["getitem_1_1"].activation, weight[0])
+    assert torch.equal(log["zero_1_2"].activation, torch.zeros(3))
+    clipped = torch.cat([torch.zeros(1, 3), weight[1:]])
+    assert torch.allclose(log[-1].activation, torch.nn.functional.linear(x, clipped, model.fc.bias))
