@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lens_train as lt  # noqa: E402
 from models import bench_models, structure_models  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 from lens_train.capture.api import record_forward  # noqa: E402
 from lens_train.capture.build import build_log  # noqa: E402
