@@ -114,8 +114,9 @@ def check_group_overrides(overrides: Sequence[str], directory: Path | Sequence[P
             if name not in options:
                 near = closest(name, options)
                 hint = f" Did you mean {near[0]!r}?" if near else ""
+                plural = group if group.endswith("s") else f"{group}s"  # "lens", not "lenss"
                 return (
-                    f"lens-train: unknown {group} {name!r}.{hint} Available {group}s: {', '.join(options)}.\n"
+                    f"lens-train: unknown {group} {name!r}.{hint} Available {plural}: {', '.join(options)}.\n"
                     f"Example: lens-train {group}={near[0] if near else options[0]}"
                 )
     return None

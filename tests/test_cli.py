@@ -215,3 +215,8 @@ def test_distill_lens_without_the_distill_flow_is_a_clear_error(in_process, caps
         in_process("lens=[distill]", *TINY)
     assert info.value.code == 2
     assert "lens.distill distills from a teacher, which only flow=distill builds" in capsys.readouterr().err
+
+
+def test_group_name_ending_in_s_is_not_doubled() -> None:
+    message = check_group_overrides(["lens=[probe]"], [config_dir()])
+    assert "Did you mean 'probes'? Available lens: aux_loss," in message and "lenss" not in message

@@ -87,7 +87,10 @@ def log_forward_pass(
             f"Unknown graph option {unknown_vis[0]!r}." + suggestion_text(unknown_vis[0], _VIS_OPTIONS, "help(lt.show_model_graph)")
         )
     if vis_opt not in ("none", "unrolled", "rolled"):
-        raise InvalidArgumentError(f"vis_opt must be 'none', 'unrolled' or 'rolled', got {vis_opt!r}.")
+        raise InvalidArgumentError(
+            f"vis_opt must be 'none', 'unrolled' or 'rolled', got {vis_opt!r}."
+            + suggestion_text(str(vis_opt), ["none", "unrolled", "rolled"], "help(lt.log_forward_pass)")
+        )
     check_supported(model)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     grads = GradientHooks() if save_gradients else None
@@ -145,10 +148,9 @@ def get_model_metadata(model: nn.Module, input_args: Any, input_kwargs: Mapping[
 def check_supported(model: Any) -> None:
     """Raise a clear error for models the engine cannot log faithfully."""
     if not isinstance(model, nn.Module):
-        raise UnsupportedModelError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}. Wrap a function in a module, "
-            "e.g. class M(nn.Module): def forward(self, x): return f(x)."
-        )
+        hint = (" Wrap a function in a module, e.g. class M(nn.Module): def forward(self, x): return f(x)."
+                if callable(model) else " Pass the nn.Module itself as the first argument, e.g. lt.log_forward_pass(model, x).")
+        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}.{hint}")
     for address, m in model.named_modules():
         where = f" (at {address!r})" if address else ""
         if isinstance(m, torch.jit.ScriptModule):

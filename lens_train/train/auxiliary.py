@@ -75,7 +75,7 @@ class AuxiliaryLoss(nn.Module):
             value = values.get(layer)
             if value is None:
                 raise LayerNotFoundError(f"AuxiliaryLoss: layer {layer!r} did not run on the example input, so its head cannot be built.")
-            term.build(select_item(value, self.select.get(layer)))
+            term.build(_loss_input(layer, term, select_item(value, self.select.get(layer))))
         return self
 
     @property
@@ -95,7 +95,7 @@ class AuxiliaryLoss(nn.Module):
             if value is None:
                 terms[layer] = _zero_term(term, device)
                 continue
-            value = select_item(value, self.select.get(layer))
+            value = _loss_input(layer, term, select_item(value, self.select.get(layer)))
             device = getattr(value, "device", device)
             terms[layer] = term(value, targets) * w
         total = torch.stack([t.reshape(()).float().to(device or t.device) for t in terms.values()]).sum()
@@ -138,6 +138,17 @@ def _tap(taps: Any, layer: str) -> Any:
         return taps[layer]
     except LayerNotFoundError as err:
         raise LayerNotFoundError(f"{err} Tap every loss layer: lt.Taps(model, aux.layers).") from None
+
+
+def _loss_input(layer: str, term: Any, value: Any) -> Any:
+    # Built-in losses need one tensor; a custom callable may take any structure.
+    if isinstance(term, TapLoss) and not torch.is_tensor(value):
+        raise InvalidArgumentError(
+            f"AuxiliaryLoss: layer {layer!r} outputs a {type(value).__name__}, not a tensor, so "
+            f"{type(term).__name__} cannot use it. Pick one element with select=, e.g. "
+            f"lt.AuxiliaryLoss({{{layer!r}: ...}}, select={{{layer!r}: 0}})."
+        )
+    return value
 
 
 def _zero_term(term: TapLoss, device: Any) -> torch.Tensor:

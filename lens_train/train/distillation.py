@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture.inputs import normalize_inputs
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, LayerNotFoundError, closest
 from .auxiliary import _per_layer, check_in_optimizer
 from .losses import TapLoss, as_loss, param_dtype
 from .structures import main_tensor
@@ -86,6 +86,11 @@ class Distillation(nn.Module):
                  weights: Mapping[str, float] | None = None, weight: float = 1.0, example_input: Any = None,
                  example_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        if pairs is not None and not isinstance(pairs, Mapping):
+            raise InvalidArgumentError(
+                f"pairs must be a dict {{student_layer: teacher_layer}}, got {type(pairs).__name__} {pairs!r:.60}. "
+                "Example: lt.Distillation(teacher, student, pairs={'layer3': 'layer4'})."
+            )
         pairs = dict(pairs or {})
         if not pairs and logits_loss is None:
             raise InvalidArgumentError("Distillation needs pairs={student_layer: teacher_layer}, a logits_loss, or both.")
@@ -105,8 +110,8 @@ class Distillation(nn.Module):
         if isinstance(adapters, Mapping):
             self._set_adapters(adapters)
         self.is_built = not pairs or adapters is None or self._explicit == set(pairs)
-        self._teacher_taps = Taps(teacher, list(pairs.values())) if pairs else None
-        self._student_taps = Taps(student, self.student_layers) if pairs else None
+        self._teacher_taps = self._side_taps("teacher", list(pairs.values())) if pairs else None
+        self._student_taps = self._side_taps("student", self.student_layers) if pairs else None
         self.student_output: Any = None
         if example_input is not None or example_kwargs is not None:
             self.setup(example_input, example_kwargs)
@@ -129,12 +134,12 @@ class Distillation(nn.Module):
         """
         if self._teacher_taps is not None and self._teacher_taps.selection is None:
             self._teacher_taps.remove()
-            self._teacher_taps = Taps(self.teacher, list(self.pairs.values()), example_input=example_input,
-                                      example_kwargs=example_kwargs)
+            self._teacher_taps = self._side_taps("teacher", list(self.pairs.values()), example_input=example_input,
+                                                 example_kwargs=example_kwargs)
         if self._student_taps is not None and self._student_taps.selection is None:
             self._student_taps.remove()
-            self._student_taps = Taps(self.student, self.student_layers, example_input=example_input,
-                                      example_kwargs=example_kwargs)
+            self._student_taps = self._side_taps("student", self.student_layers, example_input=example_input,
+                                                 example_kwargs=example_kwargs)
         if self.is_built:
             return self
         s_vals, _ = tap_example(self.student, self.student_layers, example_input, example_kwargs)
@@ -204,6 +209,25 @@ class Distillation(nn.Module):
                 "Distillation adapters are not built. Build them before creating the optimizer: kd.setup(example_input) "
                 "or lt.Distillation(..., example_input=x), then torch.optim.AdamW([*student.parameters(), *kd.parameters()])."
             )
+
+    def _side_taps(self, side: str, names: list[str], **kwargs: Any) -> Taps:
+        """``lt.Taps`` on the teacher or student; an unknown name raises saying which side it is missing from."""
+        model = self.teacher if side == "teacher" else self.student
+        try:
+            return Taps(model, names, **kwargs)
+        except LayerNotFoundError as err:
+            msg = str(err)
+            name = next((n for n in names if isinstance(n, str) and repr(n) in msg), None)
+            if name is None:
+                raise
+            near = closest(name, [a for a, _ in model.named_modules() if a])
+            hint = f" Closest {side} layers: {', '.join(repr(c) for c in near)}." if near else ""
+            where = "key" if side == "student" else "value"
+            raise LayerNotFoundError(
+                f"lt.Distillation: the {side} model has no layer named {name!r} (a {where} of pairs).{hint} "
+                f"pairs are {{student_layer: teacher_layer}}: check the name and the order, and list the {side}'s "
+                f"layers with lt.get_layers({side}). ({msg})"
+            ) from None
 
     def _set_adapters(self, adapters: Mapping[str, nn.Module]) -> None:
         unknown = [k for k in adapters if k not in self.pairs]

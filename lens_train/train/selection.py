@@ -26,7 +26,13 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import AmbiguousLayerError, InvalidArgumentError, LayerNotFoundError, suggestion_text
+from ..errors import (
+    AmbiguousLayerError,
+    InvalidArgumentError,
+    LayerNotFoundError,
+    UnsupportedModelError,
+    suggestion_text,
+)
 
 LISTING = "lt.get_layers(model) (modules) or lt.get_nodes(model, x) (ops)"
 # Records that enter the graph without an operation: nothing to intercept.
@@ -83,6 +89,11 @@ class ModuleIndex:
     """The modules of the unwrapped model under their clean addresses (root: ``""``)."""
 
     def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise UnsupportedModelError(
+                f"model must be a torch.nn.Module, got {type(model).__name__} {model!r:.60}. "
+                "Pass the module itself, e.g. lt.Taps(model, ['layer2'])."
+            )
         self.root = unwrap_model(model)
         self.modules: dict[str, nn.Module] = {}
         self.real: dict[str, str] = {}

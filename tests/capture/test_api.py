@@ -266,3 +266,14 @@ def test_printing() -> None:
     layer_text = str(log["fc"])
     assert "Layer linear_1_3" in layer_text and "Params: computed from 2 parameter(s) (5x5, 5)" in layer_text
     assert "Output of modules: fc:1" in layer_text
+
+
+def test_non_module_error_fits_what_was_passed() -> None:
+    from lens_train.errors import UnsupportedModelError
+
+    model, x = nn.Linear(2, 2), torch.randn(1, 2)
+    with pytest.raises(UnsupportedModelError, match="got ModelLog. Pass the nn.Module itself") as info:
+        lt.validate_model_activations(lt.log_forward_pass(model, x), x)
+    assert "Wrap a function" not in str(info.value)
+    with pytest.raises(UnsupportedModelError, match="got function. Wrap a function in a module"):
+        lt.log_forward_pass(lambda t: t * 2, x)

@@ -134,3 +134,27 @@ def test_skipped_term_keeps_the_ddp_reducer_working(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out)["heads_equal"]
+
+
+class _TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 6, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(x)[0]
+
+
+def test_structured_output_without_select_names_select() -> None:
+    model, x = _TupleOut(), torch.randn(2, 5, 4)
+    with pytest.raises(InvalidArgumentError, match=r"'gru' outputs a tuple.*select=\{'gru': 0\}"):
+        lt.AuxiliaryLoss({"gru": lt.losses.deep_supervision(num_classes=3)}, model=model, example_input=x)
+    aux = lt.AuxiliaryLoss({"gru": lt.losses.l1_activity()})
+    taps = lt.Taps(model, ["gru"])
+    with taps:
+        model(x)
+    with pytest.raises(InvalidArgumentError, match="L1Activity cannot use it"):
+        aux(taps)
+    picked = lt.AuxiliaryLoss({"gru": lt.losses.l1_activity()}, select={"gru": 0})
+    total, _ = picked(taps)
+    assert torch.allclose(total, taps["gru"][0].abs().mean())

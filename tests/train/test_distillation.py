@@ -170,3 +170,9 @@ def test_adapter_is_a_1x1_projection_then_resizing() -> None:
     assert torch.allclose(a(x), want, atol=1e-6)
     same = Adapter((2, 6), (2, 6))
     assert isinstance(same.proj, nn.Identity)
+
+
+def test_pairs_must_be_a_mapping() -> None:
+    net = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(InvalidArgumentError, match=r"pairs must be a dict \{student_layer: teacher_layer\}, got list"):
+        lt.Distillation(net, net, pairs=["0"])

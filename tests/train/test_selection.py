@@ -54,3 +54,10 @@ def test_op_label_glob_gives_a_dict_of_op_taps() -> None:
     found = taps["relu_*"]
     assert sorted(found) == ["relu_1_2", "relu_2_4"]
     assert torch.allclose(found["relu_1_2"], torch.relu(model[0](x))) and torch.equal(found["relu_2_4"], torch.relu(-x))
+
+
+def test_index_rejects_non_modules() -> None:
+    from lens_train.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="got str 'net'. Pass the module itself"):
+        lt.Taps("net", ["0"])
