@@ -11,6 +11,7 @@ source checkout (an editable install); ``--config-dir`` adds a folder of your ow
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import time
@@ -122,6 +123,71 @@ def check_group_overrides(overrides: Sequence[str], directory: Path | Sequence[P
     return None
 
 
+def _single_run_line(override: object) -> str | None:
+    # One composable override: a sweep (`a=1,2`, `choice(...)`) stands in with its first value.
+    if not override.is_sweep_override():
+        return override.input_line
+    try:
+        first = next(iter(override.sweep_string_iterator()))
+    except Exception:  # interval() and other non-discrete sweeps: nothing to compose
+        return None
+    prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(override.type.name, "")
+    return f"{prefix}{override.get_key_element()}={first}"
+
+
+def check_config_keys(overrides: Sequence[str], directory: Path, extra: Sequence[Path] = ()) -> str | None:
+    """A message for the first override naming a config key that does not exist, else ``None``.
+
+    Composes the config as Hydra will (sweeps by their first value); errors other than a
+    missing key are left for Hydra to report.
+
+    Example:
+        >>> print(check_config_keys(["trainer.max_epoch=1"], config_dir()))  # doctest: +ELLIPSIS
+        lens-train: error: no config key 'max_epoch' in trainer. Closest: 'max_epochs', ... add a new key with +trainer.max_epoch=1.
+        >>> check_config_keys(["trainer.max_epochs=3", "+trainer.foo=1"], config_dir()) is None
+        True
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    args = list(overrides)
+    if any(a in ("-cn", "--config-name") or a.startswith(("--config-name=", "--config-path", "-cp")) for a in args):
+        return None  # another primary config: Hydra reports on its own
+    skip = {i + 1 for i, a in enumerate(args) if a in ("--config-dir", "-cd")}
+    candidates = [a for i, a in enumerate(args) if i not in skip and not a.startswith("-") and "=" in a]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # a syntax error: Hydra's own message says where
+        return None
+    lines = [line for line in map(_single_run_line, parsed) if line is not None]
+    if extra:
+        lines.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).absolute()}" for d in extra) + "]")
+    try:
+        with initialize_config_dir(str(directory.absolute()), version_base="1.3"):
+            compose(CONFIG_NAME, overrides=lines)
+    except ConfigCompositionException as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or cause.key is None:
+            return None
+        key, full_key = str(cause.key), str(cause.full_key)
+        parent = full_key[: -len(key)].rstrip(".") if full_key.endswith(key) else ""
+        node = cause.parent_node
+        existing = [str(k) for k in node.keys()] if node is not None and hasattr(node, "keys") else []
+        near = difflib.get_close_matches(key, existing, n=3, cutoff=0.5)
+        hint = f" Closest: {', '.join(repr(k) for k in near)}." if near else (
+            f" Keys there: {', '.join(existing)}." if existing else "")
+        line = next((a for a in candidates if a.lstrip("~+").partition("=")[0] == full_key), f"{full_key}=...")
+        value = line.partition("=")[2]
+        where = f"in {parent}" if parent else "at the top level"
+        return (f"lens-train: error: no config key {key!r} {where}.{hint} Fix the spelling, or add a new key "
+                f"with +{full_key}={value}.")
+    except Exception:
+        return None
+    return None
+
+
 def _uses_ddp(trainer_cfg: object) -> bool:
     strategy = str(getattr(trainer_cfg, "get", lambda *_: None)("strategy") or "")
     devices = getattr(trainer_cfg, "get", lambda *_: None)("devices")
@@ -172,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"lens-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    message = check_group_overrides(args, [directory, *_extra_config_dirs(args)])
+    extra = _extra_config_dirs(args)
+    message = check_group_overrides(args, [directory, *extra]) or check_config_keys(args, directory, extra)
     if message:
         print(message, file=sys.stderr)
         raise SystemExit(2)

@@ -220,3 +220,32 @@ def test_distill_lens_without_the_distill_flow_is_a_clear_error(in_process, caps
 def test_group_name_ending_in_s_is_not_doubled() -> None:
     message = check_group_overrides(["lens=[probe]"], [config_dir()])
     assert "Did you mean 'probes'? Available lens: aux_loss," in message and "lenss" not in message
+
+
+def test_misspelled_config_key_names_the_closest_keys(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "trainer.max_epoch=1", timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "lens-train: error: no config key 'max_epoch' in trainer. Closest: 'max_epochs', 'min_epochs', 'max_steps'. "
+        "Fix the spelling, or add a new key with +trainer.max_epoch=1."
+    )
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "logs").exists()
+
+
+def test_config_key_check_passes_sweeps_and_added_keys() -> None:
+    from lens_train.cli import check_config_keys
+
+    assert "no config key 'chanels' in model.net. Closest: 'channels'" in check_config_keys(
+        ["-m", "model.net.chanels=[1],[2]"], config_dir())
+    assert check_config_keys(["-m", "experiment=probe_digits", "trainer.max_epochs=1,2", "+trainer.foo=1"],
+                             config_dir()) is None
+
+
+def test_bad_lens_layer_fails_before_training_with_short_names(in_process, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        in_process("lens.probes.layers=[blocks.9]", "trainer.max_steps=1")
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert "lens-train: error: ProbeCallback: the model has no layer named 'blocks.9'. Closest: 'blocks.2'," in captured.err
+    assert "net.blocks" not in captured.err and "GPU available" not in captured.out + captured.err  # no Trainer built

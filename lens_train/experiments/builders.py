@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import InvalidArgumentError, suggestion_text
+from ..errors import AmbiguousLayerError, InvalidArgumentError, LayerNotFoundError, suggestion_text
 
 _TERM_KEYS = ("layer", "loss", "weight")
 _PAIR_KEYS = ("student", "teacher", "weight")
@@ -188,3 +188,69 @@ def build_lens_callbacks(lens: DictConfig | Mapping[str, Any] | None, teacher: A
             # Plain lists and dicts, as the callbacks' signatures say (not ListConfig).
             callbacks.append(instantiate(entry, _convert_="all"))
     return callbacks
+
+
+def short_layer_names(module: Any) -> dict[str, str]:
+    """Each module address of ``module`` -> the name users write for it.
+
+    The LightningModule's attribute prefix (``net.``) is dropped where the rest is a
+    unique suffix, so ``net.blocks.2`` reads ``blocks.2``.
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Module(); m.net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> short_layer_names(m)
+        {'net': 'net', 'net.0': '0'}
+    """
+    from ..train.selection import ModuleIndex
+
+    index = ModuleIndex(module)
+    names = {}
+    for address in index.addresses():
+        rest = address.partition(".")[2]
+        try:
+            names[address] = rest if rest and index.find(rest) == address else address
+        except AmbiguousLayerError:
+            names[address] = address
+    return names
+
+
+def check_lens_layers(module: Any, callbacks: Sequence[Callback]) -> None:
+    """Raise :class:`LayerNotFoundError` for a lens callback's layer name ``module`` lacks, before any training.
+
+    Globs, op labels (``relu_5``, resolved on an example pass) and predicates are left
+    for the callbacks; module names are checked here, with suggestions in the short form.
+
+    Example:
+        >>> import torch
+        >>> from lens_train.callbacks import ProbeCallback
+        >>> m = torch.nn.Module(); m.net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+        >>> check_lens_layers(m, [ProbeCallback(layers=["0"], num_classes=2)])
+        >>> check_lens_layers(m, [ProbeCallback(layers=["1"], num_classes=2)])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lens_train.errors.LayerNotFoundError: ProbeCallback: the model has no layer named '1'...
+    """
+    from ..callbacks._base import TapCallback
+    from ..train.selection import _OP_LABEL, ModuleIndex, split_pass
+
+    index = None
+    for callback in callbacks:
+        if isinstance(callback, TapCallback):
+            layers = callback.tap_layers()
+        else:
+            layers = getattr(callback, "layers", None)
+            if not isinstance(layers, (list, tuple)):
+                continue
+        for name in layers:
+            if not isinstance(name, str):
+                continue
+            base, _ = split_pass(name)
+            if any(c in base for c in "*?[") or _OP_LABEL.match(base):
+                continue
+            index = index or ModuleIndex(module)
+            if index.find(base) is None:
+                raise LayerNotFoundError(
+                    f"{type(callback).__name__}: the model has no layer named {name!r}."
+                    + suggestion_text(base, short_layer_names(module).values(), "lt.get_layers(model)")
+                )

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import InvalidArgumentError, suggestion_text
-from .builders import build_lens_callbacks
+from .builders import build_lens_callbacks, check_lens_layers
 from .history import MetricsHistory
 from .plots import write_plots
 from .summary import StageResult, format_summary
@@ -64,6 +64,7 @@ def make_trainer(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Callback], 
 def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule: L.LightningDataModule, out_dir: Path,
               lens: Sequence[Callback] = (), trainer_overrides: dict | None = None) -> tuple[StageResult, L.Trainer]:
     """Fit ``module`` (resuming from ``cfg.ckpt_path`` when set), test it, write plots."""
+    check_lens_layers(module, lens)  # a misspelled layer fails here, not after the Trainer starts
     history = MetricsHistory()
     # The loggers write into the run dir, which already holds Hydra's .hydra/ folder.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")

@@ -226,8 +226,8 @@ class Distillation(nn.Module):
             raise LayerNotFoundError(
                 f"lt.Distillation: the {side} model has no layer named {name!r} (a {where} of pairs).{hint} "
                 f"pairs are {{student_layer: teacher_layer}}: check the name and the order, and list the {side}'s "
-                f"layers with lt.get_layers({side}). ({msg})"
-            ) from None
+                f"layers with lt.get_layers({side})."
+            ) from err
 
     def _set_adapters(self, adapters: Mapping[str, nn.Module]) -> None:
         unknown = [k for k in adapters if k not in self.pairs]

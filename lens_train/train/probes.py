@@ -102,11 +102,13 @@ class Probes:
     def update(self, taps: Any, targets: torch.Tensor) -> dict[str, float]:
         """Score the probes on this step's taps, then train them one step; returns ``{layer: loss}``."""
         feats = self._gather(taps)
+        self._check_targets(feats, targets, "update")
         self._build(feats)
         losses: dict[str, torch.Tensor] = {}
         with torch.enable_grad():
             for layer, x in feats.items():
                 pred = self.heads[_key(layer)](self._features(x))
+                self._check_width(layer, pred, targets, "update")
                 self._score("train", layer, pred, targets)
                 losses[layer] = self._loss(pred, targets)
             self.optimizer.zero_grad(set_to_none=True)
@@ -118,11 +120,13 @@ class Probes:
         """Score the probes without training them on ``split`` (``"val"`` or ``"test"``); returns ``{layer: loss}``."""
         _check_split(split)
         feats = self._gather(taps)
+        self._check_targets(feats, targets, "evaluate")
         self._build(feats)
         out: dict[str, float] = {}
         with torch.no_grad():
             for layer, x in feats.items():
                 pred = self.heads[_key(layer)](self._features(x))
+                self._check_width(layer, pred, targets, "evaluate")
                 self._score(split, layer, pred, targets)
                 out[layer] = float(self._loss(pred, targets))
         return out
@@ -156,6 +160,43 @@ class Probes:
             if value is not None:
                 feats[layer] = value
         return feats
+
+    def _check_targets(self, feats: Mapping[str, Any], targets: Any, call: str) -> None:
+        """Cheap checks of ``targets`` (dtype; class range via min/max) before any probe runs."""
+        where = f"probes.{call}: probe on layer {next(iter(feats), self.layers[0])!r}"
+        if not isinstance(targets, torch.Tensor):
+            raise InvalidArgumentError(f"{where} needs targets as a torch.Tensor, got {type(targets).__name__}. "
+                                       f"Pass torch.as_tensor(targets).")
+        if self.task == "regression":
+            if not targets.is_floating_point():
+                raise InvalidArgumentError(
+                    f"{where} (task='regression', num_outputs={self.num_outputs}) needs float targets, got dtype "
+                    f"{targets.dtype}. Pass targets.float(), or use task='classification' with num_classes for labels."
+                )
+            return
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise InvalidArgumentError(
+                f"{where} (num_classes={self.num_classes}) needs integer class labels, got dtype {targets.dtype}. "
+                f"Pass targets.long(), or use lt.Probes(..., task='regression') for real-valued targets."
+            )
+        if targets.numel():
+            lo, hi = int(targets.min()), int(targets.max())
+            if lo < 0 or hi >= self.num_classes:
+                bad = lo if lo < 0 else hi
+                fix = (f"lt.Probes(..., num_classes={hi + 1})" if lo >= 0
+                       else "labels in [0, num_classes) (e.g. drop or remap ignore labels such as -1)")
+                raise InvalidArgumentError(
+                    f"{where} got class label {bad}, outside [0, num_classes={self.num_classes}). Use {fix}."
+                )
+
+    def _check_width(self, layer: str, pred: torch.Tensor, targets: torch.Tensor, call: str) -> None:
+        if self.task == "regression" and targets.numel() != pred.numel():
+            raise InvalidArgumentError(
+                f"probes.{call}: probe on layer {layer!r} (num_outputs={self.num_outputs}) predicts shape "
+                f"{tuple(pred.shape)} but targets have shape {tuple(targets.shape)}. Pass targets of shape "
+                f"({pred.shape[0]}, {self.num_outputs}) or ({pred.shape[0]},), or lt.Probes(..., num_outputs=N) "
+                f"for N outputs per example."
+            )
 
     def _loss(self, pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":

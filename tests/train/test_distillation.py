@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lens_train as lt
-from lens_train.errors import InvalidArgumentError
+from lens_train.errors import InvalidArgumentError, LayerNotFoundError
 from lens_train.train.distillation import Adapter
 
 
@@ -176,3 +176,17 @@ def test_pairs_must_be_a_mapping() -> None:
     net = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(InvalidArgumentError, match=r"pairs must be a dict \{student_layer: teacher_layer\}, got list"):
         lt.Distillation(net, net, pairs=["0"])
+
+
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_misspelled_pair_names_the_side_and_its_closest_layers(side: str) -> None:
+    teacher, student = ConvNet(8, False), ConvNet(4, False)
+    student.extra_student = nn.Identity()
+    pairs = {"c22": "c2"} if side == "student" else {"c2": "c22"}
+    other = "teacher" if side == "student" else "student"
+    with pytest.raises(LayerNotFoundError) as info:
+        lt.Distillation(teacher, student, pairs=pairs)
+    msg = str(info.value)
+    assert f"the {side} model has no layer named 'c22'" in msg and f"the {other} model" not in msg
+    assert f"Closest {side} layers: 'c2'" in msg and "extra_student" not in msg
+    assert "{student_layer: teacher_layer}" in msg and f"lt.get_layers({side})" in msg

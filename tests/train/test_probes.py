@@ -117,3 +117,39 @@ def test_probe_pooling_options(pool: object, x: torch.Tensor, expected: torch.Te
     probes.evaluate(taps, torch.zeros(5, dtype=torch.long))
     want = float((head(expected).argmax(1) == 0).float().mean())
     assert probes.compute("val")["0"] == pytest.approx(want)
+
+
+def _tapped(x: torch.Tensor) -> lt.Taps:
+    model = nn.Sequential(nn.Identity(), nn.Linear(4, 3))
+    taps = lt.Taps(model, ["1"])
+    with taps:
+        model(x)
+    return taps
+
+
+@pytest.mark.parametrize("call", ["update", "evaluate"])
+def test_bad_class_targets_raise_with_layer_value_and_fix(call: str) -> None:
+    x, y = _data()
+    taps = _tapped(x)
+    probes = lt.Probes(["1"], num_classes=2)
+    with pytest.raises(InvalidArgumentError, match=r"probes\.%s: probe on layer '1' \(num_classes=2\).*torch\.float32.*targets\.long\(\)" % call):
+        getattr(probes, call)(taps, y.float())
+    y_big = y.clone()
+    y_big[3] = 12
+    with pytest.raises(InvalidArgumentError, match=r"layer '1' got class label 12, outside \[0, num_classes=2\).*num_classes=13\)"):
+        getattr(probes, call)(taps, y_big)
+    with pytest.raises(InvalidArgumentError, match=r"class label -1.*remap"):
+        getattr(probes, call)(taps, y - 1)
+    assert not probes.heads  # nothing was built from the bad call
+    getattr(probes, call)(taps, y)  # the fixed call works
+
+
+def test_bad_regression_targets_raise_with_dtype_and_width() -> None:
+    x, _ = _data()
+    taps = _tapped(x)
+    probes = lt.Probes(["1"], task="regression", num_outputs=2)
+    with pytest.raises(InvalidArgumentError, match=r"task='regression', num_outputs=2\) needs float targets.*torch\.int64.*targets\.float\(\)"):
+        probes.update(taps, torch.zeros(128, 2, dtype=torch.long))
+    with pytest.raises(InvalidArgumentError, match=r"layer '1' \(num_outputs=2\) predicts shape \(128, 2\).*\(128,\)"):
+        probes.evaluate(taps, torch.zeros(128))
+    probes.update(taps, torch.zeros(128, 2))
