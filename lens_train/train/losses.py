@@ -24,6 +24,11 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from .pooling import check_pool, pool_features
 
+__all__ = [
+    "attention_transfer", "cosine", "decorrelation", "deep_supervision", "kd_kl",
+    "l1_activity", "l2_activation", "mse",
+]
+
 
 class TapLoss(nn.Module):
     """Base of the built-in losses: ``build`` creates parameters from an example activation."""

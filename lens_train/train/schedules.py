@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
 
+__all__ = ["constant", "cosine_decay", "linear_warmup"]
+
 
 def _check_steps(steps: int) -> None:
     if not isinstance(steps, int) or steps < 1:
