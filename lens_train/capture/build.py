@@ -12,10 +12,10 @@ from .passes import LayerGroup, group_passes, pass_labels
 from .recorder import Recorder
 
 
-def module_param_counts(model: nn.Module) -> dict[str, int]:
+def module_param_counts(model: nn.Module, params: list[tuple[str, nn.Parameter]] | None = None) -> dict[str, int]:
     """Parameter count of every module that owns parameters (directly or in submodules)."""
     counts: dict[str, int] = {}
-    for address, p in model.named_parameters():
+    for address, p in params if params is not None else model.named_parameters():
         parts = address.split(".")[:-1]
         for i in range(1, len(parts) + 1):
             prefix = ".".join(parts[:i])
@@ -26,7 +26,8 @@ def module_param_counts(model: nn.Module) -> dict[str, int]:
 def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> ModelLog:
     """Label, group and link the recorder's records into a :class:`ModelLog`."""
     records = recorder.records
-    counts = module_param_counts(model)
+    unique = recorder.index.unique_params()
+    counts = module_param_counts(model, unique)
     groups = group_passes(records, frozenset(counts))
     pass_label, group_of, pass_num = pass_labels(groups, len(records))
     children: list[list[int]] = [[] for _ in records]
@@ -35,7 +36,9 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
             kids = children[parent]
             if not kids or kids[-1] != rec.index:  # records come in order: repeats are adjacent
                 kids.append(rec.index)
-    param_info = {id(p): (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()) for a, p in model.named_parameters(remove_duplicate=False)}
+    param_info: dict[int, tuple] = {}
+    for a, p in recorder.index.params:
+        param_info.setdefault(id(p), (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()))
     group_labels = [[pass_label[m] for m in g.members] for g in groups]
     layers = [
         _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info, group_labels[group_of[rec.index]])
@@ -43,7 +46,7 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     ]
     meta = dict(meta)
     meta["structure"] = _structure(records, children, groups)
-    params = list(model.parameters())
+    params = [p for _, p in unique]
     meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
                 param_bytes_total=sum(p.numel() * p.element_size() for p in params))
     return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label), meta)

@@ -51,7 +51,8 @@ class ModuleCalls:
         ([('0', 'Linear', 1), ('1', 'ReLU', 1)], ())
     """
 
-    def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord]) -> None:
+    def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord],
+                 modules: tuple[tuple[str, nn.Module], ...] | None = None) -> None:
         self.model = model
         self.calls: list[ModuleCall] = []
         self.stack: tuple[tuple[str, int], ...] = ()
@@ -60,13 +61,16 @@ class ModuleCalls:
         self._open: list[ModuleCall] = []
         self._count: dict[str, int] = {}
         self._handles: list[Any] = []
-        self._addresses = first_names(model.named_modules(remove_duplicate=False))
-        self._types = {id(m): type(m).__name__ for m in model.modules()}
+        self._modules = modules if modules is not None else tuple(model.named_modules(remove_duplicate=False))
+        self._addresses = first_names(self._modules)
+        self._types = {id(m): type(m).__name__ for _, m in self._modules}
 
     def attach(self) -> None:
-        """Install the hooks on every submodule."""
-        for module in self.model.modules():
-            if module is not self.model:
+        """Install the hooks on every submodule (once per module, also when it is shared)."""
+        seen = {id(self.model)}
+        for _, module in self._modules:
+            if id(module) not in seen:
+                seen.add(id(module))
                 self._handles.append(module.register_forward_pre_hook(self._pre_hook))
                 self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
 

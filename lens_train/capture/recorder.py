@@ -43,6 +43,7 @@ from .calls import (
     op_type,
 )
 from .callsites import find_callsite
+from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
 
@@ -83,7 +84,8 @@ class Recorder(TorchFunctionMode):
         self.model = model
         self.plan = plan
         self.records: list[OpRecord] = []
-        self.module_tracker = ModuleCalls(model, self._lookup, self.records)
+        self.index = index_model(model)
+        self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules)
         self.module_calls: list[ModuleCall] = self.module_tracker.calls
         # (exception, the record its op would have had): the op that raised, for the error note
         self.failure: tuple[BaseException, OpRecord] | None = None
@@ -92,14 +94,14 @@ class Recorder(TorchFunctionMode):
         self._by_storage: dict[int, list[OpRecord]] = {}
         # parameters by storage: one changed in place by forward is backed up first and
         # put back on exit, so a capture never changes parameter values
-        self._param_storage = {_storage_key(p): p for p in model.parameters()}
+        self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
         self._param_backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_branch: list[OpRecord] = []
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
         self._clones: dict[Any, Any] = {}
         self._saved_from_numpy: Any = None
-        self.buffer_addresses = first_names(model.named_buffers(remove_duplicate=False))
+        self.buffer_addresses = first_names(self.index.buffers)
 
     # -- entering and leaving ---------------------------------------------------------
     def __enter__(self) -> Recorder:

@@ -1,0 +1,37 @@
+"""One walk over a model's modules, parameters and buffers, shared by every part of a capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIndex:
+    """Every ``(address, object)`` of a model; shared objects appear under each of their names.
+
+    Example:
+        >>> import torch
+        >>> index = index_model(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)))
+        >>> [a for a, _ in index.modules], [a for a, _ in index.params], [a for a, _ in index.buffers][:1]
+        (['', '0', '1'], ['0.weight', '0.bias', '1.weight', '1.bias'], ['1.running_mean'])
+    """
+
+    modules: tuple[tuple[str, nn.Module], ...]
+    params: tuple[tuple[str, nn.Parameter], ...]
+    buffers: tuple[tuple[str, torch.Tensor], ...]
+
+    def unique_params(self) -> list[tuple[str, nn.Parameter]]:
+        """Each parameter once, under its first name (as ``model.named_parameters()``)."""
+        seen: set[int] = set()
+        return [(a, p) for a, p in self.params if not (id(p) in seen or seen.add(id(p)))]
+
+
+def index_model(model: nn.Module) -> ModelIndex:
+    """Walk ``model`` once (``named_modules`` is a recursive generator: one walk, not ten)."""
+    modules = tuple(model.named_modules(remove_duplicate=False))
+    params = tuple((f"{a}.{n}" if a else n, p) for a, m in modules for n, p in m._parameters.items() if p is not None)
+    buffers = tuple((f"{a}.{n}" if a else n, b) for a, m in modules for n, b in m._buffers.items() if b is not None)
+    return ModelIndex(modules, params, buffers)
