@@ -250,3 +250,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         app()
     finally:
         sys.argv = saved
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    # A DDP run leaves gloo's threads running; without this the interpreter can abort at exit.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

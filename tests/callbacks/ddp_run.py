@@ -57,6 +57,9 @@ def main(out: Path) -> None:
         torch.save({"lens": module.state_dict(), "hand": hand.state_dict(), "head": aux.aux.state_dict(),
                     "probes_equal": bool(torch.allclose(gathered[0], gathered[1])),
                     "snapshots": [s.step for s in snaps.snapshots]}, out / "weights.pt")
+    # gloo's threads abort the interpreter at exit ("terminate called...") unless the group is closed
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

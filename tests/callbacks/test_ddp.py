@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import lens_train as lt
+from tests.multiprocess import run_script
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_ddp_aux_probes_snapshots(tmp_path):
     # strategy="ddp" re-runs the launching script once per rank, so it runs as a script,
     # not inside pytest's process.
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    tmp_path = run_script(SCRIPT, tmp_path, timeout=280)
     result = torch.load(tmp_path / "weights.pt", weights_only=True)
     for key, value in result["hand"].items():
         if key.startswith("net."):

@@ -1,6 +1,6 @@
 """Run by test_auxiliary.py as a script: two gloo ranks, a tapped layer skipped on one.
 
-Usage: python ddp_skip_run.py OUT_FILE [plain-zero]. Rank 0 never runs the tapped layer
+Usage: python ddp_skip_run.py OUT_DIR [plain-zero] (writes OUT_DIR/result.pt). Rank 0 never runs the tapped layer
 (``missing="skip"``), rank 1 does; DDP wraps the model and the auxiliary head together
 (as the Lightning callbacks do) without ``find_unused_parameters``. With the head-touching
 zero term every step completes and the heads stay equal on both ranks; ``plain-zero``
@@ -69,6 +69,7 @@ def run(rank: int, init: str, out: str, plain_zero: bool) -> None:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1])
-    init = f"file://{target.with_suffix('.init')}"
+    out_dir = Path(sys.argv[1])
+    target = out_dir / "result.pt"
+    init = f"file://{out_dir / 'rendezvous'}"
     mp.spawn(run, args=(init, str(target), len(sys.argv) > 2), nprocs=2)
