@@ -221,19 +221,45 @@ def preserved_buffers(model: nn.Module, before_restore: Callable[[torch.Tensor],
         >>> bn.running_mean.tolist(), int(bn.num_batches_tracked)
         ([0.0, 0.0], 0)
     """
-    saved = [(m, name, b, b.detach().clone()) for m in model.modules()
-             for name, b in m._buffers.items() if b is not None]
+    snapshot = BufferSnapshot(model)
     try:
         yield
     finally:
+        snapshot.restore(before_restore)
+
+
+class BufferSnapshot:
+    """Every module's buffers, objects and values, to put back later (possibly several times).
+
+    Example:
+        >>> import torch
+        >>> bn = torch.nn.BatchNorm1d(2)
+        >>> snapshot = BufferSnapshot(bn)
+        >>> _ = bn(torch.randn(4, 2))
+        >>> snapshot.restore()
+        >>> bn.running_mean.tolist()
+        [0.0, 0.0]
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._saved = [(m, dict(m._buffers), {n: b.detach().clone() for n, b in m._buffers.items() if b is not None})
+                       for m in model.modules()]
+
+    def restore(self, before_restore: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Put back the buffer objects (undoing reassignment) and their values.
+
+        ``before_restore(buffer)`` runs before a buffer is overwritten, so saved
+        activations aliasing it can keep their values.
+        """
         with torch.no_grad():
-            for module, name, original, value in saved:
-                if module._buffers.get(name) is not original:
-                    module._buffers[name] = original
-                if before_restore is not None:
-                    before_restore(original)  # saved activations aliasing the buffer keep their value
-                # kernels such as batch_norm update running stats without bumping _version
-                original.copy_(value)
+            for module, buffers, values in self._saved:
+                module._buffers.clear()
+                module._buffers.update(buffers)
+                for name, value in values.items():
+                    if before_restore is not None:
+                        before_restore(buffers[name])
+                    # kernels such as batch_norm update running stats without bumping _version
+                    buffers[name].copy_(value)
 
 
 @contextmanager

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .api import check_supported, forked_rng, record_forward
+from .api import BufferSnapshot, check_supported, forked_rng, record_forward
 from .build import module_param_counts
 from .inputs import normalize_inputs
 from .passes import group_passes, pass_labels
@@ -209,8 +208,11 @@ def validate_model_activations(
     check_supported(model)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
-    with _state_kept(model) as restore:
-        report = _validate(model, args, kwargs, seed, restore)
+    snapshot = BufferSnapshot(model)
+    try:
+        report = _validate(model, args, kwargs, seed, snapshot.restore)
+    finally:
+        snapshot.restore()
     if verbose:
         print(report.text())
     return report.ok
@@ -473,21 +475,3 @@ def _cloned(value: Any) -> Any:
     return value
 
 
-@contextmanager
-def _state_kept(model: nn.Module) -> Iterator[Any]:
-    """Snapshot the model's buffers; yield a function that restores them (also run on exit)."""
-    saved = [(m, dict(m._buffers), {n: b.detach().clone() for n, b in m._buffers.items() if b is not None})
-             for m in model.modules()]
-
-    def restore() -> None:
-        with torch.no_grad():
-            for module, buffers, values in saved:
-                module._buffers.clear()
-                module._buffers.update(buffers)
-                for name, value in values.items():
-                    buffers[name].copy_(value)
-
-    try:
-        yield restore
-    finally:
-        restore()
