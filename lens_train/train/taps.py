@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..capture.api import get_model_metadata
+from ..capture.api import get_model_metadata, preserved_buffers
 from ..capture.inputs import normalize_inputs
 from ..errors import (
     InvalidArgumentError,
@@ -340,30 +339,17 @@ def tap_example(model: nn.Module, layers: Any, input_args: Any, input_kwargs: Ma
     taps = Taps(model, layers, example_input=input_args, example_kwargs=input_kwargs, passes=passes, missing="skip")
     try:
         args, kwargs = normalize_inputs(taps._index.root, input_args, input_kwargs)
-        with restored_buffers(taps._index.root), torch.random.fork_rng(devices=[]), taps:
+        with preserved_buffers(taps._index.root), torch.random.fork_rng(devices=[]), taps:
             out = model(*args, **kwargs)
         return {name: taps.get(name) for name in as_selector_list(layers)}, out
     finally:
         taps.remove()
 
 
-@contextmanager
-def restored_buffers(module: nn.Module) -> Iterator[None]:
-    """Run a block and put ``module``'s buffers back as they were (example passes only)."""
-    saved = [(b, b.detach().clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
-
-
 def _example_log(root: nn.Module, input_args: Any, input_kwargs: Any) -> Any:
-    """Metadata of one example pass (buffers restored)."""
+    """Metadata of one example pass (a capture puts buffers back itself)."""
     args, kwargs = normalize_inputs(root, input_args, input_kwargs)
-    with restored_buffers(root):
-        return get_model_metadata(root, args, kwargs, random_seed=0)
+    return get_model_metadata(root, args, kwargs, random_seed=0)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
