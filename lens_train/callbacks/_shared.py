@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture.api import BufferSnapshot, forked_rng
+from ..capture.api import forked_rng, preserved_buffers
 from ..capture.inputs import normalize_inputs
 from ..errors import InvalidArgumentError
 
@@ -151,14 +151,12 @@ def quiet_forward(module: nn.Module, seed: int = 0) -> Iterator[None]:
         (True, 0)
     """
     flags = [(m, m.training) for m in module.modules()]
-    buffers = BufferSnapshot(module)
     devices = sorted({b.device.index or 0 for b in module.buffers() if b.is_cuda} | {p.device.index or 0 for p in module.parameters() if p.is_cuda})
     try:
-        with forked_rng(seed, devices), torch.no_grad():
+        with forked_rng(seed, devices), torch.no_grad(), preserved_buffers(module):
             module.eval()
             yield
     finally:
-        buffers.restore()
         for m, was_training in flags:
             m.training = was_training
 

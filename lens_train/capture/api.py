@@ -21,6 +21,7 @@ from .lookup import build_key_map, select
 from .model_log import ModelLog
 from .gradients import GradientHooks
 from .recorder import CapturePlan, Recorder
+from .scoping import interrupt_guard
 
 
 def log_forward_pass(
@@ -186,80 +187,109 @@ def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, An
 
 def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
                    plan: CapturePlan, seed: int) -> tuple[Recorder, Any, float]:
-    """One seeded, intercepted forward pass: (recorder with raw records, output, seconds)."""
+    """One seeded, intercepted forward pass: (recorder with raw records, output, seconds).
+
+    Everything it installs (RNG state, swapped-in buffers, hooks, the function mode) is
+    installed and removed with SIGINT deferred; the forward pass itself can be interrupted.
+    """
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
-    recorder = Recorder(model, plan, _STOP_CODE)
-    start = time.perf_counter()
-    try:
-        with forked_rng(seed, _devices(args, kwargs, model)), preserved_buffers(model, recorder.copy_on_write), gc_paused():
+    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), preserved_buffers(model), \
+            gc_paused():
+        recorder = Recorder(model, plan, _STOP_CODE)
+        start = time.perf_counter()
+        try:
             with recorder:
-                for name, t in named_tensors(args, kwargs):
-                    recorder.add_input(t, name)
-                output = _call_model(model, args, kwargs)
-                recorder.add_outputs(output)
-    except BaseException as exc:
-        if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
-            add_note(exc, failure_note(recorder, model, exc))
-        raise
-    elapsed = time.perf_counter() - start
+                guard.open()
+                try:
+                    for name, t in named_tensors(args, kwargs):
+                        recorder.add_input(t, name)
+                    output = _call_model(model, args, kwargs)
+                    recorder.add_outputs(output)
+                finally:
+                    guard.close()
+        except BaseException as exc:
+            if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
+                add_note(exc, failure_note(recorder, model, exc))
+            raise
+        elapsed = time.perf_counter() - start
     if not recorder.records:
         raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
     return recorder, output, elapsed
 
 
 @contextmanager
-def preserved_buffers(model: nn.Module, before_restore: Callable[[torch.Tensor], None] | None = None) -> Iterator[None]:
-    """Put every buffer back as it was after the block (BatchNorm statistics, reassigned buffers).
+def preserved_buffers(model: nn.Module) -> Iterator[BufferSwap]:
+    """Run a block on clones of the model's buffers, then put the original tensors back.
 
-    A capture observes a forward pass; it must not train running statistics.
+    A capture observes a forward pass; it must not train running statistics, and it must
+    not write into a buffer a pending ``backward()`` saved (even writing the old value
+    back bumps the buffer's version and breaks that backward).
 
     Example:
         >>> import torch
         >>> bn = torch.nn.BatchNorm1d(2)
+        >>> mean, version = bn.running_mean, bn.running_mean._version
         >>> with preserved_buffers(bn):
         ...     _ = bn(torch.randn(4, 2))
-        >>> bn.running_mean.tolist(), int(bn.num_batches_tracked)
-        ([0.0, 0.0], 0)
+        >>> bn.running_mean is mean, mean.tolist(), int(bn.num_batches_tracked), mean._version == version
+        (True, [0.0, 0.0], 0, True)
     """
-    snapshot = BufferSnapshot(model)
-    try:
-        yield
-    finally:
-        snapshot.restore(before_restore)
+    swap = BufferSwap(model)
+    with interrupt_guard() as guard:
+        try:
+            swap.swap_in()
+            guard.open()
+            try:
+                yield swap
+            finally:
+                guard.close()
+        finally:
+            swap.restore()
 
 
-class BufferSnapshot:
-    """Every module's buffers, objects and values, to put back later (possibly several times).
+class BufferSwap:
+    """The model's buffer tensors, to swap clones in for a side pass and to put back.
+
+    The original tensors are never written (their values and autograd versions stay as
+    they are); one clone per distinct tensor, so a buffer shared by two modules stays shared.
 
     Example:
         >>> import torch
         >>> bn = torch.nn.BatchNorm1d(2)
-        >>> snapshot = BufferSnapshot(bn)
+        >>> swap, version = BufferSwap(bn), bn.running_mean._version
+        >>> swap.swap_in()
         >>> _ = bn(torch.randn(4, 2))
-        >>> snapshot.restore()
-        >>> bn.running_mean.tolist()
-        [0.0, 0.0]
+        >>> swap.restore()
+        >>> bn.running_mean.tolist(), bn.running_mean._version == version
+        ([0.0, 0.0], True)
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._saved = [(m, dict(m._buffers), {n: b.detach().clone() for n, b in m._buffers.items() if b is not None})
-                       for m in model.modules()]
+        self._saved = [(m, dict(m._buffers)) for m in model.modules()]
 
-    def restore(self, before_restore: Callable[[torch.Tensor], None] | None = None) -> None:
-        """Put back the buffer objects (undoing reassignment) and their values.
-
-        ``before_restore(buffer)`` runs before a buffer is overwritten, so saved
-        activations aliasing it can keep their values.
-        """
+    def swap_in(self) -> None:
+        """Give every module fresh clones of its original buffers (callable again between passes)."""
+        clones: dict[int, torch.Tensor] = {}
         with torch.no_grad():
-            for module, buffers, values in self._saved:
-                module._buffers.clear()
-                module._buffers.update(buffers)
-                for name, value in values.items():
-                    if before_restore is not None:
-                        before_restore(buffers[name])
-                    # kernels such as batch_norm update running stats without bumping _version
-                    buffers[name].copy_(value)
+            for module, buffers in self._saved:
+                self._drop_new(module, buffers)
+                for name, b in buffers.items():
+                    if b is not None:
+                        clone = clones.get(id(b))
+                        if clone is None:
+                            clone = clones[id(b)] = b.clone().requires_grad_(b.requires_grad)
+                        module._buffers[name] = clone
+
+    def restore(self) -> None:
+        """Put the original buffer objects back (undoing reassignment and new buffers too)."""
+        for module, buffers in self._saved:
+            self._drop_new(module, buffers)
+            module._buffers.update(buffers)
+
+    @staticmethod
+    def _drop_new(module: nn.Module, buffers: dict) -> None:
+        for name in [n for n in module._buffers if n not in buffers]:
+            del module._buffers[name]
 
 
 @contextmanager

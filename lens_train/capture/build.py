@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from .bookkeeping import bookkeeping_flags
 from .layer_log import LayerLog
 from .model_log import ModelLog, ModuleLog, ModuleTable
 from .passes import LayerGroup, group_passes, pass_labels
@@ -28,10 +29,13 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     records = recorder.records
     unique = recorder.index.unique_params()
     counts = module_param_counts(model, unique)
-    groups = group_passes(records, frozenset(counts))
+    side = bookkeeping_flags(records)
+    groups = group_passes(records, frozenset(counts), side)
     pass_label, group_of, pass_num = pass_labels(groups, len(records))
     children: list[list[int]] = [[] for _ in records]
     for rec in records:
+        if side[rec.index]:
+            continue  # bookkeeping is listed apart, never as a data-path layer's child
         for parent, _pos in rec.parents:
             kids = children[parent]
             if not kids or kids[-1] != rec.index:  # records come in order: repeats are adjacent
@@ -40,16 +44,20 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     for a, p in recorder.index.params:
         param_info.setdefault(id(p), (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()))
     group_labels = [[pass_label[m] for m in g.members] for g in groups]
+    data = [rec for rec in records if not side[rec.index]]
+    in_call = _op_index_in_call(records)
     layers = [
-        _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info, group_labels[group_of[rec.index]])
-        for rec in records
+        _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info,
+               group_labels[group_of[rec.index]], in_call[rec.index])
+        for rec in data
     ]
     meta = dict(meta)
-    meta["structure"] = _structure(records, children, groups)
+    meta["structure"] = _structure(records, data, children, [g for g in groups if not g.bookkeeping])
+    meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index]]
     params = [p for _, p in unique]
     meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
                 param_bytes_total=sum(p.numel() * p.element_size() for p in params))
-    return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label), meta)
+    return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label, side), meta)
 
 
 def failure_note(recorder: Recorder, model: nn.Module, exc: BaseException) -> str:
@@ -76,8 +84,43 @@ def failure_note(recorder: Recorder, model: nn.Module, exc: BaseException) -> st
     return f"lens_train: raised in forward after capturing {label}{where}, the last operation logged"
 
 
+def _op_index_in_call(records: list[Any]) -> list[int]:
+    """Each op's index among the ops of its type run directly by its module call, bookkeeping included.
+
+    ``lt.Taps`` counts ops this way at run time (:mod:`lens_train.train.optaps`), so an op
+    label resolves to the same op in every step, whatever the mode.
+    """
+    counts: dict[tuple[Any, str], int] = {}
+    out = [-1] * len(records)
+    current = -1
+    for rec in records:
+        if rec.func is None or rec.layer_type == "fromnumpy" or rec.source_name == "view-refresh":
+            continue
+        if rec.output_index == 0:  # the outputs of one op are consecutive records
+            key = (rec.module_stack[-1] if rec.module_stack else None, rec.layer_type)
+            current = counts.get(key, 0)
+            counts[key] = current + 1
+        out[rec.index] = current
+    return out
+
+
+def _buffer_update(rec: Any, labels: list[str]) -> dict[str, Any]:
+    """One bookkeeping record as plain data (``log.buffer_updates``)."""
+    stack = rec.module_stack
+    return {
+        "label": labels[rec.index],
+        "func_name": rec.func_name,
+        "buffer": rec.buffer_write or rec.buffer_address,
+        "writes": rec.buffer_write is not None,
+        "module": f"{stack[-1][0]}:{stack[-1][1]}" if stack else None,
+        "parents": [labels[p] for p, _ in rec.parents],
+        "shape": list(rec.shape),
+        "dtype": str(rec.dtype).replace("torch.", ""),
+    }
+
+
 def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
-           param_info: dict, pass_labels: list[str]) -> LayerLog:
+           param_info: dict, pass_labels: list[str], op_index_in_call: int) -> LayerLog:
     arg_locs: dict[str, list[Any]] = {}
     for parent, pos in rec.parents:
         arg_locs.setdefault(labels[parent], []).append(pos)
@@ -122,10 +165,11 @@ def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, childr
         branch_start_layers=[labels[i] for i in rec.branch_starts],
         pass_labels=pass_labels,
         raw_frames=rec.frames,
+        op_index_in_call=op_index_in_call,
     )
 
 
-def _structure(records: list[Any], children: list[list[int]], groups: list[LayerGroup]) -> dict[str, Any]:
+def _structure(records: list[Any], data: list[Any], children: list[list[int]], groups: list[LayerGroup]) -> dict[str, Any]:
     max_passes = max((len(g.members) for g in groups), default=1)
     branching = any(
         len({records[c].op_id for c in kids if not records[c].is_output}) > 1 for kids in children
@@ -134,12 +178,16 @@ def _structure(records: list[Any], children: list[list[int]], groups: list[Layer
         "is_recurrent": max_passes > 1,
         "max_passes": max_passes,
         "is_branching": branching,
-        "has_conditionals": any(r.bool_values for r in records),
+        "has_conditionals": any(r.bool_values for r in data),
     }
 
 
-def _modules(recorder: Recorder, counts: dict[str, int], labels: list[str]) -> ModuleTable:
+def _modules(recorder: Recorder, counts: dict[str, int], labels: list[str], side: bytearray) -> ModuleTable:
     table = ModuleTable()
+    updates: dict[tuple[str, int], list[str]] = {}
+    for rec in recorder.records:
+        if side[rec.index] and rec.buffer_write is not None and rec.module_stack:
+            updates.setdefault(rec.module_stack[-1], []).append(labels[rec.index])
     for call in recorder.module_calls:
         mod = table.get(call.address)
         if mod is None:
@@ -150,7 +198,8 @@ def _modules(recorder: Recorder, counts: dict[str, int], labels: list[str]) -> M
             "pass_num": call.pass_num,
             "depth": call.depth,
             "parent": f"{call.parent[0]}:{call.parent[1]}" if call.parent else None,
-            "inputs": [labels[i] for i in dict.fromkeys(call.input_records)],
-            "outputs": [labels[i] for i in dict.fromkeys(call.output_records)],
+            "inputs": [labels[i] for i in dict.fromkeys(call.input_records) if not side[i]],
+            "outputs": [labels[i] for i in dict.fromkeys(call.output_records) if not side[i]],
+            "buffer_updates": updates.get((call.address, call.pass_num), []),
         })
     return table

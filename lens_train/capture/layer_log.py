@@ -79,6 +79,9 @@ class LayerLog:
     pass_labels: list[str]
     lookup_keys: list[str | int] = field(default_factory=list)
     raw_frames: tuple[Any, ...] = ()
+    # index among the ops of this type run directly by this module call, bookkeeping
+    # included: what lt.Taps counts at run time (-1: not an op)
+    op_index_in_call: int = -1
     gradient: torch.Tensor | None = None
     _materialize: Any = None
 

@@ -93,7 +93,16 @@ class ModelLog:
 
     # -- lookup -----------------------------------------------------------------------
     def __getitem__(self, key: str | int) -> LayerLog:
-        return self.layers[resolve(self._keys, self.layers, key)]
+        try:
+            return self.layers[resolve(self._keys, self.layers, key)]
+        except LayerNotFoundError:
+            update = next((u for u in self.buffer_updates if u["label"] == key), None)
+            if update is None:
+                raise
+            raise LayerNotFoundError(
+                f"{key!r} is bookkeeping (an update of buffer {update['buffer']!r}), not a data-path layer; "
+                f"its record is in log.buffer_updates. Look up the op that uses the buffer instead."
+            ) from None
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, int) and not isinstance(key, bool):
@@ -134,6 +143,20 @@ class ModelLog:
         return found
 
     # -- summaries --------------------------------------------------------------------
+    @property
+    def buffer_updates(self) -> list[dict[str, Any]]:
+        """Bookkeeping records (buffer updates such as BatchNorm's counter), which take no label number.
+
+        See :mod:`lens_train.capture.bookkeeping` for the rule.
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> bn = torch.nn.BatchNorm1d(2).train()
+            >>> [(u["label"], u["buffer"]) for u in lt.log_forward_pass(bn, torch.randn(3, 2)).buffer_updates if u["writes"]]
+            [('add_bk_1', 'num_batches_tracked')]
+        """
+        return self.meta.get("buffer_updates", [])
+
     @property
     def input_layers(self) -> list[str]:
         """Labels of the model's inputs."""

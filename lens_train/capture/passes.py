@@ -28,6 +28,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .bookkeeping import bookkeeping_flags
 from .records import OpRecord
 
 _SOURCE_TYPES = frozenset({"input", "output", "buffer", "tensor"})
@@ -43,13 +44,24 @@ class LayerGroup:
     label: str = ""
     type_index: int = 0
     layer_index: int = 0
+    bookkeeping: bool = False
 
 
-def group_passes(records: list[OpRecord], param_modules: frozenset[str]) -> list[LayerGroup]:
-    """Group records into layers and label them ``{type}_{type_count}_{layer_index}``."""
+def group_passes(records: list[OpRecord], param_modules: frozenset[str],
+                 bookkeeping: bytearray | None = None) -> list[LayerGroup]:
+    """Group records into layers and label them ``{type}_{type_count}_{layer_index}``.
+
+    Bookkeeping records (:mod:`~lens_train.capture.bookkeeping`) take no number from that
+    sequence: each is its own group labelled ``{type}_bk_{count}``, after the others.
+    """
+    flags = bookkeeping_flags(records) if bookkeeping is None else bookkeeping
     buckets: dict[tuple, list[int]] = defaultdict(list)
+    side: list[LayerGroup] = []
     for rec in records:
-        buckets[_pass_key(rec)].append(rec.index)
+        if flags[rec.index]:
+            side.append(LayerGroup([rec.index], rec.layer_type, bookkeeping=True))
+        else:
+            buckets[_pass_key(rec)].append(rec.index)
     ctx = _LoopContext(records, buckets, param_modules)
     groups: list[LayerGroup] = []
     for key, members in buckets.items():
@@ -66,7 +78,13 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str]) -> list
         g.type_index = counts[g.layer_type]
         g.layer_index = i
         g.label = f"{g.layer_type}_{g.type_index}_{i}"
-    return groups
+    side_counts: dict[str, int] = defaultdict(int)
+    for g in side:
+        side_counts[g.layer_type] += 1
+        g.type_index = side_counts[g.layer_type]
+        g.layer_index = -1
+        g.label = f"{g.layer_type}_bk_{g.type_index}"
+    return groups + side
 
 
 def pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:

@@ -136,4 +136,10 @@ def format_model_log(log: ModelLog) -> str:
         passes = f" ({layer.pass_num}/{layer.num_passes} passes)" if layer.num_passes > 1 else ""
         saved = "" if layer.is_saved else " (not saved)"
         lines.append(f"\t\t({i}) {layer.layer_label}{passes} {shape_text(layer.tensor_shape)}{saved}")
+    updates = [u for u in log.buffer_updates if u["writes"]]
+    if updates:
+        lines.append("\tBuffer updates (bookkeeping, not numbered; log.buffer_updates):")
+        for u in updates:
+            where = f" in {u['module']}" if u["module"] else ""
+            lines.append(f"\t\t{u['label']}: {u['buffer']}.{u['func_name']}{where}")
     return "\n".join(lines)

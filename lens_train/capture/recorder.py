@@ -46,6 +46,7 @@ from .callsites import find_callsite
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
+from .scoping import remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
@@ -97,6 +98,7 @@ class Recorder(TorchFunctionMode):
         self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
         self._param_backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_branch: list[OpRecord] = []
+        self._free: dict[int, bool] = {}
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
         self._clones: dict[Any, Any] = {}
@@ -105,19 +107,31 @@ class Recorder(TorchFunctionMode):
 
     # -- entering and leaving ---------------------------------------------------------
     def __enter__(self) -> Recorder:
-        self.module_tracker.attach()
-        self._saved_from_numpy = torch.from_numpy
-        torch.from_numpy = self._from_numpy
-        return super().__enter__()
+        # Callers defer SIGINT around entering and leaving (lens_train.capture.scoping);
+        # a failure half-way still removes whatever was installed.
+        try:
+            self.module_tracker.attach()
+            self._saved_from_numpy = torch.from_numpy
+            torch.from_numpy = self._from_numpy
+            super().__enter__()
+        except BaseException:
+            self._uninstall()
+            raise
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            super().__exit__(*exc)
+            self._uninstall()
         finally:
-            torch.from_numpy = self._saved_from_numpy
-            self.module_tracker.detach()
             self._owner.clear()
             self._restore_parameters()
+
+    def _uninstall(self) -> None:
+        """Remove the mode (wherever it is on the stack), the from_numpy patch and the hooks; idempotent."""
+        remove_mode(self)
+        if torch.from_numpy == self._from_numpy:
+            torch.from_numpy = self._saved_from_numpy
+        self.module_tracker.detach()
 
     def _restore_parameters(self) -> None:
         with torch.no_grad():
@@ -190,6 +204,8 @@ class Recorder(TorchFunctionMode):
             rec.is_internally_generated = not parents
             self._finish(rec, t)
         target = outputs[0]
+        if inplace:
+            self._note_buffer_write(target, len(outputs))
         if inplace and target._base is not None:
             base = target._base
             base_rec = self._owner.get(id(base))
@@ -204,7 +220,47 @@ class Recorder(TorchFunctionMode):
                 if template is not None:
                     rec.call_template = ViewBaseTemplate(template, tuple(target.shape), tuple(target.stride()),
                                                          target.storage_offset() - base.storage_offset())
+                rec.buffer_write = self.records[view_rec].buffer_write
                 self._finish(rec, base)
+
+    def _note_buffer_write(self, target: torch.Tensor, n: int) -> None:
+        """Mark the last ``n`` records when their in-place op wrote data-free values into a buffer.
+
+        Such a write is bookkeeping (:mod:`~lens_train.capture.bookkeeping`): a later read
+        of the buffer enters as a new buffer value, as after BatchNorm's kernel updates its
+        statistics, so the data path never descends from bookkeeping.
+        """
+        addresses = self.buffer_addresses
+        buffer = target if id(target) in addresses else target._base
+        address = addresses.get(id(buffer)) if buffer is not None else None
+        if address is None or not all(self._data_free(r) for r in self.records[-n:]):
+            return
+        for rec in self.records[-n:]:
+            rec.buffer_write = address
+        self._owner.pop(id(buffer), None)
+        self._owner.pop(id(target), None)
+
+    def _data_free(self, rec: OpRecord) -> bool:
+        """Whether nothing of the input or the parameters reaches ``rec`` (memoized; buffer writes only)."""
+        memo = self._free
+        todo = [rec]
+        while todo:
+            r = todo[-1]
+            if r.index in memo:
+                todo.pop()
+                continue
+            if r.is_input or r.param_ids:
+                memo[r.index] = False
+            elif r.func is None or not r.parents:
+                memo[r.index] = r.func is not None or r.is_buffer or r.is_internally_generated
+            else:
+                pending = [self.records[p] for p, _ in r.parents if p not in memo and p != r.index]
+                if pending:
+                    todo.extend(pending)
+                    continue
+                memo[r.index] = all(memo.get(p, False) for p, _ in r.parents if p != r.index)
+            todo.pop()
+        return memo[rec.index]
 
     def _new_record(self, names, func, op_id, out_index, parents, callsite, frames, t) -> OpRecord:  # noqa: ANN001
         rec = OpRecord(len(self.records), names[0], names[1], func, op_id, out_index, list(parents),

@@ -40,6 +40,7 @@ class OpRecord:
     is_internally_generated: bool = False
     is_inplace: bool = False
     source_name: str | None = None
+    buffer_write: str | None = None  # address of the buffer an in-place op wrote into
     activation: Any = None
     transformed_activation: Any = None
     version: int = 0

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import BufferSnapshot, check_supported, forked_rng, record_forward
+from .api import check_supported, forked_rng, preserved_buffers, record_forward
 from .build import module_param_counts
 from .inputs import normalize_inputs
 from .passes import group_passes, pass_labels
@@ -208,11 +208,8 @@ def validate_model_activations(
     check_supported(model)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
-    snapshot = BufferSnapshot(model)
-    try:
-        report = _validate(model, args, kwargs, seed, snapshot.restore)
-    finally:
-        snapshot.restore()
+    with preserved_buffers(model) as swap:
+        report = _validate(model, args, kwargs, seed, swap.swap_in)
     if verbose:
         print(report.text())
     return report.ok

@@ -111,6 +111,7 @@ class Extract(nn.Module):
             raise InvalidArgumentError("Extract needs node_out. Example: lt.Extract(model, x, node_in='relu_2_5', node_out='linear_3_22'); lt.get_nodes(model, x) lists the labels.")
         self.model = model
         self.extracted_in_train_mode = model.training
+        self.training = model.training  # the sub-model takes the source's mode (its own flag only)
         tracer = SizeTracer()
         capture = CapturePlan(save="none", keep_templates=True, sink=tracer.note_record)
         with tracer:

@@ -149,7 +149,9 @@ def op_sites(log: Any) -> list[OpSite | None]:
             sites.append(None)
             continue
         call = layer.containing_modules[-1] if layer.containing_modules else ":1"
-        if layer.output_index == 0:  # the outputs of one op are consecutive records
+        if layer.op_index_in_call >= 0:  # counted by the capture, bookkeeping ops included
+            current = layer.op_index_in_call
+        elif layer.output_index == 0:  # the outputs of one op are consecutive records
             key = (call, layer.layer_type)
             current = counts.get(key, 0)
             counts[key] = current + 1

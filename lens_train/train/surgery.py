@@ -24,15 +24,26 @@ def get_layers(model: nn.Module) -> list[str]:
 
 
 def get_nodes(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None = None) -> list[str]:
-    """Every op label of one forward pass (add ``:N`` for one pass of a repeated op).
+    """Every node of one forward pass, in execution order, as ``lt.Taps``, ``lt.Extract`` and ``layers_to_save`` accept it.
+
+    A layer run several times (a loop) is listed once per pass, as ``label:N``.
 
     Example:
         >>> import torch, lens_train as lt
         >>> lt.get_nodes(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), torch.ones(1, 2))
         ['linear_1_1', 'relu_1_2']
+        >>> class Loop(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__(); self.cell = torch.nn.Linear(2, 2)
+        ...     def forward(self, x):
+        ...         for _ in range(2):
+        ...             x = self.cell(x)
+        ...         return x
+        >>> lt.get_nodes(Loop(), torch.ones(1, 2))
+        ['linear_1_1:1', 'linear_1_1:2']
     """
     log = _example_log(ModuleIndex(model).root, input_args, input_kwargs)
-    return [label for label in log.layer_labels_no_pass if not log[label].is_input and not log[label].is_output]
+    return [layer.layer_label for layer in log.layers if not layer.is_input and not layer.is_output]
 
 
 class Inspect(nn.Module):
