@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture.api import check_supported
+from ..capture.api import check_supported, preserved_buffers
 from ..capture.inputs import normalize_inputs
 from ..capture.recorder import _storage_key
 from ..errors import InvalidArgumentError
@@ -217,8 +217,8 @@ def record(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | 
     if keep_op is None:
         raise InvalidArgumentError("record needs keep_op. Example: lt.fastlog.record(model, x, keep_op=lambda ctx: ctx.layer_type == 'relu'); list events with lt.fastlog.dry_run(model, x).")
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
-    with Recorder(model, keep_op, history_size=history_size) as recorder:
-        recorder.output = model(*args, **kwargs)
+    with preserved_buffers(model), Recorder(model, keep_op, history_size=history_size) as recorder:
+        recorder.output = model(*args, **kwargs)  # an inspection: running statistics stay as they were
     return recorder.recording
 
 
@@ -237,6 +237,6 @@ def dry_run(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] |
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     recorder = Recorder(model, keep_op if keep_op is not None else (lambda ctx: True), history_size=history_size)
     recorder.dry = True
-    with recorder:
+    with preserved_buffers(model), recorder:
         recorder.output = model(*args, **kwargs)
     return [e.context for ro in recorder._rollouts for e in ro.entries]
