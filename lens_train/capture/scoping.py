@@ -88,8 +88,10 @@ def interrupt_guard() -> Iterator[InterruptGuard]:
         guard.critical = True
         signal.signal(signal.SIGINT, guard.previous)
         if guard.pending:
+            # delivered again rather than raised here: inside a finalizer a raised
+            # KeyboardInterrupt would be swallowed, a pending signal reaches the caller
             guard.pending = False
-            _forward(guard.previous, signal.SIGINT, None)
+            signal.raise_signal(signal.SIGINT)
 
 
 def remove_mode(mode: Any) -> None:

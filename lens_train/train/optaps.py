@@ -20,6 +20,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ..capture.calls import _THIN_FUNCTIONS, COMPOSITE, OP, _undispatched_copy, classify_call, op_outputs
+from ..capture.scoping import remove_mode
 
 _Tensor = torch.Tensor
 _stack_len = torch._C._len_torch_function_stack
@@ -122,9 +123,10 @@ class OpScope:
             frame.pushed = True
 
     def reset(self) -> None:
-        """Leave no mode behind (after an exception inside the forward pass)."""
+        """Leave no mode behind (after an exception or an interrupt inside the forward pass)."""
         while self.frames:
             self.exit()
+        remove_mode(self.mode)  # pushed by an enter that was interrupted before it could note it
 
     def _on_top(self) -> bool:
         n = _stack_len()

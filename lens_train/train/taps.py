@@ -11,6 +11,7 @@ from torch import nn
 
 from ..capture.api import get_model_metadata, preserved_buffers
 from ..capture.inputs import normalize_inputs
+from ..capture.scoping import interrupt_guard
 from ..errors import (
     InvalidArgumentError,
     LayerNotFoundError,
@@ -75,16 +76,22 @@ class Taps:
         self._active = False
         self._deferred: Any = None
         self._owned: list[Any] = []  # hooks and handles to remove, also when this object is collected
-        weakref.finalize(self, _cleanup, self._owned)
-        needs_log = Resolver(self._index, None).needs_log(self._selectors)
-        if needs_log:
-            self._check_eager()
-        if needs_log and example_input is None and example_kwargs is None:
-            Resolver(self._index, None).check_deferrable(self._selectors)
-            self._deferred = self._index.root.register_forward_pre_hook(_weak_method(self._first_step), with_kwargs=True)
-            self._owned.append(self._deferred)
-        else:
-            self._resolve(example_input, example_kwargs, needs_log)
+        self._finalizer = weakref.finalize(self, _cleanup, self._owned)
+        try:
+            needs_log = Resolver(self._index, None).needs_log(self._selectors)
+            if needs_log:
+                self._check_eager()
+            if needs_log and example_input is None and example_kwargs is None:
+                Resolver(self._index, None).check_deferrable(self._selectors)
+                with interrupt_guard():
+                    self._deferred = self._index.root.register_forward_pre_hook(_weak_method(self._first_step),
+                                                                                with_kwargs=True)
+                    self._owned.append(self._deferred)
+            else:
+                self._resolve(example_input, example_kwargs, needs_log)
+        except BaseException:  # an error or Ctrl-C while building leaves nothing installed
+            self.remove()
+            raise
 
     # -- resolution -----------------------------------------------------------------------
     def _resolve(self, input_args: Any, input_kwargs: Any, needs_log: bool) -> None:
@@ -99,10 +106,11 @@ class Taps:
         if replicas is not None:
             self._owned.append(replicas)
         hooks = TapHooks(selection, self.clone, self.save_gradients, replicas)
-        hooks.install(self._index.modules, pauses)
+        with interrupt_guard():
+            self._owned.append(hooks)
+            hooks.install(self._index.modules, pauses)
         hooks.active = self._active
         self._hooks = hooks
-        self._owned.append(hooks)
         self._names = _display_names(selection, self._selectors)
 
     def _first_step(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -152,8 +160,9 @@ class Taps:
         if hooks is None:
             return
         hooks.active = False
-        for scope in hooks.scopes.values():
-            scope.reset()
+        with interrupt_guard():  # a Ctrl-C must not leave a scope's function mode on torch's stack
+            for scope in hooks.scopes.values():
+                scope.reset()
         for i, spec in enumerate(hooks.selection.specs):
             for value in hooks.values[i]:
                 try:  # settle clones now so they are freed; errors surface when the tap is read
@@ -169,9 +178,11 @@ class Taps:
 
     def remove(self) -> None:
         """Remove every hook this ``Taps`` installed; the model is left as it was."""
-        self.clear()
-        _cleanup(self._owned)
-        self._deferred = None
+        with interrupt_guard():
+            self.clear()
+            _cleanup(self._owned)
+            self._deferred = None
+            self._finalizer.detach()  # nothing left to do when collected
 
     # -- reading --------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
@@ -358,9 +369,14 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _cleanup(owned: list[Any]) -> None:
-    for item in owned:
-        item.remove()
-    owned.clear()
+    with interrupt_guard():
+        _remove_all(owned)
+
+
+def _remove_all(owned: list[Any]) -> None:
+    while owned:  # idempotent: each item is dropped only once it is removed
+        owned[-1].remove()
+        owned.pop()
 
 
 def _weak_method(method: Any) -> Any:
