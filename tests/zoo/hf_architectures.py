@@ -38,25 +38,27 @@ class HFArch:
     """One architecture of the sweep.
 
     ``block`` is the module address a tap goes on (``"name:N"`` for the N-th call of a module
-    run several times); ``mode_difference`` names the ops that differ between train and eval
-    mode because the model itself runs a different path (None: the same ops in both modes).
+    run several times). ``train_only_ops`` lists (with repeats) the types of the ops the model
+    itself runs in train mode only, and ``mode_difference`` says why; empty: the model runs
+    the same ops in both modes.
     """
 
     name: str
     family: str
     build: Callable[[], tuple[torch.nn.Module, tuple, dict]]
     block: str
-    mode_difference: str | None = None
+    train_only_ops: tuple[str, ...] = ()
+    mode_difference: str = ""
 
 
 HF_ARCHS: dict[str, HFArch] = {}
 
 
-def _register(name: str, family: str, block: str, mode_difference: str | None = None) -> Callable:
+def _register(name: str, family: str, block: str, train_only_ops: tuple[str, ...] = (), why: str = "") -> Callable:
     def register(builder: Callable[[], tuple[torch.nn.Module, tuple, dict]]) -> Callable:
         if name in HF_ARCHS:
             raise ValueError(f"architecture {name!r} registered twice")
-        HF_ARCHS[name] = HFArch(name, family, builder, block, mode_difference)
+        HF_ARCHS[name] = HFArch(name, family, builder, block, train_only_ops, why)
         return builder
 
     return register
@@ -303,14 +305,20 @@ def _siglip() -> tuple:
 
 
 # -- state-space ----------------------------------------------------------------------------
-@_register("mamba", "state-space", "backbone.layers.0")
+# In train mode the mixers first prepare the arguments of a fused kernel (``mamba_inner_fn``,
+# ``mamba_split_conv1d_scan_combined``) that returns None without the CUDA kernels, then run the
+# same reference path as in eval mode: those argument casts are dead ops seen in train mode only.
+_FUSED = "train mode evaluates the fused kernel's arguments (dead without CUDA kernels) before the eval-mode path"
+
+
+@_register("mamba", "state-space", "backbone.layers.0", ("float",) * 2 * LAYERS, _FUSED)
 def _mamba() -> tuple:
     config = tf.MambaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, state_size=8, num_hidden_layers=LAYERS, expand=2,
                             conv_kernel=4, use_mambapy=False)
     return _make(tf.MambaForCausalLM, config), (), {"input_ids": tokens()["input_ids"], "use_cache": False}
 
 
-@_register("mamba2", "state-space", "backbone.layers.1")
+@_register("mamba2", "state-space", "backbone.layers.1", ("squeeze",) * LAYERS, _FUSED)
 def _mamba2() -> tuple:
     config = tf.Mamba2Config(vocab_size=VOCAB, hidden_size=HIDDEN, state_size=8, num_hidden_layers=LAYERS, expand=2,
                              conv_kernel=4, num_heads=8, head_dim=8, n_groups=1, chunk_size=4)

@@ -13,6 +13,7 @@ List today's failures with ``pytest -q -rf tests/zoo/test_hf_sweep.py``.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import pytest
@@ -71,9 +72,9 @@ def test_capture_equals_plain_forward(name: str) -> None:
     assert len(got) == len(expected) > 0
     for a, b in zip(expected, got):
         assert torch.equal(a.detach(), b.detach())
-    saved = [log[label].activation for label in log.output_layers]
-    assert all(s is not None for s in saved)
-    assert sum(1 for lay in log if lay.activation is not None) == sum(1 for lay in log if lay.tensor_shape is not None)
+    assert all(lay.activation is not None for lay in log), "layers_to_save='all' saves every op"
+    for a, label in zip(expected, log.output_layers):
+        assert torch.equal(a.detach(), log[label].activation)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -88,13 +89,32 @@ def test_labels_identical_in_train_and_eval_mode(name: str) -> None:
     model, args, kwargs = build_hf(name)
     train = _signature(lt.get_model_metadata(model.train(), args, kwargs, random_seed=0))
     evaluation = _signature(lt.get_model_metadata(model.eval(), args, kwargs, random_seed=0))
-    assert HF_ARCHS[name].mode_difference is None, "a named mode difference needs its own comparison"
-    if train != evaluation:
-        first = next(i for i, (a, b) in enumerate(zip(train, evaluation)) if a != b) if len(train) == len(evaluation) \
-            else min(len(train), len(evaluation))
+    arch = HF_ARCHS[name]
+    if arch.train_only_ops:
+        _check_named_mode_difference(train, evaluation, arch.train_only_ops)
+    elif train != evaluation:
+        first = next((i for i, (a, b) in enumerate(zip(train, evaluation)) if a != b), min(len(train), len(evaluation)))
         pytest.fail(f"{len(train)} ops in train mode, {len(evaluation)} in eval mode; first difference at op {first}: "
                     f"train {train[first] if first < len(train) else None} vs eval "
                     f"{evaluation[first] if first < len(evaluation) else None}")
+
+
+def _check_named_mode_difference(train: list, evaluation: list, train_only: tuple[str, ...]) -> None:
+    """The model runs ``train_only`` extra ops in train mode and nothing else differs.
+
+    The extra ops shift later labels (they take numbers), so the other ops are compared by
+    type, shape and containing modules; labels are compared up to the first extra op.
+    """
+    strip = [row[1:] for row in train], [row[1:] for row in evaluation]
+    matcher = difflib.SequenceMatcher(None, *strip, autojunk=False)
+    extra = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        assert tag in ("equal", "delete"), f"eval mode differs beyond the named train-only ops: {tag} " \
+            f"train {train[i1:i2][:3]} vs eval {evaluation[j1:j2][:3]}"
+        extra += [row[1] for row in train[i1:i2]] if tag == "delete" else []
+    assert sorted(extra) == sorted(train_only)
+    first = next(i for i, row in enumerate(train) if row[1:] != (strip[1][i] if i < len(strip[1]) else None))
+    assert train[:first] == evaluation[:first]
 
 
 def _split(block: str) -> tuple[str, int]:
