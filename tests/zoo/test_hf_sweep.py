@@ -36,6 +36,16 @@ REQUIRED = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine OpenMP's
+    spin-waiting made single forward/backward passes 10-50x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _leaves(value: Any) -> list[torch.Tensor]:
     """The tensors of a (possibly nested) output, in order; ``ModelOutput`` is a dict."""
     if isinstance(value, torch.Tensor):
