@@ -1,7 +1,13 @@
 """Shared pytest configuration."""
 
+import os
 import sys
 from pathlib import Path
+
+# The Hugging Face architectures of the test suite are built from configs with random weights:
+# nothing may be downloaded (set before transformers is first imported).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch

@@ -37,7 +37,7 @@ def build(name: str) -> tuple[torch.nn.Module, Any, dict]:
 
 
 def _load() -> None:
-    from . import architectures, control, inputs_outputs, state, tensor_ops  # noqa: F401
+    from . import architectures, control, inputs_outputs, long_tail, state, tensor_ops  # noqa: F401
 
 
 _load()
