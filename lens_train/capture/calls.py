@@ -81,6 +81,22 @@ def _is_inplace(name: str, kwargs: dict) -> bool:
     return name in _INPLACE_DUNDERS or kwargs.get("inplace") is True or "out" in kwargs
 
 
+def inplace_target(args: tuple, kwargs: dict) -> Any:
+    """The tensor an in-place op writes: ``out=``, else its first argument (passed by keyword by ``torch.nn.init``).
+
+    Example:
+        >>> import torch
+        >>> t = torch.zeros(2)
+        >>> inplace_target((), {"tensor": t, "a": 0}) is t
+        True
+    """
+    if "out" in kwargs:
+        return kwargs["out"]
+    if args:
+        return args[0]
+    return next((v for v in kwargs.values() if isinstance(v, _Tensor)), None)
+
+
 def _tensors_in(value: Any) -> list[torch.Tensor]:
     if isinstance(value, _Tensor):
         return [value]

@@ -39,6 +39,7 @@ from .calls import (
     _tensors_in,
     _undispatched_copy,
     classify_call,
+    inplace_target,
     op_outputs,
     op_type,
 )
@@ -161,9 +162,10 @@ class Recorder(TorchFunctionMode):
         parents, params = self._parents(args, kwargs)
         plan = self.plan
         template = self._template(args, kwargs) if plan.keep_templates else None
+        context = _replay_context() if plan.keep_templates else None
         rng = torch.get_rng_state() if plan.record_rng else None
         if inplace:
-            self.copy_on_write(kwargs["out"] if "out" in kwargs else args[0])
+            self.copy_on_write(inplace_target(args, kwargs))
         start = _perf()
         try:
             result = func(*args, **kwargs)
@@ -173,7 +175,11 @@ class Recorder(TorchFunctionMode):
         elapsed = _perf() - start
         outputs = op_outputs(name, args, kwargs, result)
         if outputs:
+            first = len(self.records)
             self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
+            if context is not None:
+                for rec in self.records[first:]:
+                    rec.replay_context = context
         if names[1] in _HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
         return result
@@ -484,6 +490,15 @@ class Recorder(TorchFunctionMode):
         rec = OpRecord(len(self.records), names[0], names[1], func, self._op_count, 0, list(parents),
                        self.module_tracker.stack, site, frames, param_ids=params)
         self.failure = (exc, rec)
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def _replay_context() -> tuple[bool, tuple[tuple[str, torch.dtype], ...]]:
+    """Grad mode and the autocast regions active now, to replay an op the way it ran."""
+    autocast = tuple((d, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES if torch.is_autocast_enabled(d))
+    return torch.is_grad_enabled(), autocast
 
 
 def _argument_positions(args: tuple, kwargs: dict) -> dict[int, Any]:

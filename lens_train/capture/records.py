@@ -51,6 +51,7 @@ class OpRecord:
     branch_starts: tuple[int, ...] = ()
     rng_state: Any = None
     call_template: Any = None
+    replay_context: Any = None  # (grad enabled, ((device type, autocast dtype), ...)) with call templates
 
     def live_tensor(self) -> Any:
         """The tensor this record describes, if it is still alive."""

@@ -28,6 +28,7 @@ from ..capture.calls import (
     _is_inplace,
     _undispatched_copy,
     classify_call,
+    inplace_target,
     op_outputs,
 )
 from ..capture.module_calls import first_names
@@ -151,7 +152,7 @@ class EventStream(TorchFunctionMode):
         name = names[0]
         inplace = _is_inplace(name, kwargs)
         if inplace and self.before_inplace is not None:
-            target = kwargs["out"] if "out" in kwargs else args[0]
+            target = inplace_target(args, kwargs)
             if isinstance(target, _Tensor):
                 self.before_inplace(target)
         result = func(*args, **kwargs)
