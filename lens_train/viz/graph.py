@@ -12,6 +12,7 @@ from .gradient_flow import GRADIENT_COLOR, gradient_flow, gradient_header, gradi
 from .node_text import (
     IF_EDGE_COLOR,
     arg_text,
+    buffer_update_text,
     cluster_label,
     header_label,
     html,
@@ -158,10 +159,22 @@ def _node(log: ModelLog, key: str, idx: list[int], placement: Placement, from_in
         address, _, num = placement.module_nodes[key].rpartition(":")
         module = log.modules[address]
         call = module.calls[0 if rolled else int(num) - 1]
-        return VisNode(key, module_label(module, call, log, rolled), module_style(module))
+        text = module_label(module, call, log, rolled) + buffer_update_text(module.calls if rolled else [call])
+        return VisNode(key, text, module_style(module))
     passes = [log.layers[i] for i in idx]
     boundary = placement.boundary.get(key)
-    return VisNode(key, layer_label(passes, log, rolled, boundary), layer_style(passes[0], from_input[idx[0]], boundary))
+    text = layer_label(passes, log, rolled, boundary) + buffer_update_text(_output_calls(log, passes))
+    return VisNode(key, text, layer_style(passes[0], from_input[idx[0]], boundary))
+
+
+def _output_calls(log: ModelLog, passes: list) -> list[dict]:
+    """The innermost module calls these layer passes are the output of."""
+    calls = []
+    for layer in passes:
+        if layer.module_outputs:
+            address, _, num = layer.module_outputs[0].rpartition(":")
+            calls.append(log.modules[address].calls[int(num) - 1])
+    return calls
 
 
 def _clusters(log: ModelLog, placement: Placement, members: dict[str, list[int]], rolled: bool) -> dict[str, VisCluster]:

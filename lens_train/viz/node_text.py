@@ -230,7 +230,24 @@ def cluster_label(module: ModuleLog, key: str, rolled: bool) -> str:
     text = f"<b>@{html(shown)}</b> ({html(module.module_type)})"
     if rolled and module.num_passes > 1:
         text += f" (x{module.num_passes})"
-    return text
+    num = key.rpartition(":")[2]
+    calls = module.calls if rolled or not num.isdigit() else module.calls[int(num) - 1:int(num)]
+    return text + buffer_update_text(calls)
+
+
+def buffer_update_text(calls: list[dict[str, Any]]) -> str:
+    """A line naming the bookkeeping (buffer updates) these module calls ran, or ``""``.
+
+    Bookkeeping takes no node (it is not numbered): the module that ran it says so.
+
+    Example:
+        >>> buffer_update_text([{"buffer_updates": ["add_bk_1"]}])
+        '<br/><i>buffer update: add_bk_1</i>'
+    """
+    updates = sorted({u for call in calls for u in call.get("buffer_updates", ())})
+    if not updates:
+        return ""
+    return f'<br/><i>buffer update{"s" if len(updates) > 1 else ""}: {html(", ".join(updates))}</i>'
 
 
 def labels_arguments(layer: LayerLog) -> bool:

@@ -164,3 +164,20 @@ def test_op_tap_after_a_bookkeeping_op_of_the_same_type():
             out = model(x)
         assert torch.equal(taps["add_1"], out)
         taps.remove()
+
+
+def test_graph_shows_bookkeeping_on_its_module():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).train()
+    dot = lt.log_forward_pass(model, torch.randn(4, 3), layers_to_save=None).to_dot()
+    assert "buffer update: add_bk_1" in dot and "add_bk_1" not in dot.split("buffer update")[0]
+    assert "buffer update" not in lt.log_forward_pass(model.eval(), torch.randn(4, 3), layers_to_save=None).to_dot()
+
+
+def test_bookkeeping_survives_a_bundle_round_trip(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).train()
+    log = lt.log_forward_pass(model, torch.randn(4, 3))
+    lt.save(log, tmp_path / "b")
+    loaded = lt.load(tmp_path / "b")
+    assert loaded.buffer_updates == log.buffer_updates
+    assert loaded.modules["1"].calls[0]["buffer_updates"] == ["add_bk_1"]
+    assert loaded.layer_labels == log.layer_labels
