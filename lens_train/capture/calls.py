@@ -81,6 +81,21 @@ def _is_inplace(name: str, kwargs: dict) -> bool:
     return name in _INPLACE_DUNDERS or kwargs.get("inplace") is True or "out" in kwargs
 
 
+def is_thin_wrapper(num_ops: int, num_outputs: int, result: Any) -> bool:
+    """Whether a Python functional that ran ``num_ops`` ops (the last with ``num_outputs`` tensors) is one op.
+
+    It is when it ran exactly one op whose tensors are exactly what it returns
+    (``F.relu``); a function that drops some outputs of its op (``F.embedding_bag``
+    returns one of four) stays decomposed, so its first call and later ones log alike.
+
+    Example:
+        >>> import torch
+        >>> is_thin_wrapper(1, 1, torch.ones(1)), is_thin_wrapper(1, 4, torch.ones(1))
+        (True, False)
+    """
+    return num_ops == 1 and num_outputs == len(_flatten_output(result))
+
+
 def inplace_target(args: tuple, kwargs: dict) -> Any:
     """The tensor an in-place op writes: ``out=``, else its first argument (passed by keyword by ``torch.nn.init``).
 

@@ -40,6 +40,7 @@ from .calls import (
     _undispatched_copy,
     classify_call,
     inplace_target,
+    is_thin_wrapper,
     op_outputs,
     op_type,
 )
@@ -457,8 +458,9 @@ class Recorder(TorchFunctionMode):
             result = clone(*args, **kwargs)
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
-        new = [r for r in self.records[start:] if r.func is not None]
-        if new and len({r.op_id for r in new}) == 1:  # inputs/buffers first seen inside do not count
+        new = [r for r in self.records[start:] if r.func is not None]  # inputs/buffers first seen inside do not count
+        outputs = sum(1 for r in new if r.source_name != "view-base")
+        if new and is_thin_wrapper(len({r.op_id for r in new}), outputs, result):
             # a thin wrapper around one op: name the op after the function the user called, and
             # give it the call site later (thin) calls will have, so loop passes line up
             name, layer_type = op_type(func)

@@ -29,6 +29,7 @@ from ..capture.calls import (
     _undispatched_copy,
     classify_call,
     inplace_target,
+    is_thin_wrapper,
     op_outputs,
 )
 from ..capture.module_calls import first_names
@@ -157,11 +158,13 @@ class EventStream(TorchFunctionMode):
                 self.before_inplace(target)
         result = func(*args, **kwargs)
         outputs = op_outputs(name, args, kwargs, result)
+        produced = len(outputs)
         if outputs and outputs[0]._base is not None:
             outputs = self._with_view_base(outputs, args, inplace)
         if self._frames:
             frame = self._frames[-1]
             frame[0] += 1
+            frame[2] = produced
             frame[1].extend((names, t, i, tuple(self._stack)) for i, t in enumerate(outputs))
         else:
             for i, t in enumerate(outputs):
@@ -214,29 +217,30 @@ class EventStream(TorchFunctionMode):
             clone = _CLONES[func] = _undispatched_copy(func)
         learning = func not in _MULTI_OP
         if learning:
-            self._frames.append([0, []])
+            self._frames.append([0, [], 0])
         TorchFunctionMode.__enter__(self)
         try:
             result = clone(*args, **kwargs)
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
             if learning:
-                count, pending = self._frames.pop()
+                count, pending, produced = self._frames.pop()
         if learning:
-            self._learned(func, count, pending)
+            self._learned(func, count, pending, produced, result)
         return result
 
-    def _learned(self, func: Any, count: int, pending: list) -> None:
-        if count == 1 and pending:
+    def _learned(self, func: Any, count: int, pending: list, produced: int, result: Any) -> None:
+        if pending and is_thin_wrapper(count, produced, result):
             names = classify_call(func)[:2] + (0,)  # one op: named after the function called
             pending = [(names, t, i, stack) for _n, t, i, stack in pending]
             _THIN_FUNCTIONS.add(func)
             _KINDS.pop(func, None)
-        elif count > 1:
+        elif count >= 1:
             _MULTI_OP.add(func)
         if self._frames:
             self._frames[-1][0] += count
             self._frames[-1][1].extend(pending)
+            self._frames[-1][2] = produced
             return
         saved = self._stack
         for names, t, i, stack in pending:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..capture.calls import _THIN_FUNCTIONS, COMPOSITE, OP, _undispatched_copy, classify_call, op_outputs
+from ..capture.calls import _THIN_FUNCTIONS, COMPOSITE, OP, _undispatched_copy, classify_call, is_thin_wrapper, op_outputs
 from ..capture.scoping import remove_mode
 
 _Tensor = torch.Tensor
@@ -44,6 +44,7 @@ class _Frame:
     pushed: bool = False
     ops: int = 0
     last: tuple[str, int] | None = None  # (type, tap number or -1) of the latest op
+    last_outputs: int = 0  # its number of output tensors
 
 
 def _kind(func: Any) -> tuple[str, str, int]:
@@ -156,6 +157,7 @@ class OpScope:
         counts[layer_type] = n + 1
         frame.ops += 1
         frame.last = (layer_type, -1)
+        frame.last_outputs = len(outputs)
         hits = self.wanted.get((layer_type, n))
         if hits is None:
             return
@@ -176,7 +178,7 @@ class OpScope:
             result = clone(*args, **kwargs)
         finally:
             _pop()
-        if frame.ops - before == 1 and frame.last is not None:
+        if frame.last is not None and is_thin_wrapper(frame.ops - before, frame.last_outputs, result):
             self._as_thin(frame, func, args, kwargs, result)
         return result
 

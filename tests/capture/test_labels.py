@@ -46,3 +46,14 @@ def test_type_names_strip_underscores_and_lowercase() -> None:
     log = lt.log_forward_pass(M(), torch.randn(1, 4, 4, 4))
     types = [layer.layer_type for layer in log]
     assert types == ["input", "maxpool2d", "adaptiveavgpool2d", "flatten", "getitem", "scaleddotproductattention", "truediv", "output"]
+
+
+def test_first_and_later_calls_of_a_functional_log_alike() -> None:
+    """F.embedding_bag returns one of its op's four tensors: it must not log four tensors once, then one."""
+    from lens_train.capture.calls import _THIN_FUNCTIONS
+
+    _THIN_FUNCTIONS.discard(torch.nn.functional.embedding_bag)
+    bag = torch.nn.EmbeddingBag(10, 4, mode="mean")
+    args = (torch.tensor([1, 2, 4, 5, 4, 3]), torch.tensor([0, 3]))
+    first = lt.log_forward_pass(bag, args, layers_to_save=None).layer_labels
+    assert lt.log_forward_pass(bag, args, layers_to_save=None).layer_labels == first

@@ -51,3 +51,23 @@ def test_zoo_model(name: str) -> None:
         assert torch.equal(a.detach(), b)
     model, args, kwargs = build(name)
     assert lt.validate_model_activations(model, args, kwargs, verbose=True, random_seed=0)
+
+
+# Zoo models whose own computation differs between train and eval mode, and why.
+MODE_DEPENDENT: dict[str, str] = {}
+
+
+def _layout(log):
+    return [(layer.layer_label, layer.layer_type, layer.tensor_shape, tuple(layer.containing_modules))
+            for layer in log.layers]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_labels_identical_in_train_and_eval_mode(name: str) -> None:
+    model, args, kwargs = build(name)
+    train = lt.log_forward_pass(model.train(), args, kwargs, layers_to_save=None, random_seed=0)
+    evaluated = lt.log_forward_pass(model.eval(), args, kwargs, layers_to_save=None, random_seed=0)
+    if name in MODE_DEPENDENT:
+        assert _layout(train) != _layout(evaluated), f"{name} is listed as mode-dependent: {MODE_DEPENDENT[name]}"
+    else:
+        assert _layout(train) == _layout(evaluated)
