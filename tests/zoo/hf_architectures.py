@@ -12,9 +12,10 @@ Choices that keep every run deterministic and every op visible:
   are deterministic on CPU, but eager is the stricter test of the engine.
 - every dropout probability (and layerdrop, SpecAugment, drop-path) is 0, so train mode and
   eval mode run the same ops with the same values, and two runs give the same gradients.
-- ``use_cache=False`` wherever the model takes it: ``use_cache`` defaults to
-  ``not self.training``-like behaviour in generation models, which builds a cache (extra ops)
-  in eval mode only.
+- ``use_cache=False`` wherever the model takes it: with the default, decoder LMs and T5 build
+  a key/value cache (extra ops, extra outputs) and Mamba builds its cache in eval mode only,
+  so its eval-mode capture runs ops its train-mode capture does not
+  (``test_hf_sweep.py::test_mamba_builds_its_cache_in_eval_mode_only``).
 """
 
 from __future__ import annotations

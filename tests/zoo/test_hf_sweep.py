@@ -14,6 +14,7 @@ List today's failures with ``pytest -q -rf tests/zoo/test_hf_sweep.py``.
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 import pytest
@@ -62,8 +63,22 @@ def _plain(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         return model(*args, **kwargs)
 
 
+def _bookkeeping(log: lt.ModelLog) -> set[str]:
+    """Buffer updates (BatchNorm's ``num_batches_tracked += 1``): in-place ops whose tensor parents
+    are all buffers, and the buffer reads that feed only them. They run in train mode only and are
+    not on the data path, so the comparison leaves them out (however the engine labels them)."""
+    by_label = {lay.layer_label: lay for lay in log}
+    updates = {lay.layer_label for lay in log if lay.is_inplace and lay.parent_layers
+               and all(by_label[p].is_buffer for p in lay.parent_layers if p in by_label)}
+    reads = {lay.layer_label for lay in log if lay.is_buffer and lay.child_layers and set(lay.child_layers) <= updates}
+    return updates | reads
+
+
 def _signature(log: lt.ModelLog) -> list[tuple[str, str, tuple[int, ...], tuple[str, ...]]]:
-    return [(lay.layer_label, lay.layer_type, tuple(lay.tensor_shape), tuple(lay.containing_modules)) for lay in log]
+    """(label, type, shape, containing modules) of every data-path op, in order."""
+    skip = _bookkeeping(log)
+    return [(lay.layer_label, lay.layer_type, tuple(lay.tensor_shape), tuple(lay.containing_modules))
+            for lay in log if lay.layer_label not in skip]
 
 
 def test_sweep_covers_the_required_architectures() -> None:
@@ -71,6 +86,13 @@ def test_sweep_covers_the_required_architectures() -> None:
     for family, names in REQUIRED.items():
         have = {a.name for a in HF_ARCHS.values() if a.family == family}
         assert names <= have, f"{family}: missing {sorted(names - have)}"
+
+
+def test_sweep_runs_offline() -> None:
+    import huggingface_hub.constants
+
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -107,6 +129,18 @@ def test_labels_identical_in_train_and_eval_mode(name: str) -> None:
         pytest.fail(f"{len(train)} ops in train mode, {len(evaluation)} in eval mode; first difference at op {first}: "
                     f"train {train[first] if first < len(train) else None} vs eval "
                     f"{evaluation[first] if first < len(evaluation) else None}")
+
+
+def test_mamba_builds_its_cache_in_eval_mode_only() -> None:
+    """Why the builders pass ``use_cache=False``: by default Mamba's path differs by mode."""
+    model, args, kwargs = build_hf("mamba")
+    kwargs = {k: v for k, v in kwargs.items() if k != "use_cache"}
+
+    def cache_ops(log: lt.ModelLog) -> list[str]:
+        return [lay.layer_type for lay in log if any("cache_utils" in f.file for f in lay.func_call_stack)]
+
+    assert cache_ops(lt.get_model_metadata(model.train(), args, kwargs, random_seed=0)) == []
+    assert {"zeros", "copy"} <= set(cache_ops(lt.get_model_metadata(model.eval(), args, kwargs, random_seed=0)))
 
 
 def _check_named_mode_difference(train: list, evaluation: list, train_only: tuple[str, ...]) -> None:
