@@ -22,6 +22,7 @@ import torch
 
 import lens_train as lt
 from lens_train.capture.api import forked_rng
+from lens_train.capture.recorder import Recorder
 
 from .hf_architectures import HF_ARCHS, build_hf
 
@@ -114,6 +115,24 @@ def test_validates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     model, args, kwargs = build_hf(name)
     ok = lt.validate_model_activations(model, args, kwargs, verbose=True, random_seed=0)
     assert ok, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["gpt2", "t5", "vit", "resnet", "wav2vec2", "clip", "mamba"])
+def test_corrupted_capture_fails_validation(name: str, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """On a real architecture too, one wrong saved value (the first linear/conv output) is found."""
+    original, corrupted = Recorder._save, []
+
+    def corrupting_save(self: Recorder, rec: Any, t: torch.Tensor, clone: bool = False) -> None:
+        original(self, rec, t, clone)
+        if rec.func_name in ("linear", "conv1d", "conv2d") and not corrupted:
+            corrupted.append(rec.index)
+            rec.activation = rec.activation + 0.5
+
+    monkeypatch.setattr(Recorder, "_save", corrupting_save)
+    assert lt.validate_model_activations(*build_hf(name), verbose=True, random_seed=0) is False
+    out = capsys.readouterr().out
+    assert corrupted and "from its parents' saved values gives different values" in out, out
 
 
 @pytest.mark.parametrize("name", NAMES)
