@@ -14,6 +14,7 @@ List today's failures with ``pytest -q -rf tests/zoo/test_hf_sweep.py``.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from typing import Any
 
@@ -87,6 +88,13 @@ def test_sweep_covers_the_required_architectures() -> None:
     for family, names in REQUIRED.items():
         have = {a.name for a in HF_ARCHS.values() if a.family == family}
         assert names <= have, f"{family}: missing {sorted(names - have)}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_called_without_a_cache(name: str) -> None:
+    model, _, kwargs = build_hf(name)
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        assert kwargs.get("use_cache") is False
 
 
 def test_sweep_runs_offline() -> None:
@@ -185,12 +193,8 @@ def _split(block: str) -> tuple[str, int]:
     return address, int(call or 1)
 
 
-def _aux(value: Any) -> torch.Tensor:
+def _square_mean(value: Any) -> torch.Tensor:
     return _leaves(value)[0].float().pow(2).mean()
-
-
-def _main(out: Any) -> torch.Tensor:
-    return _leaves(out)[0].float().pow(2).mean()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -201,7 +205,7 @@ def test_tap_gradients_equal_forward_hooks(name: str) -> None:
     with forked_rng(0), taps:
         out = model(*args, **kwargs)
     tapped = _leaves(taps[block])[0]
-    (_main(out) + 0.5 * _aux(tapped)).backward()
+    (_square_mean(out) + 0.5 * _square_mean(tapped)).backward()
 
     reference, args, kwargs = build_hf(name)
     address, call = _split(block)
@@ -212,7 +216,7 @@ def test_tap_gradients_equal_forward_hooks(name: str) -> None:
     finally:
         handle.remove()
     hooked = _leaves(seen[call - 1])[0]
-    (_main(out) + 0.5 * _aux(hooked)).backward()
+    (_square_mean(out) + 0.5 * _square_mean(hooked)).backward()
 
     assert torch.equal(tapped.detach(), hooked.detach())
     got, want = dict(model.named_parameters()), dict(reference.named_parameters())
