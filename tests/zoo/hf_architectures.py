@@ -12,9 +12,10 @@ Choices that keep every run deterministic and every op visible:
   are deterministic on CPU, but eager is the stricter test of the engine.
 - every dropout probability (and layerdrop, SpecAugment, drop-path) is 0, so train mode and
   eval mode run the same ops with the same values, and two runs give the same gradients.
-- ``use_cache=False`` wherever the model takes it: ``use_cache`` defaults to
-  ``not self.training``-like behaviour in generation models, which builds a cache (extra ops)
-  in eval mode only.
+- ``use_cache=False`` wherever the model takes it: with the default, decoder LMs and T5 build
+  a key/value cache (extra ops, extra outputs) and Mamba builds its cache in eval mode only,
+  so its eval-mode capture runs ops its train-mode capture does not
+  (``test_hf_sweep.py::test_mamba_builds_its_cache_in_eval_mode_only``).
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def _bart() -> tuple:
     return _make(tf.BartForConditionalGeneration, tf.BartConfig(**_BART)), (), _seq2seq_tokens()
 
 
-@_register("bart_shifted_labels", "encoder-decoder", "model.encoder.layers.1")
+@_register("bart_no_decoder_inputs", "encoder-decoder", "model.encoder.layers.1")
 def _bart_shifted() -> tuple:
     """BART making its own decoder inputs by shifting the input ids (``new_zeros``, ``masked_fill_``...)."""
     return _make(tf.BartForConditionalGeneration, tf.BartConfig(**_BART)), (), {**tokens(), "use_cache": False}
@@ -250,7 +251,8 @@ def _resnet() -> tuple:
 
 @_register("mobilenet_v2", "vision", "mobilenet_v2.layer.1")
 def _mobilenet_v2() -> tuple:
-    config = tf.MobileNetV2Config(image_size=32, depth_multiplier=0.35, finegrained_output=False, classifier_dropout_prob=0.0, num_labels=3)
+    config = tf.MobileNetV2Config(image_size=32, depth_multiplier=0.35, finegrained_output=False,
+                                  classifier_dropout_prob=0.0, num_labels=3)
     return _make(tf.MobileNetV2ForImageClassification, config), (image(32),), {}
 
 
@@ -284,7 +286,8 @@ _register("hubert", "audio", "hubert.encoder.layers.1")(
 # -- multimodal -----------------------------------------------------------------------------
 def _towers(text_cls: type, vision_cls: type) -> tuple[Any, Any]:
     text = text_cls(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-                    num_attention_heads=HEADS, max_position_embeddings=TOKENS, attention_dropout=0.0)
+                    num_attention_heads=HEADS, max_position_embeddings=TOKENS, attention_dropout=0.0,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
     vision = vision_cls(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                         image_size=16, patch_size=4, attention_dropout=0.0)
     return text, vision

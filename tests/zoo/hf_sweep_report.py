@@ -2,7 +2,8 @@
 
 Runs the checks of ``test_hf_sweep.py`` on each architecture (and validation on the zoo's
 long-tail models) and prints one markdown row per model: ops, capture ok, valid, labels
-identical across modes, tap gradients equal, capture/plain time ratio and seconds taken,
+identical across modes, tap gradients equal, capture/plain time ratio, capture overhead
+per op and seconds taken,
 then the first failure of each check that failed.
 """
 
@@ -37,8 +38,9 @@ def _check(fn: Callable[[], object]) -> tuple[str, str]:
     return "yes", ""
 
 
-def _ratio(model: torch.nn.Module, args: tuple, kwargs: dict, repeats: int = 5) -> tuple[int, float]:
-    """(ops, median capture time / median plain forward time), after one warm-up of each."""
+def _ratio(model: torch.nn.Module, args: tuple, kwargs: dict, repeats: int = 9) -> tuple[int, float, float]:
+    """(ops, median capture time / median plain forward time, capture overhead in us per op),
+    after one warm-up of each."""
     plain, captured, ops = [], [], 0
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -47,7 +49,8 @@ def _ratio(model: torch.nn.Module, args: tuple, kwargs: dict, repeats: int = 5) 
         start = time.perf_counter()
         ops = len(lt.log_forward_pass(model, args, kwargs, layers_to_save="all", random_seed=0))
         captured.append(time.perf_counter() - start)
-    return ops, statistics.median(captured[1:]) / statistics.median(plain[1:])
+    capture, forward = statistics.median(captured[1:]), statistics.median(plain[1:])
+    return ops, capture / forward, (capture - forward) / ops * 1e6
 
 
 def _validate(model: torch.nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -58,7 +61,7 @@ def arch_row(name: str) -> tuple[str, list[str]]:
     """One table row for architecture ``name`` and its failure notes."""
     start = time.perf_counter()
     model, args, kwargs = build_hf(name)
-    ops, ratio = _ratio(model, args, kwargs)
+    ops, ratio, per_op = _ratio(model, args, kwargs)
     checks = {
         "capture": _check(lambda: sweep.test_capture_equals_plain_forward(name)),
         "valid": _check(lambda: _validate(*build_hf(name))),
@@ -67,7 +70,7 @@ def arch_row(name: str) -> tuple[str, list[str]]:
     }
     labels = checks["labels"][0] + (" (named diff)" if HF_ARCHS[name].train_only_ops else "")
     cells = [name, HF_ARCHS[name].family, str(ops), checks["capture"][0], checks["valid"][0], labels,
-             checks["taps"][0], f"{ratio:.2f}", f"{time.perf_counter() - start:.1f}"]
+             checks["taps"][0], f"{ratio:.1f}", f"{per_op:.0f}", f"{time.perf_counter() - start:.1f}"]
     notes = [f"- {name} / {check}: {why}" for check, (_, why) in checks.items() if why]
     return "| " + " | ".join(cells) + " |", notes
 
@@ -88,8 +91,8 @@ def main(names: list[str]) -> None:
     notes: list[str] = []
     torch.set_num_threads(1)  # as in test_hf_sweep.py: tiny models, shared cores
     start = time.perf_counter()
-    print("| architecture | family | ops | capture ok | valid | labels train=eval | tap grads = hooks | capture/plain | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| architecture | family | ops | capture ok | valid | labels train=eval | tap grads = hooks | capture/plain | us/op | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in archs:
         row, more = arch_row(name)
         print(row, flush=True)

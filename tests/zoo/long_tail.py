@@ -93,14 +93,19 @@ class DetachedTarget(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """A localisation net predicts an affine transform; the image is resampled with it."""
+    """A localisation net predicts an affine transform; the image is resampled with it.
 
-    def __init__(self) -> None:
+    ``identity_init``: the usual initialisation, zero weights and a near-identity bias, so at
+    first the transform does not depend on the image (a zero-initialized branch too).
+    """
+
+    def __init__(self, identity_init: bool) -> None:
         super().__init__()
         self.loc = nn.Linear(2 * 6 * 6, 6)
-        nn.init.zeros_(self.loc.weight)
-        with torch.no_grad():
-            self.loc.bias.copy_(torch.tensor([0.9, 0.1, 0.0, -0.1, 0.9, 0.05]))
+        if identity_init:
+            nn.init.zeros_(self.loc.weight)
+            with torch.no_grad():
+                self.loc.bias.copy_(torch.tensor([0.9, 0.1, 0.0, -0.1, 0.9, 0.05]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.loc(x.flatten(1)).view(-1, 2, 3) + 0.01 * x.mean((1, 2, 3))[:, None, None]
@@ -191,7 +196,8 @@ zoo("long_tail_empty_tensors")(lambda: (EmptyTensors(), torch.randn(3, 4)))
 zoo("long_tail_autocast_bf16")(lambda: (AutocastRegion(), torch.randn(3, 4)))
 zoo("long_tail_module_made_in_forward")(lambda: (ModuleMadeInForward(), torch.randn(3, 4)))
 zoo("long_tail_detached_target")(lambda: (DetachedTarget(), torch.randn(3, 4)))
-zoo("long_tail_affine_grid_sample")(lambda: (SpatialTransformer(), torch.randn(2, 2, 6, 6)))
+zoo("long_tail_affine_grid_sample")(lambda: (SpatialTransformer(identity_init=False), torch.randn(2, 2, 6, 6)))
+zoo("long_tail_affine_grid_identity_init")(lambda: (SpatialTransformer(identity_init=True), torch.randn(2, 2, 6, 6)))
 zoo("long_tail_mask_from_constants")(lambda: (MaskFromConstants(), torch.randn(2, 5, 4)))
 zoo("long_tail_zero_conv_branch")(lambda: (ZeroConvBranch(), (torch.randn(2, 3, 5, 5), torch.randn(2, 1, 5, 5))))
 zoo("long_tail_tensor_split_scan")(lambda: (SelectiveScan(), torch.randn(2, 5, 4)))

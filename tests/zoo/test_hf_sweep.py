@@ -14,6 +14,8 @@ List today's failures with ``pytest -q -rf tests/zoo/test_hf_sweep.py``.
 from __future__ import annotations
 
 import difflib
+import inspect
+import os
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ import torch
 
 import lens_train as lt
 from lens_train.capture.api import forked_rng
+from lens_train.capture.recorder import Recorder
 
 from .hf_architectures import HF_ARCHS, build_hf
 
@@ -62,8 +65,22 @@ def _plain(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         return model(*args, **kwargs)
 
 
+def _bookkeeping(log: lt.ModelLog) -> set[str]:
+    """Buffer updates (BatchNorm's ``num_batches_tracked += 1``): in-place ops whose tensor parents
+    are all buffers, and the buffer reads that feed only them. They run in train mode only and are
+    not on the data path, so the comparison leaves them out (however the engine labels them)."""
+    by_label = {lay.layer_label: lay for lay in log}
+    updates = {lay.layer_label for lay in log if lay.is_inplace and lay.parent_layers
+               and all(by_label[p].is_buffer for p in lay.parent_layers if p in by_label)}
+    reads = {lay.layer_label for lay in log if lay.is_buffer and lay.child_layers and set(lay.child_layers) <= updates}
+    return updates | reads
+
+
 def _signature(log: lt.ModelLog) -> list[tuple[str, str, tuple[int, ...], tuple[str, ...]]]:
-    return [(lay.layer_label, lay.layer_type, tuple(lay.tensor_shape), tuple(lay.containing_modules)) for lay in log]
+    """(label, type, shape, containing modules) of every data-path op, in order."""
+    skip = _bookkeeping(log)
+    return [(lay.layer_label, lay.layer_type, tuple(lay.tensor_shape), tuple(lay.containing_modules))
+            for lay in log if lay.layer_label not in skip]
 
 
 def test_sweep_covers_the_required_architectures() -> None:
@@ -71,6 +88,20 @@ def test_sweep_covers_the_required_architectures() -> None:
     for family, names in REQUIRED.items():
         have = {a.name for a in HF_ARCHS.values() if a.family == family}
         assert names <= have, f"{family}: missing {sorted(names - have)}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_called_without_a_cache(name: str) -> None:
+    model, _, kwargs = build_hf(name)
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        assert kwargs.get("use_cache") is False
+
+
+def test_sweep_runs_offline() -> None:
+    import huggingface_hub.constants
+
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -94,6 +125,24 @@ def test_validates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert ok, capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["gpt2", "t5", "vit", "resnet", "wav2vec2", "clip", "mamba"])
+def test_corrupted_capture_fails_validation(name: str, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """On a real architecture too, one wrong saved value (the first linear/conv output) is found."""
+    original, corrupted = Recorder._save, []
+
+    def corrupting_save(self: Recorder, rec: Any, t: torch.Tensor, clone: bool = False) -> None:
+        original(self, rec, t, clone)
+        if rec.func_name in ("linear", "conv1d", "conv2d") and not corrupted:
+            corrupted.append(rec.index)
+            rec.activation = rec.activation + 0.5
+
+    monkeypatch.setattr(Recorder, "_save", corrupting_save)
+    assert lt.validate_model_activations(*build_hf(name), verbose=True, random_seed=0) is False
+    out = capsys.readouterr().out
+    assert corrupted and "from its parents' saved values gives different values" in out, out
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_labels_identical_in_train_and_eval_mode(name: str) -> None:
     model, args, kwargs = build_hf(name)
@@ -107,6 +156,18 @@ def test_labels_identical_in_train_and_eval_mode(name: str) -> None:
         pytest.fail(f"{len(train)} ops in train mode, {len(evaluation)} in eval mode; first difference at op {first}: "
                     f"train {train[first] if first < len(train) else None} vs eval "
                     f"{evaluation[first] if first < len(evaluation) else None}")
+
+
+def test_mamba_builds_its_cache_in_eval_mode_only() -> None:
+    """Why the builders pass ``use_cache=False``: by default Mamba's path differs by mode."""
+    model, args, kwargs = build_hf("mamba")
+    kwargs = {k: v for k, v in kwargs.items() if k != "use_cache"}
+
+    def cache_ops(log: lt.ModelLog) -> list[str]:
+        return [lay.layer_type for lay in log if any("cache_utils" in f.file for f in lay.func_call_stack)]
+
+    assert cache_ops(lt.get_model_metadata(model.train(), args, kwargs, random_seed=0)) == []
+    assert {"zeros", "copy"} <= set(cache_ops(lt.get_model_metadata(model.eval(), args, kwargs, random_seed=0)))
 
 
 def _check_named_mode_difference(train: list, evaluation: list, train_only: tuple[str, ...]) -> None:
@@ -132,12 +193,8 @@ def _split(block: str) -> tuple[str, int]:
     return address, int(call or 1)
 
 
-def _aux(value: Any) -> torch.Tensor:
+def _square_mean(value: Any) -> torch.Tensor:
     return _leaves(value)[0].float().pow(2).mean()
-
-
-def _main(out: Any) -> torch.Tensor:
-    return _leaves(out)[0].float().pow(2).mean()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -148,7 +205,7 @@ def test_tap_gradients_equal_forward_hooks(name: str) -> None:
     with forked_rng(0), taps:
         out = model(*args, **kwargs)
     tapped = _leaves(taps[block])[0]
-    (_main(out) + 0.5 * _aux(tapped)).backward()
+    (_square_mean(out) + 0.5 * _square_mean(tapped)).backward()
 
     reference, args, kwargs = build_hf(name)
     address, call = _split(block)
@@ -159,7 +216,7 @@ def test_tap_gradients_equal_forward_hooks(name: str) -> None:
     finally:
         handle.remove()
     hooked = _leaves(seen[call - 1])[0]
-    (_main(out) + 0.5 * _aux(hooked)).backward()
+    (_square_mean(out) + 0.5 * _square_mean(hooked)).backward()
 
     assert torch.equal(tapped.detach(), hooked.detach())
     got, want = dict(model.named_parameters()), dict(reference.named_parameters())
