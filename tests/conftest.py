@@ -12,6 +12,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 import torch
 
+# The suite's tensors are tiny: with several intra-op threads on a busy 2-core machine, OpenMP
+# spin-waiting made forward/backward passes 10-50x slower than on one thread.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
