@@ -17,6 +17,11 @@ The rule, applied to the records of one pass:
 Bookkeeping never has a data-path descendant, so removing it changes no data-path
 record's parents. It is labelled in its own family (``add_bk_1``, ``buffer_bk_1``) and
 listed in ``log.buffer_updates`` and on the module call that ran it, never in ``log.layers``.
+
+Ops that a sharding wrapper runs inside its own hooks (FSDP's all-gathers and the views
+of the unsharded parameters) are set aside the same way, so a model has the same labels
+before and after ``fully_shard``; the data path reads their parameters as parameters.
+They are counted in ``log.meta["sharding_ops"]``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
     """
     n = len(records)
     flags = bytearray(n)
-    if not any(r.buffer_write is not None for r in records):
+    if not any(r.buffer_write is not None or r.framework for r in records):
         return flags
     free = bytearray(n)
     consumers: list[list[int]] = [[] for _ in records]
@@ -54,9 +59,12 @@ def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
             free[i] = all(free[p] for p, _ in rec.parents)
     for rec in reversed(records):
         i = rec.index
+        kids = consumers[i]
+        if rec.framework:  # run by FSDP's hooks: not numbered unless the data path reads it
+            flags[i] = all(flags[k] for k in kids)
+            continue
         if not free[i]:
             continue
-        kids = consumers[i]
         if rec.buffer_write is not None or kids:
             flags[i] = all(flags[k] for k in kids)
     return flags

@@ -53,7 +53,8 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     ]
     meta = dict(meta)
     meta["structure"] = _structure(records, data, children, [g for g in groups if not g.bookkeeping])
-    meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index]]
+    meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
+    meta["sharding_ops"] = sum(1 for rec in records if side[rec.index] and rec.framework)
     params = [p for _, p in unique]
     meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
                 param_bytes_total=sum(p.numel() * p.element_size() for p in params))

@@ -38,6 +38,25 @@ def _frame_kind(code: Any) -> int:
     return 1 if f.startswith(_TORCH_DIR) or f.startswith("<frozen") else 2
 
 
+# Code that runs inside the hooks of torch's sharding wrappers (FSDP): all-gathers, parameter views.
+_SHARDING_DIRS = tuple(os.path.join(_TORCH_DIR, "distributed", d) + os.sep for d in ("fsdp", "_composable"))
+
+
+def inside_sharding_hooks(stop: Any) -> bool:
+    """Whether the caller runs inside FSDP's own code (below code object ``stop``).
+
+    Example:
+        >>> inside_sharding_hooks(None)
+        False
+    """
+    f = sys._getframe(1)
+    while f is not None and f.f_code is not stop:
+        if f.f_code.co_filename.startswith(_SHARDING_DIRS):
+            return True
+        f = f.f_back
+    return False
+
+
 # id(code) -> (code, frame kind, canonical offsets), shared by every capture: working out
 # the offsets of a large library function costs ~100 us, and code objects hash slowly
 # (~0.5 us), so entries are keyed by id; holding the code keeps that id from being reused.

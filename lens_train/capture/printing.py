@@ -136,6 +136,9 @@ def format_model_log(log: ModelLog) -> str:
         passes = f" ({layer.pass_num}/{layer.num_passes} passes)" if layer.num_passes > 1 else ""
         saved = "" if layer.is_saved else " (not saved)"
         lines.append(f"\t\t({i}) {layer.layer_label}{passes} {shape_text(layer.tensor_shape)}{saved}")
+    if log.meta.get("sharding_ops"):
+        lines.append(f"\t{log.meta['sharding_ops']} ops run inside FSDP's hooks (all-gathers, parameter views) "
+                     "are not numbered.")
     updates = [u for u in log.buffer_updates if u["writes"]]
     if updates:
         lines.append("\tBuffer updates (bookkeeping, not numbered; log.buffer_updates):")

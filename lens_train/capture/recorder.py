@@ -44,7 +44,7 @@ from .calls import (
     op_outputs,
     op_type,
 )
-from .callsites import find_callsite
+from .callsites import find_callsite, inside_sharding_hooks
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
@@ -106,6 +106,8 @@ class Recorder(TorchFunctionMode):
         self._clones: dict[Any, Any] = {}
         self._saved_from_numpy: Any = None
         self.buffer_addresses = first_names(self.index.buffers)
+        # FSDP runs ops of its own in its hooks; only a sharded model pays for finding them
+        self._sharded = any(type(m).__name__.startswith("FSDP") for _, m in self.index.modules)
 
     # -- entering and leaving ---------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -199,6 +201,7 @@ class Recorder(TorchFunctionMode):
 
     def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
         callsite, frames = find_callsite(self._stop_code)
+        framework = self._sharded and inside_sharding_hooks(self._stop_code)
         op_id = self._op_count
         self._op_count += 1
         for i, t in enumerate(outputs):
@@ -209,6 +212,7 @@ class Recorder(TorchFunctionMode):
             rec.rng_state = rng
             rec.call_template = template
             rec.is_internally_generated = not parents
+            rec.framework = framework
             self._finish(rec, t)
         target = outputs[0]
         if inplace:
@@ -350,9 +354,24 @@ class Recorder(TorchFunctionMode):
                 params.append(id(t))
                 return
             rec = self._source(t)
+        elif rec.framework:
+            if isinstance(t, _Parameter):  # FSDP's unsharded parameter: a parameter
+                params.append(id(t))
+                return
+            rec = self._through_framework(rec)
         elif rec.version != t._version:
             rec = self._refresh(t)
         parents.append((rec.index, pos))
+
+    def _through_framework(self, rec: OpRecord) -> OpRecord:
+        """The data tensor behind FSDP's same-shape views of it (its backward-hook identities)."""
+        records = self.records
+        while rec.framework and len({p for p, _ in rec.parents}) == 1:
+            parent = records[rec.parents[0][0]]
+            if parent.shape != rec.shape or parent.dtype != rec.dtype:
+                break
+            rec = parent
+        return rec
 
     def _refresh(self, t: torch.Tensor) -> OpRecord:
         """A record for the new value of ``t``, changed in place through another view or inside a C op.
@@ -399,6 +418,7 @@ class Recorder(TorchFunctionMode):
         rec.is_buffer = address is not None
         rec.buffer_address = address
         rec.is_internally_generated = name is None and address is None
+        rec.framework = self._sharded and name is None and inside_sharding_hooks(self._stop_code)
         # buffers change inside C ops (BatchNorm running stats), unseen: snapshot them now
         self._finish(rec, t, clone=address is not None)
         return rec

@@ -41,6 +41,7 @@ class OpRecord:
     is_inplace: bool = False
     source_name: str | None = None
     buffer_write: str | None = None  # address of the buffer an in-place op wrote into
+    framework: bool = False  # run inside a sharding wrapper's hooks (FSDP's all-gathers)
     activation: Any = None
     transformed_activation: Any = None
     version: int = 0
