@@ -271,3 +271,47 @@ def test_in_place_op_on_a_view_replays_and_spares_the_callers_tensor() -> None:
         before = h.clone()
         expected = model.tail(h * 1 if node_in == "linear_1_1" else h.clone())
         assert torch.allclose(sub(h), expected) and torch.equal(h, before)
+
+
+def test_sub_model_takes_the_source_models_mode() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        sub = lt.Extract(model, x, node_in="linear_1", node_out="linear_2")
+        assert sub.training == model.training == (mode == "train")
+        h = model[0](x)
+        if mode == "eval":
+            assert torch.allclose(sub(h), model[1:](h))  # the first call works, same values as the model
+        else:
+            assert sub(h).shape == (5, 2)
+    sub.eval()  # a mode change that really changes the path still says what to do
+    with pytest.raises(DifferentPathError, match="Re-extract after model.eval"):
+        sub(model[0](x))
+
+
+def test_every_node_of_a_loop_is_listed_and_usable() -> None:
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.GRUCell(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.zeros(x.shape[0], 3)
+            for _ in range(4):
+                h = self.cell(x, h)
+            return h
+
+    model, x = Loop(), torch.randn(2, 3)
+    nodes = lt.get_nodes(model, x)
+    assert [n for n in nodes if n.startswith("grucell")] == [f"grucell_1_2:{i}" for i in range(1, 5)]
+    log = lt.log_forward_pass(model, x, layers_to_save=nodes)
+    assert [layer.layer_label for layer in log.layers if layer.is_saved] == nodes
+    taps = lt.Taps(model, nodes, example_input=x)
+    with taps:
+        model(x)
+    assert all(taps[n] is not None for n in nodes)
+    taps.remove()
+    sub = lt.Extract(model, x, node_in="grucell_1_2:1", node_out="grucell_1_2:3")
+    out = sub(log["grucell_1_2:1"].activation, input_1_0=x)  # the loop also reads x
+    assert torch.allclose(out, log["grucell_1_2:3"].activation)
