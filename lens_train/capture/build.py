@@ -46,8 +46,9 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     group_labels = [[pass_label[m] for m in g.members] for g in groups]
     data = [rec for rec in records if not side[rec.index]]
     in_call = _op_index_in_call(records)
+    texts = _Texts(param_info)
     layers = [
-        _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, param_info,
+        _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, texts,
                group_labels[group_of[rec.index]], in_call[rec.index])
         for rec in data
     ]
@@ -120,12 +121,44 @@ def _buffer_update(rec: Any, labels: list[str]) -> dict[str, Any]:
     }
 
 
+class _Texts:
+    """Strings and parameter summaries many layers share, made once per capture (stacks, devices, params)."""
+
+    def __init__(self, param_info: dict[int, tuple]) -> None:
+        self.param_info = param_info
+        self._calls: dict[tuple, list[str]] = {}
+        self._params: dict[tuple[int, ...], tuple[list, int, int, list]] = {}
+        self._devices: dict[Any, str] = {}
+
+    def calls(self, stack: tuple) -> list[str]:
+        """``["blocks.0:1", ...]`` for a module stack (a new list each time: layers own theirs)."""
+        text = self._calls.get(stack)
+        if text is None:
+            text = self._calls[stack] = [f"{a}:{n}" for a, n in stack]
+        return list(text)
+
+    def params(self, param_ids: tuple[int, ...]) -> tuple[list, int, int, list]:
+        """(shapes, count, bytes, addresses) of the parameters an op used."""
+        found = self._params.get(param_ids)
+        if found is None:
+            info = [self.param_info[p] for p in param_ids if p in self.param_info]
+            found = self._params[param_ids] = ([p[1] for p in info], sum(p[2] for p in info), sum(p[3] for p in info),
+                                               [p[0] for p in info])
+        return list(found[0]), found[1], found[2], list(found[3])
+
+    def device(self, device: Any) -> str:
+        text = self._devices.get(device)
+        if text is None:
+            text = self._devices[device] = str(device)
+        return text
+
+
 def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
-           param_info: dict, pass_labels: list[str], op_index_in_call: int) -> LayerLog:
+           texts: _Texts, pass_labels: list[str], op_index_in_call: int) -> LayerLog:
     arg_locs: dict[str, list[Any]] = {}
     for parent, pos in rec.parents:
         arg_locs.setdefault(labels[parent], []).append(pos)
-    params = [param_info[p] for p in rec.param_ids if p in param_info]
+    shapes, num_params, param_bytes, addresses = texts.params(rec.param_ids)
     return LayerLog(
         layer_label=labels[rec.index],
         layer_label_no_pass=group.label,
@@ -141,19 +174,19 @@ def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, childr
         tensor_shape=rec.shape,
         tensor_dtype=rec.dtype,
         tensor_fsize=rec.nbytes,
-        device=str(rec.device),
+        device=texts.device(rec.device),
         requires_grad=rec.requires_grad,
         tensor_contents=rec.activation,
         transformed_activation=rec.transformed_activation,
         parent_layers=list(dict.fromkeys(labels[p] for p, _ in rec.parents)),
         parent_layer_arg_locs=arg_locs,
         child_layers=[labels[c] for c in children[rec.index]],
-        containing_modules=[f"{a}:{n}" for a, n in rec.module_stack],
+        containing_modules=texts.calls(rec.module_stack),
         module_outputs=[f"{a}:{n}" for a, n in rec.output_of_modules],
-        parent_params=[p[1] for p in params],
-        num_params=sum(p[2] for p in params),
-        param_bytes=sum(p[3] for p in params),
-        param_addresses=[p[0] for p in params],
+        parent_params=shapes,
+        num_params=num_params,
+        param_bytes=param_bytes,
+        param_addresses=addresses,
         time_s=rec.time_s,
         is_input=rec.is_input,
         is_output=rec.is_output,

@@ -28,7 +28,7 @@ class FrameInfo:
         return f"{self.file}:{self.line} in {self.function}: {self.code_context}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LayerLog:
     """Everything logged about one pass of one layer.
 

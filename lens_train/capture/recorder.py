@@ -95,6 +95,7 @@ class Recorder(TorchFunctionMode):
         self._stop_code = stop_code
         self._owner: dict[int, OpRecord] = {}
         self._by_storage: dict[int, list[OpRecord]] = {}
+        self._unindexed: list[OpRecord] = []  # saved values not yet in _by_storage (indexed when first needed)
         # parameters by storage: one changed in place by forward is backed up first and
         # put back on exit, so a capture never changes parameter values
         self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
@@ -308,8 +309,17 @@ class Recorder(TorchFunctionMode):
             rec.transformed_activation = plan.postfunc(value)
         if plan.save_raw:
             rec.activation = value
-            if not clone and value.layout == torch.strided and value.device.type != "meta":
-                self._by_storage.setdefault(_storage_key(value), []).append(rec)
+            if not clone:
+                self._unindexed.append(rec)
+
+    def _index_saved(self) -> None:
+        """File the saved values by storage, only once an in-place op needs it (many passes have none)."""
+        by_storage = self._by_storage
+        for rec in self._unindexed:
+            value = rec.activation
+            if value is not None and value.layout == torch.strided and value.device.type != "meta":
+                by_storage.setdefault(_storage_key(value), []).append(rec)
+        self._unindexed.clear()
 
     def copy_on_write(self, target: Any) -> None:
         """Clone saved values that share ``target``'s memory before an in-place op changes it."""
@@ -319,6 +329,8 @@ class Recorder(TorchFunctionMode):
         param = self._param_storage.pop(key, None) if self._param_storage else None
         if param is not None:
             self._param_backups.append((param, param.detach().clone()))
+        if self._unindexed:
+            self._index_saved()
         if not self._by_storage:
             return
         for rec in self._by_storage.pop(key, ()):
