@@ -348,3 +348,12 @@ def test_capture_spec_moves_to_another_device() -> None:
     assert rec["relu_1"].device.type == "meta" and rec["relu_1"].shape == (2, 3, 4, 4)
     assert rec["linear_1"].device.type == "cpu"
     assert torch.equal(rec["linear_1"], model.fc1(model.act(model.conv(x)).flatten(1)))
+
+
+def test_record_inside_an_except_block_keeps_its_rollout() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU())
+    try:
+        raise ValueError("the user's own error, being handled")
+    except ValueError:
+        rec = lt.fastlog.record(model, torch.ones(2, 3), keep_op=lambda ctx: ctx.layer_type == "relu")
+    assert len(rec) == 1 and rec["relu_1"].shape == (2, 3)

@@ -108,8 +108,9 @@ class EventStream(TorchFunctionMode):
         self._depth -= 1
         if self._depth == 0:
             TorchFunctionMode.__exit__(self, None, None, None)
-            # called from torch's exception handler when forward raised
-            self.on_call_end(sys.exc_info()[0] is None)
+            # torch calls this hook with output None from its exception handler when forward
+            # raised; exc_info alone would also be set for a call made inside a user's except block
+            self.on_call_end(output is not None or sys.exc_info()[0] is None)
 
     def _pre(self, module: nn.Module, args: tuple) -> None:
         address = self._addresses.get(id(module))
