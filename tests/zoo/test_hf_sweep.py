@@ -26,6 +26,7 @@ from lens_train.capture.api import forked_rng
 from lens_train.capture.recorder import Recorder
 
 from .hf_architectures import HF_ARCHS, build_hf
+from .test_zoo import _leaves
 
 NAMES = sorted(HF_ARCHS)
 REQUIRED = {
@@ -49,15 +50,6 @@ def _one_thread() -> Any:
     torch.set_num_threads(before)
 
 
-def _leaves(value: Any) -> list[torch.Tensor]:
-    """The tensors of a (possibly nested) output, in order; ``ModelOutput`` is a dict."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _leaves(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _leaves(v)]
-    return []
 
 
 def _plain(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
