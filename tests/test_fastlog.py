@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from lens_train.bundle_format import JOURNAL_NAME, frame
-from lens_train.bundle_reader import BundleReader
+from lens_train.bundle.format import JOURNAL_NAME, frame
+from lens_train.bundle.reader import BundleReader
 from lens_train.errors import AmbiguousLayerError, BundleError, InvalidArgumentError, LayerNotFoundError
 
 from bench.models import Encoder

@@ -16,10 +16,10 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from ..bundle import save as save_bundle
+from ..bundle.api import save as save_bundle
 from ..capture.api import log_forward_pass
 from ..errors import InvalidArgumentError
-from ..snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
+from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
                          snapshot_name, write_index)
 from ..train.selection import ModuleIndex
 from ._base import LensCallback

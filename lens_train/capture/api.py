@@ -20,6 +20,7 @@ from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
 from .model_log import ModelLog
 from .gradients import GradientHooks
+from .outlets import open_stream
 from .recorder import CapturePlan, Recorder
 
 
@@ -56,7 +57,7 @@ def log_forward_pass(
         save_gradients: after a ``backward()``, give every saved layer pass its
             ``layer.gradient`` (implies ``train_mode``; see :mod:`lens_train.capture.gradients`).
         save_activations_to: a new bundle directory to write each saved activation to as
-            it is produced (``lt.load(path)`` reads it back; see :mod:`lens_train.bundle_stream`).
+            it is produced (``lt.load(path)`` reads it back; see :mod:`lens_train.bundle.streaming`).
         keep_activations_in_memory: with ``False`` (needs ``save_activations_to``) the log
             keeps no activation in memory; ``layer.materialize_activation()`` reads it from disk.
 
@@ -102,9 +103,7 @@ def log_forward_pass(
         probe = run_capture(model, input_args, input_kwargs, CapturePlan(save="none"), seed)
         chosen = select(build_key_map(probe.layers), probe.layers, layers_to_save)
         plan = CapturePlan(save=frozenset(chosen), **base)
-    from ..bundle_stream import open_capture_stream  # bundles build on capture: imported when used
-
-    stream = open_capture_stream(save_activations_to, keep_activations_in_memory)
+    stream = open_stream(save_activations_to, keep_activations_in_memory)
     log = stream.run(lambda p: run_capture(model, input_args, input_kwargs, p, seed), plan)
     if grads is not None:
         grads.bind(log)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..bundle_format import parse_dtype
-from ..bundle_reader import BundleReader
-from ..bundle_writer import BundleWriter
+from ..bundle.format import parse_dtype
+from ..bundle.reader import BundleReader
+from ..bundle.writer import BundleWriter
 from ..errors import BundleError
 from .context import RecordContext
 from .recording import Entry, Recording, Rollout

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .bundle_format import MANIFEST_NAME
-from .bundle_metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
-from .bundle_reader import BundleReader
-from .bundle_writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
-from .capture.api import gc_paused
-from .capture.layer_log import LayerLog
-from .capture.model_log import ModelLog
-from .errors import BundleError, BundleWarning, InvalidArgumentError
+from .format import MANIFEST_NAME
+from .metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
+from .reader import BundleReader
+from .writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
+from ..capture.api import gc_paused
+from ..capture.layer_log import LayerLog
+from ..capture.model_log import ModelLog
+from ..errors import BundleError, BundleWarning, InvalidArgumentError
 
 
 def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE, append: bool = False) -> None:
@@ -149,7 +149,7 @@ def _capture_index(reader: BundleReader, unit: int | None) -> int:
         left = " Left out: " + " ".join(reader.left_out) if reader.left_out else ""
         what = "no committed capture: its writer stopped before the capture finished" if not reader.units else (
             f"{len(reader.units)} units of kind {reader.manifest.get('kind')!r}, no capture; read them with "
-            "lens_train.bundle_reader.BundleReader(path)")
+            "lens_train.bundle.reader.BundleReader(path)")
         raise BundleError(f"Bundle {str(reader.path)!r} holds {what}.{left}")
     if unit is None:
         return captures[-1]

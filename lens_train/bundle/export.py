@@ -16,8 +16,8 @@ import json
 import os
 from typing import Any
 
-from .capture.model_log import ModelLog
-from .errors import MissingDependencyError
+from ..capture.model_log import ModelLog
+from ..errors import MissingDependencyError
 
 COLUMNS = (
     "layer_label", "layer_label_no_pass", "pass_num", "num_passes", "layer_type", "func_name", "operation_index",
@@ -97,6 +97,19 @@ def to_json(log: ModelLog, path: str | os.PathLike | None = None) -> str | None:
         ('relu', 'float32', 8)
     """
     return _emit(json.dumps(layer_rows(log), indent=1) + "\n", path)
+
+
+def export_table(log: ModelLog, how: str, path: str | os.PathLike | None = None) -> Any:
+    """The layer table as ``how``: ``"csv"``, ``"json"`` (text, or written to ``path``) or ``"pandas"``.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> export_table(lt.log_forward_pass(torch.nn.ReLU(), torch.ones(2)), "csv").splitlines()[0][:11]
+        'layer_label'
+    """
+    if how == "pandas":
+        return to_pandas(log)
+    return {"csv": to_csv, "json": to_json}[how](log, path)
 
 
 def _cell(v: Any) -> Any:

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .bundle_format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
+from .format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
                             byte_view, checksum, expected_nbytes, from_bytes, parse_dtype, unframe)
-from .errors import BundleError
-from .capture.printing import human_bytes
+from ..errors import BundleError
+from ..capture.printing import human_bytes
 
 
 class BundleReader:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from .bundle_format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN, byte_view, checksum,
+from .format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN, byte_view, checksum,
                             dtype_name, frame, shard_name, to_stored)
-from .bundle_reader import journal_problem, read_manifest, scan_journal
-from .errors import BundleError, InvalidArgumentError
+from .reader import journal_problem, read_manifest, scan_journal
+from ..errors import BundleError, InvalidArgumentError
 
 DEFAULT_SHARD_SIZE = 2 << 30
 _MAX_HEADER = 64 << 20
@@ -116,7 +116,7 @@ class BundleWriter:
 
     Example:
         >>> import tempfile, torch
-        >>> from lens_train.bundle_reader import BundleReader
+        >>> from lens_train.bundle.reader import BundleReader
         >>> path = tempfile.mkdtemp() + "/rollouts"
         >>> with BundleWriter(path, kind="rollouts") as writer:
         ...     writer.append("obs/0", torch.arange(3))
@@ -322,7 +322,7 @@ class BundleWriter:
 
 
 def _manifest_header(kind: str, info: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": FORMAT_NAME,

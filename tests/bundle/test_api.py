@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from lens_train import bundle as bundle_mod
-from lens_train.bundle_format import FORMAT_NAME, frame, unframe
-from lens_train.bundle_metadata import tensor_key
-from lens_train.bundle_reader import BundleReader
-from lens_train.bundle_writer import BundleWriter
+from lens_train.bundle import api as bundle_mod
+from lens_train.bundle.format import FORMAT_NAME, frame, unframe
+from lens_train.bundle.metadata import tensor_key
+from lens_train.bundle.reader import BundleReader
+from lens_train.bundle.writer import BundleWriter
 from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models import DemoNetwork, SimpleRecurrent, SmallAlexNet
 from tests.models.log_compare import assert_same_log, bit_equal

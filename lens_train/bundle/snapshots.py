@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .errors import BundleError, InvalidArgumentError
+from ..errors import BundleError, InvalidArgumentError
 
 INDEX_NAME = "index.json"
-INDEX_FORMAT = "lens_train.snapshots"
+INDEX_FORMAT = "lens_train.bundle.snapshots"
 STATE_PREFIX = "ActivationSnapshotCallback"
 
 
@@ -44,7 +44,7 @@ class Snapshot:
 
     def load(self, lazy: bool = True) -> Any:
         """The snapshot's :class:`~lens_train.ModelLog` (``lt.load`` of its bundle)."""
-        from .bundle import load
+        from .api import load
 
         return load(self.path, lazy=lazy)
 

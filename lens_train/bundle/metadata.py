@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .bundle_format import dtype_name, parse_dtype
-from .capture.layer_log import FrameInfo, LayerLog
-from .capture.model_log import ModelLog, ModuleLog, ModuleTable
-from .errors import BundleError
+from .format import dtype_name, parse_dtype
+from ..capture.layer_log import FrameInfo, LayerLog
+from ..capture.model_log import ModelLog, ModuleLog, ModuleTable
+from ..errors import BundleError
 
 # LayerLog fields that hold tensors (stored in shards, read lazily); their names in the bundle.
 TENSOR_FIELDS = {"tensor_contents": "activation", "transformed_activation": "transformed", "gradient": "gradient"}

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import xxhash
 
-from .capture.api import gc_paused
-from .errors import BundleError
+from ..capture.api import gc_paused
+from ..errors import BundleError
 
 FORMAT_NAME = "lens_train.bundle"
 FORMAT_VERSION = 1

@@ -19,43 +19,27 @@ from typing import Any
 
 import torch
 
-from .bundle import Materializer, check_replaceable, materializers, move_into_place
-from .bundle_format import MANIFEST_NAME
-from .bundle_metadata import TENSOR_FIELDS, LogEncoder
-from .bundle_reader import BundleReader
-from .bundle_writer import BundleWriter
-from .capture.api import gc_paused
-from .capture.layer_log import LayerLog
-from .capture.model_log import ModelLog
-from .capture.recorder import CapturePlan
-from .capture.records import OpRecord
-from .errors import InvalidArgumentError
+from .api import Materializer, check_replaceable, materializers, move_into_place
+from .format import MANIFEST_NAME
+from .metadata import TENSOR_FIELDS, LogEncoder
+from .reader import BundleReader
+from .writer import BundleWriter
+from ..capture.api import gc_paused
+from ..capture.layer_log import LayerLog
+from ..capture.model_log import ModelLog
+from ..capture.recorder import CapturePlan
+from ..capture.records import OpRecord
 
 
-class _NoStream:
-    """Stands in for a stream when activations stay in memory only."""
-
-    def run(self, capture: Callable[[CapturePlan], ModelLog], plan: CapturePlan) -> ModelLog:
-        return capture(plan)
-
-    def finish(self, log: ModelLog) -> None:
-        pass
-
-
-def open_capture_stream(path: str | os.PathLike | None, keep_in_memory: bool = True) -> CaptureStream | _NoStream:
-    """The stream a capture writes through (a no-op one when ``path`` is None).
+def open_capture_stream(path: str | os.PathLike, keep_in_memory: bool = True) -> CaptureStream:
+    """A stream writing one capture to the bundle directory ``path`` (what ``save_activations_to`` opens).
 
     Example:
-        >>> open_capture_stream(None).run(lambda plan: plan.save, CapturePlan())
-        'all'
+        >>> import tempfile
+        >>> stream = open_capture_stream(tempfile.mkdtemp() + "/s")
+        >>> type(stream).__name__, stream.abort()
+        ('CaptureStream', None)
     """
-    if path is None:
-        if not keep_in_memory:
-            raise InvalidArgumentError(
-                "keep_activations_in_memory=False would discard every activation: also pass save_activations_to, "
-                "e.g. lt.log_forward_pass(model, x, save_activations_to='run/bundle', keep_activations_in_memory=False)."
-            )
-        return _NoStream()
     return CaptureStream(path, keep_in_memory)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from lens_train.bundle_stream import CaptureStream
+from lens_train.bundle.streaming import CaptureStream
 from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models import DemoNetwork, SimpleRecurrent
 from tests.models.log_compare import assert_same_log, bit_equal

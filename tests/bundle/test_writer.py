@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lens_train.bundle_format import JOURNAL_NAME, MANIFEST_NAME, frame
-from lens_train.bundle_reader import BundleReader
-from lens_train.bundle_writer import BundleWriter
+from lens_train.bundle.format import JOURNAL_NAME, MANIFEST_NAME, frame
+from lens_train.bundle.reader import BundleReader
+from lens_train.bundle.writer import BundleWriter
 from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models.log_compare import bit_equal
 
