@@ -63,6 +63,10 @@ class BundleError(LensTrainError, ValueError):
     """A bundle on disk that is missing, corrupted or of an unknown format."""
 
 
+class CheckpointError(LensTrainError, ValueError):
+    """A checkpoint file that cannot be read safely (missing, not a zip checkpoint, malformed)."""
+
+
 class BundleWarning(UserWarning):
     """A bundle loaded without data a writer wrote but never committed (listed in the message)."""
 

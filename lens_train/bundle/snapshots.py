@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..errors import BundleError, InvalidArgumentError
+from ..errors import BundleError, CheckpointError, InvalidArgumentError
+from .checkpoint import read_checkpoint
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "lens_train.bundle.snapshots"
@@ -191,15 +192,11 @@ def checkpoint_snapshot_paths(path: str | os.PathLike) -> set[str]:
 
 
 def _checkpoint_callback_states(path: Path) -> dict[str, Any]:
-    # mmap: the model weights are not read, only the small callback states.
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        # The user's own checkpoint may hold pickled hyperparameters that the safe
-        # loader refuses (Lightning itself loads it this way when resuming), or be in
-        # the legacy format that cannot be memory-mapped.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return dict(ckpt.get("callbacks", {}))
+    # memory-mapped: the model weights are not read, only the small callback states
+    states = read_checkpoint(path).get("callbacks", {})
+    if not isinstance(states, dict):
+        raise CheckpointError(f"Checkpoint {str(path)!r} has a malformed 'callbacks' entry ({type(states).__name__}).")
+    return states
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from ..bundle.api import save as save_bundle
 from ..capture.api import log_forward_pass
-from ..errors import InvalidArgumentError
+from ..errors import CheckpointError, InvalidArgumentError
 from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
                          snapshot_name, write_index)
 from ..train.selection import ModuleIndex
@@ -264,7 +264,11 @@ class ActivationSnapshotCallback(LensCallback):
         dropped = self.directory / DROPPED if self.directory is not None else None
         if not self._is_zero or dropped is None or not dropped.is_dir():
             return
-        listed = self._listed_by_checkpoints()
+        try:
+            listed = self._listed_by_checkpoints()
+        except CheckpointError as exc:
+            rank_zero_warn(f"Keeping every snapshot in {dropped}: a checkpoint that may list them cannot be read ({exc})")
+            return
         for path in dropped.iterdir():
             if path.name not in listed:
                 shutil.rmtree(path, ignore_errors=True)
