@@ -43,6 +43,10 @@ class InvalidArgumentError(LensTrainError, ValueError):
     """An argument value that lens_train cannot use."""
 
 
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of a type lens_train cannot use (also a ``TypeError``)."""
+
+
 class TapError(LensTrainError, RuntimeError):
     """A tapped activation that this training step cannot provide as asked."""
 

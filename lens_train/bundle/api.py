@@ -20,7 +20,8 @@ from typing import Any
 from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
 from .reader import BundleReader
-from .writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
+from .files import as_path, bundle_dir, fsync_dir
+from .writer import DEFAULT_SHARD_SIZE, BundleWriter
 from ..capture.api import gc_paused
 from ..capture.layer_log import LayerLog
 from ..capture.model_log import ModelLog
@@ -51,7 +52,7 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     """
     if not isinstance(log, ModelLog):
         raise BundleError(f"lt.save needs a ModelLog, got {type(log).__name__}. Example: lt.save(lt.log_forward_pass(model, x), path).")
-    target = Path(path)
+    target = bundle_dir(as_path(path, "lt.save(log, path)'s path", "lt.save(log, 'runs/bundle')"))
     saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
     sizes = {"shard_size": shard_size, "header_reserve": 1024 + 200 * saved}
     if append:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .api import Materializer, check_replaceable, materializers, move_into_place
+from .files import as_path, bundle_dir
 from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder
 from .reader import BundleReader
@@ -69,7 +70,7 @@ class CaptureStream:
 
     def __init__(self, path: str | os.PathLike, keep_in_memory: bool) -> None:
         self.keep = keep_in_memory
-        self.target = Path(path)
+        self.target = bundle_dir(as_path(path, "save_activations_to", "lt.log_forward_pass(model, x, save_activations_to='runs/bundle')"))
         write_to = self.target
         if self.target.exists() and not (self.target.is_dir() and not any(self.target.iterdir())):
             # replacing a bundle: write beside it, swap once committed; a crash leaves the old one

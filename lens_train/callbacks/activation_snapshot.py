@@ -19,7 +19,7 @@ from typing_extensions import override
 from ..bundle.api import save as save_bundle
 from ..capture.api import log_forward_pass
 from ..errors import CheckpointError, InvalidArgumentError
-from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
+from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, log_root, plot_drift,
                          snapshot_name, write_index)
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
@@ -149,9 +149,21 @@ class ActivationSnapshotCallback(LensCallback):
         if not self._fitting:
             return  # trainer.test(ckpt_path=...) takes no snapshots and must not rewind the list
         self._restored = dict(state_dict)
-        self.snapshots = [entry_from_json(e) for e in state_dict["snapshots"]]
+        self.snapshots = self._inside_log_root([entry_from_json(e) for e in state_dict["snapshots"]])
         self._next_index = int(state_dict["next_index"])
-        self.reference_path = state_dict["reference"]
+        reference = state_dict["reference"]
+        self.reference_path = reference if isinstance(reference, str) and self._in_root(reference) else None
+
+    def _in_root(self, path: str) -> bool:
+        return self.directory is None or log_root(self.directory.resolve()) in Path(path).resolve().parents
+
+    def _inside_log_root(self, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """The checkpoint's snapshots this run may list and move: those under its log root."""
+        outside = [s for s in snapshots if not self._in_root(s.path)]
+        if outside:
+            rank_zero_warn(f"Not listing {len(outside)} snapshot(s) of the checkpoint outside the log root "
+                           f"{log_root(self.directory.resolve())}: {', '.join(s.path for s in outside[:3])}")
+        return [s for s in snapshots if s not in outside]
 
     # -- when -----------------------------------------------------------------------------
     def _due(self, trainer: pl.Trainer) -> bool:
