@@ -20,6 +20,7 @@ from typing import Any
 from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
 from .reader import BundleReader
+from .schema import check_capture_unit
 from .files import as_path, bundle_dir, fsync_dir
 from .writer import DEFAULT_SHARD_SIZE, BundleWriter
 from ..capture.api import gc_paused
@@ -132,6 +133,7 @@ def _load(path: str | os.PathLike, lazy: bool, unit: int | None) -> ModelLog:
     reader = BundleReader(path)
     index = _capture_index(reader, unit)
     where = f"{reader.path / MANIFEST_NAME}, unit {index}"
+    check_capture_unit(reader.units[index]["metadata"], reader.entries(index), where)
     try:
         log = _restore(reader, index, lazy, where)
     except BundleError:

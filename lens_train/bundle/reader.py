@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import struct
@@ -15,6 +16,7 @@ import torch
 from .format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
                             byte_view, checksum, expected_nbytes, from_bytes, parse_dtype, unframe)
 from ..errors import BundleError
+from .schema import check_header_entry
 from ..capture.printing import human_bytes
 
 
@@ -148,8 +150,27 @@ class BundleReader:
             head += f.read(n)
         if checksum(head)[0] != info["header_xxh3"]:
             raise BundleError(f"{path}: shard header fails its checksum (the file was modified or corrupted).")
+        header = _parse_header(head[8:], path)
+        for tensor, e in unit["tensors"].items():
+            if isinstance(e, dict) and e.get("shard") == name:
+                check_header_entry(self._entry(unit, tensor), header, 8 + n, f"{path}")
         self._checked_shards.add(name)
         return path
+
+    def entries(self, unit: int) -> dict[str, dict[str, Any]]:
+        """Every tensor entry of committed unit ``unit``, checked (dtype parsed, byte range inside its shard)."""
+        u = self._unit(unit)
+        return {name: self._entry(u, name) for name in u["tensors"]}
+
+
+def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise BundleError(f"{path}: the shard's safetensors header is not a JSON object.")
+    return header
 
 
 def _map_shard(path: Path) -> torch.Tensor:

@@ -381,14 +381,21 @@ def test_a_finished_streams_journal_cut_or_removed_is_an_error(tmp_path: Path) -
 def test_malformed_metadata_with_a_valid_checksum_is_a_bundle_error(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     manifest = unframe((path / "manifest.json").read_bytes(), "manifest", "m")
-    manifest["units"][0]["metadata"]["layers"]["rows"][1][0] = {"$dtype": "load"}
+    table = manifest["units"][0]["metadata"]["layers"]
+    column = table["columns"].index("transformed_activation")
+    table["rows"][1][column] = {"$dtype": "load"}  # only dtypes are ever looked up in torch
     (path / "manifest.json").write_bytes(frame("manifest", manifest))
     with pytest.raises(BundleError, match="unknown dtype 'load'"):
         lt.load(path)
-    manifest["units"][0]["metadata"]["layers"]["rows"][1][0] = "linear_1_1"
+    table["rows"][1][column] = None
+    table["rows"][1][0] = {"$dtype": "float32"}
+    (path / "manifest.json").write_bytes(frame("manifest", manifest))
+    with pytest.raises(BundleError, match="layer 1 field 'layer_label': expected a string"):
+        lt.load(path)
+    table["rows"][1][0] = "linear_1_1"
     del manifest["units"][0]["metadata"]["model_name"]
     (path / "manifest.json").write_bytes(frame("manifest", manifest))
-    with pytest.raises(BundleError, match="capture metadata is malformed"):
+    with pytest.raises(BundleError, match="field 'model_name' is missing"):
         lt.load(path)
 
 

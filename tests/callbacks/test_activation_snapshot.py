@@ -55,7 +55,7 @@ def test_layout_drift_metrics_and_plot(tmp_path):
     assert [s.name for s in snaps] == [f"epoch={(s - 1) // 4:03d}-step={s:06d}" for s in (2, 4, 6, 8)]
     assert snaps[0].cka == {} and set(snaps[1].cka) == {"layer1", "layer2"}
     a, b = snaps[2].activations(), snaps[3].activations()
-    expected = lt.snapshots.linear_cka(a["relu_2_4"], b["relu_2_4"])
+    expected = lt.bundle.snapshots.linear_cka(a["relu_2_4"], b["relu_2_4"])
     assert snaps[3].cka["layer2"] == pytest.approx(expected, rel=1e-6)
     assert float(t.logged_metrics["drift/cka/layer2"]) == pytest.approx(expected, rel=1e-5)
     assert (cb.directory / "drift.png").stat().st_size > 0
