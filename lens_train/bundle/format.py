@@ -90,9 +90,14 @@ def unframe(data: bytes, key: str, where: str) -> Any:
         raise BundleError(f"{where} fails its checksum: the file was modified or corrupted after it was written.")
     try:
         with gc_paused():
-            return json.loads(body)
+            return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise BundleError(f"{where} holds invalid JSON ({exc}).") from None
+
+
+def _no_constant(name: str) -> Any:
+    # the writer spells non-finite floats {"$float": "nan"}; a bare NaN/Infinity was not written by it
+    raise ValueError(f"bare {name} is not JSON")
 
 
 # -- tensors ------------------------------------------------------------------------------

@@ -99,6 +99,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def column_accepts(column: str, value: Any) -> bool:
+    """Whether the layer-table ``column`` may hold the JSON ``value`` (types and ranges only).
+
+    Example:
+        >>> column_accepts("requires_grad", -1), column_accepts("tensor_contents", {"$tensor": "activation/3"})
+        (False, True)
+    """
+    return _KINDS[LAYER_COLUMNS.get(column, "value")][1](value)
+
+
 def _check(kind: str, value: Any, where: str) -> None:
     what, ok = _KINDS[kind]
     if not ok(value):
@@ -216,6 +226,21 @@ def _check_tensors(unit: dict[str, Any], rows: list[dict[str, Any]], entries: di
     for key in ("meta", "modules", "capture"):
         for name in _refs(unit.get(key)):
             _entry(entries, name, f"{where}, field {key!r}")
+    unused = set(entries) - set(referenced_tensors(unit))
+    if unused:
+        raise BundleError(f"{where}: stored tensor(s) {sorted(unused)[:3]} are not referred to by any record "
+                          "(the metadata was changed after it was written).")
+
+
+def referenced_tensors(unit: dict[str, Any]) -> list[str]:
+    """Names of every tensor the metadata of a capture unit refers to.
+
+    Example:
+        >>> referenced_tensors({"output": {"$tensor": "output"}, "layers": {"rows": [[{"$tensor": "activation/1"}, None]]}})
+        ['activation/1', 'output']
+    """
+    rows = unit.get("layers", {}).get("rows", [])
+    return _refs(rows) + [n for key in ("meta", "output", "modules", "capture") for n in _refs(unit.get(key))]
 
 
 def _entry(entries: dict[str, Any], name: str, where: str) -> dict[str, Any]:

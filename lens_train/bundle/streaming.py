@@ -24,6 +24,7 @@ from .files import as_path, bundle_dir
 from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder
 from .reader import BundleReader
+from .schema import referenced_tensors
 from .writer import BundleWriter
 from ..capture.api import gc_paused
 from ..capture.layer_log import LayerLog
@@ -118,6 +119,8 @@ class CaptureStream:
         try:
             with gc_paused():
                 unit = self.encoder.encode_log(log)
+            for name in set(self.writer.uncommitted) - set(referenced_tensors(unit)):
+                self.writer.discard(name)  # written for a record the log did not keep
             self.writer.commit(unit)
             self.writer.close()
             if self.writer.path != self.target:

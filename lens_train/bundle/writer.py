@@ -238,6 +238,12 @@ class BundleWriter:
         self.num_units += 1
         return unit["index"]
 
+    def discard(self, name: str) -> None:
+        """Leave the appended tensor ``name`` out of the open unit (its bytes stay, unreferenced, in the shard)."""
+        self._check_open()
+        if self._tensors.pop(name, None) is None:
+            raise InvalidArgumentError(f"No tensor {name!r} appended since the last commit; appended: {self.uncommitted[:5]}.")
+
     @property
     def uncommitted(self) -> list[str]:
         """Names appended since the last commit."""
