@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
 from .reader import BundleReader
 from .schema import check_capture_unit
-from .files import as_path, bundle_dir, fsync_dir
+from .files import as_path, bundle_dir, fsync_dir, mark, new_temp_dir, remove_debris, unmark
 from .writer import DEFAULT_SHARD_SIZE, BundleWriter
 from ..capture.api import gc_paused
 from ..capture.layer_log import LayerLog
@@ -59,10 +58,10 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     if append:
         with gc_paused(), BundleWriter(target, kind="capture", append=True, **sizes) as writer:
             writer.commit(LogEncoder(writer.append).encode_log(log))
+        remove_debris(target)
         return
     check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    tmp = new_temp_dir(target)
     try:
         with gc_paused(), BundleWriter(tmp, kind="capture", journal=False, **sizes) as writer:
             writer.commit(LogEncoder(writer.append).encode_log(log))
@@ -70,6 +69,7 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_debris(target)  # what killed saves of this bundle left, if their writers are gone
 
 
 def check_replaceable(target: Path, example: str = "lt.save(log, 'runs/new_bundle')") -> None:
@@ -82,18 +82,26 @@ def check_replaceable(target: Path, example: str = "lt.save(log, 'runs/new_bundl
 
 
 def move_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished ``tmp`` to ``target``; an old bundle is moved aside first, then deleted."""
+    """Rename the finished ``tmp`` to ``target``; an old bundle is moved aside first, then deleted.
+
+    The set-aside old bundle gets this writer's marker, so that if the process dies
+    before deleting it, a later save knows it as debris (:func:`~lens_train.bundle.files.remove_debris`).
+    """
     if not target.exists():
         os.rename(tmp, target)
+        unmark(target)
         fsync_dir(target.parent)
         return
     old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
     os.rename(target, old)
     try:
+        mark(old)
         os.rename(tmp, target)
     except BaseException:
+        unmark(old)
         os.rename(old, target)
         raise
+    unmark(target)
     fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 

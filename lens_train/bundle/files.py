@@ -10,9 +10,13 @@ itself) are followed as usual; reading a symlinked data file is allowed (``docs/
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import ArgumentTypeError, BundleError
 
@@ -142,3 +146,96 @@ def write_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> 
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+# -- debris of killed writers ------------------------------------------------------------------
+MARKER = ".lens_train-writer.json"  # in every temporary directory a writer creates: who is writing it
+
+
+def writer_identity(pid: int | None = None) -> dict[str, Any]:
+    """Who is writing: host, process id and the process's start time (which tells a reused pid apart).
+
+    Example:
+        >>> me = writer_identity()
+        >>> me["pid"] == os.getpid(), writer_alive(me)
+        (True, True)
+    """
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+
+
+def _start_time(pid: int) -> str | None:
+    try:  # Linux: field 22 of /proc/<pid>/stat, the start time in clock ticks since boot
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def writer_alive(marker: dict[str, Any]) -> bool:
+    """Whether the writer a marker names may still be running (another host's writer always may)."""
+    if marker.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(marker["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return marker.get("start") is None or _start_time(marker["pid"]) in (None, marker["start"])
+
+
+def new_temp_dir(target: Path) -> Path:
+    """A new ``.<name>.new-*`` directory beside ``target``, holding a marker that names this writer."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    mark(tmp)
+    return tmp
+
+
+def mark(directory: Path) -> None:
+    """Write this writer's marker into ``directory`` (a temporary or set-aside directory)."""
+    with create_new(directory / MARKER) as f:
+        f.write(json.dumps(writer_identity()).encode())
+
+
+def unmark(directory: Path) -> None:
+    """Remove the marker from a directory that is now published."""
+    (directory / MARKER).unlink(missing_ok=True)
+
+
+def remove_debris(target: Path) -> list[Path]:
+    """Remove the ``.<name>.new-*`` / ``.<name>.old-*`` directories that killed writers of ``target`` left.
+
+    Only directories holding a marker are touched, and only when the writer the marker
+    names is no longer alive. Returns what was removed.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "bundle"
+        >>> kept = new_temp_dir(target)  # this process is alive: kept
+        >>> remove_debris(target), kept.is_dir()
+        ([], True)
+    """
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for path in sorted(target.parent.glob(f".{target.name}.*-*")):
+        if path.name[len(target.name) + 2:].split("-", 1)[0] not in ("new", "old") or path.is_symlink() or not path.is_dir():
+            continue
+        marker = _read_marker(path / MARKER)
+        if marker is not None and not writer_alive(marker):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        if path.is_symlink() or path.stat().st_size > 4096:
+            return None
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(marker, dict) and isinstance(marker.get("host"), str) and type(marker.get("pid")) is int
+    return marker if ok else None

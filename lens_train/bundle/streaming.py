@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from .api import Materializer, check_replaceable, materializers, move_into_place
-from .files import as_path, bundle_dir
+from .files import as_path, bundle_dir, new_temp_dir, remove_debris
 from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder
 from .reader import BundleReader
@@ -76,7 +75,7 @@ class CaptureStream:
         if self.target.exists() and not (self.target.is_dir() and not any(self.target.iterdir())):
             # replacing a bundle: write beside it, swap once committed; a crash leaves the old one
             check_replaceable(self.target, "lt.log_forward_pass(model, x, save_activations_to='runs/new_bundle')")
-            write_to = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.new-", dir=self.target.parent))
+            write_to = new_temp_dir(self.target)
         self.writer = BundleWriter(write_to, kind="capture")
         self.encoder = _StreamEncoder(self.writer.append)
         self.active = True
@@ -128,6 +127,7 @@ class CaptureStream:
         except BaseException:
             self.abort()
             raise
+        remove_debris(self.target)
         self.active = False
         if not self.keep:
             reader = BundleReader(self.target)

@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 
 from .format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN, byte_view, checksum,
                             dtype_name, frame, shard_name, to_stored)
-from .files import create_new, fsync_dir, open_append, open_rewrite, write_atomic
+from .files import MARKER, create_new, fsync_dir, new_temp_dir, open_append, open_rewrite, unmark, write_atomic
 from .reader import journal_problem, read_manifest, scan_journal
 from ..errors import BundleError, InvalidArgumentError
 
@@ -336,7 +335,7 @@ def _open_journal(path: Path) -> Any:
 
 def _create_bundle_dir(path: Path, manifest: bytes | None) -> None:
     """Create ``path`` holding only ``manifest`` and an empty journal, atomically (just the directory without one)."""
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+    if path.exists() and not (path.is_dir() and not [p for p in path.iterdir() if p.name != MARKER]):
         raise BundleError(
             f"Cannot write a bundle to {str(path)!r}: it already exists. Pick a new path, remove the old one "
             f"first (shutil.rmtree({str(path)!r})), or add to it with BundleWriter(path, kind=..., append=True)."
@@ -345,15 +344,19 @@ def _create_bundle_dir(path: Path, manifest: bytes | None) -> None:
     if manifest is None:
         path.mkdir(exist_ok=True)
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    temporary = (path / MARKER).exists()  # path is itself a writer's temporary directory: it keeps a marker
+    tmp = new_temp_dir(path)
     try:
         write_atomic(tmp / MANIFEST_NAME, manifest)
         with create_new(tmp / JOURNAL_NAME) as f:
             os.fsync(f.fileno())
         fsync_dir(tmp)
         if path.exists():
+            unmark(path)
             path.rmdir()
         os.rename(tmp, path)
+        if not temporary:
+            unmark(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

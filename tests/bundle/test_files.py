@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import lens_train as lt
+from lens_train.bundle.files import MARKER, writer_identity
 from lens_train.bundle.format import JOURNAL_NAME, MANIFEST_NAME
 from lens_train.bundle.snapshots import Snapshot, read_index, write_index
 from lens_train.callbacks._reference import save_reference
@@ -144,3 +150,63 @@ def test_write_index_stores_paths_relative_and_refuses_outside_the_root(tmp_path
     far = tmp_path / "elsewhere" / "epoch=000-step=000002"
     with pytest.raises(BundleError, match="outside the log root"):
         write_index(here, [Snapshot(0, far.name, 0, 2, str(far))], None)
+
+
+# -- debris of killed writers ------------------------------------------------------------------------
+def _debris(parent: Path, name: str, marker: dict | None) -> Path:
+    path = parent / name
+    path.mkdir()
+    (path / "activations-00000.safetensors").write_bytes(b"\0" * 100)
+    if marker is not None:
+        (path / MARKER).write_text(json.dumps(marker))
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_next_save_removes_debris_of_dead_writers_only(tmp_path: Path) -> None:
+    lt.save(_log(), tmp_path / "b")
+    host = socket.gethostname()
+    dead = {"host": host, "pid": _dead_pid(), "start": "1"}
+    debris = {
+        "dead new": _debris(tmp_path, ".b.new-aaaa", dead),
+        "dead old": _debris(tmp_path, ".b.old-bbbb", dead),
+        "reused pid": _debris(tmp_path, ".b.new-cccc", {"host": host, "pid": os.getpid(), "start": "-5"}),
+    }
+    kept = {
+        "alive": _debris(tmp_path, ".b.new-dddd", writer_identity()),
+        "no marker": _debris(tmp_path, ".b.new-eeee", None),
+        "other host": _debris(tmp_path, ".b.new-ffff", {**dead, "host": host + "-elsewhere"}),
+        "another bundle": _debris(tmp_path, ".c.new-gggg", dead),
+        "not debris": _debris(tmp_path, ".b.newer", dead),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lt.load(tmp_path / "b")  # loading never deletes anything
+    assert all(p.is_dir() for p in [*debris.values(), *kept.values()])
+    lt.save(_log(), tmp_path / "b")
+    assert [k for k, p in debris.items() if p.exists()] == [] and all(p.is_dir() for p in kept.values())
+    assert not (tmp_path / "b" / MARKER).exists()
+
+
+def test_a_killed_save_leaves_debris_the_next_save_removes(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, torch, lens_train as lt
+        from lens_train.bundle import writer
+        log = lt.log_forward_pass(torch.nn.Linear(200, 200), torch.ones(50, 200))
+        commit = writer.BundleWriter.commit
+        writer.BundleWriter.commit = lambda self, metadata=None: os._exit(9)  # killed after writing the tensors
+        lt.save(log, {str(tmp_path / "b")!r})
+    """)
+    lt.save(_log(), tmp_path / "b")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent.parent, timeout=300)
+    assert proc.returncode == 9
+    (left,) = tmp_path.glob(".b.new-*")
+    assert json.loads((left / MARKER).read_text())["host"] == socket.gethostname()
+    assert lt.load(tmp_path / "b").model_name == "Sequential" and left.is_dir()  # loading never deletes
+    lt.save(_log(), tmp_path / "b")
+    assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
