@@ -47,6 +47,10 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument of a type lens_train cannot use (also a ``TypeError``)."""
 
 
+class OutOfRangeError(InvalidArgumentError, IndexError):
+    """An index past the end of a sequence (also an ``IndexError``)."""
+
+
 class TapError(LensTrainError, RuntimeError):
     """A tapped activation that this training step cannot provide as asked."""
 

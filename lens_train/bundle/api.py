@@ -20,6 +20,7 @@ from .format import MANIFEST_NAME
 from .metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
 from .reader import BundleReader
 from .schema import check_capture_unit
+from ..arguments import check_bool, check_int, fail
 from .files import as_path, bundle_dir, fsync_dir, mark, new_temp_dir, remove_debris, unmark
 from .writer import DEFAULT_SHARD_SIZE, BundleWriter
 from ..capture.api import gc_paused
@@ -51,8 +52,10 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
         True
     """
     if not isinstance(log, ModelLog):
-        raise BundleError(f"lt.save needs a ModelLog, got {type(log).__name__}. Example: lt.save(lt.log_forward_pass(model, x), path).")
-    target = bundle_dir(as_path(path, "lt.save(log, path)'s path", "lt.save(log, 'runs/bundle')"))
+        fail("log", log, "a ModelLog", "lt.save(lt.log_forward_pass(model, x), 'runs/bundle')", wrong_type=True)
+    target = bundle_dir(as_path(path, "path", "lt.save(log, 'runs/bundle')"))
+    check_int("shard_size", shard_size, "lt.save(log, path, shard_size=2 << 30)", low=1)
+    check_bool("append", append, "lt.save(log, path, append=True)")
     saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
     sizes = {"shard_size": shard_size, "header_reserve": 1024 + 200 * saved}
     if append:
@@ -76,8 +79,8 @@ def check_replaceable(target: Path, example: str = "lt.save(log, 'runs/new_bundl
     """Raise unless ``target`` is absent, empty, or a bundle (which a new bundle may replace)."""
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_NAME).is_file()):
         raise BundleError(
-            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Write to a new path "
-            f"({example})."
+            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Write to a new path. "
+            f"Example: {example}."
         )
 
 
@@ -133,6 +136,8 @@ def load(path: str | os.PathLike, lazy: bool = False, unit: int | None = None) -
         >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation(), log.output
         (True, tensor([0., 2.]), tensor([0., 2.]))
     """
+    path = as_path(path, "path", "lt.load('runs/bundle')")
+    check_bool("lazy", lazy, "lt.load(path, lazy=True)")
     with gc_paused():
         return _load(path, lazy, unit)
 

@@ -17,7 +17,8 @@ import os
 from typing import Any
 
 from ..capture.model_log import ModelLog
-from ..errors import MissingDependencyError
+from ..errors import InvalidArgumentError, MissingDependencyError
+from .files import as_path
 
 COLUMNS = (
     "layer_label", "layer_label_no_pass", "pass_num", "num_passes", "layer_type", "func_name", "operation_index",
@@ -119,6 +120,10 @@ def _cell(v: Any) -> Any:
 def _emit(text: str, path: str | os.PathLike | None) -> str | None:
     if path is None:
         return text
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    out = as_path(path, "path", "log.to_csv('layers.csv') (or no path, for the text)")
+    if out.is_dir():
+        raise InvalidArgumentError(f"path must be a file to write, got the directory {str(out)!r}. Example: "
+                                   f"log.to_csv({str(out / 'layers.csv')!r}).")
+    with open(out, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return None

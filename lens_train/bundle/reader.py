@@ -196,7 +196,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise BundleError(f"No bundle at {str(path)!r}: the path does not exist.{_interrupted_hint(path)} Write one with lt.save(log, path).")
     if not path.is_dir():
-        raise BundleError(f"{str(path)!r} is a file, not a bundle; a bundle is the directory lt.save(log, path) writes.")
+        raise BundleError(f"path {str(path)!r} is a file, not a bundle; a bundle is the directory lt.save(log, path) writes. "
+                          "Example: lt.load('runs/bundle').")
     file = path / MANIFEST_NAME
     if not file.is_file():
         raise BundleError(f"{str(path)!r} is not a lens_train bundle: it has no {MANIFEST_NAME}.")

@@ -21,7 +21,8 @@ import torch
 
 from ..errors import BundleError, CheckpointError, InvalidArgumentError
 from .checkpoint import read_checkpoint
-from .files import write_atomic
+from ..arguments import fail
+from .files import as_path, write_atomic
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "lens_train.snapshots"
@@ -201,12 +202,17 @@ def load_snapshots(run_dir_or_checkpoint: str | os.PathLike, state_key: str | No
         >>> [s.step for s in load_snapshots(d)]
         [5]
     """
-    path = Path(run_dir_or_checkpoint)
+    path = as_path(run_dir_or_checkpoint, "run_dir_or_checkpoint", "lt.load_snapshots('logs/run') or "
+                   "lt.load_snapshots('checkpoints/last.ckpt')")
+    if state_key is not None and not isinstance(state_key, str):
+        fail("state_key", state_key, "a callback state key (str) or None",
+             "lt.load_snapshots(ckpt, state_key=\"ActivationSnapshotCallback{'layers': 'all', ...}\")", wrong_type=True)
     if path.is_file():
         return _from_checkpoint(path, state_key)
     if not path.is_dir():
         raise InvalidArgumentError(
-            f"load_snapshots needs a run directory or a .ckpt file; {str(path)!r} does not exist."
+            f"load_snapshots needs a run directory or a .ckpt file; run_dir_or_checkpoint={str(path)!r} does not exist. "
+            "Example: lt.load_snapshots('lightning_logs/version_0') or lt.load_snapshots('checkpoints/last.ckpt')."
         )
     indexes = [path / INDEX_NAME] if (path / INDEX_NAME).is_file() else sorted(path.rglob(INDEX_NAME))
     indexes = [p for p in indexes if _is_snapshot_index(p)]

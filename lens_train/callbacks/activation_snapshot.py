@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from ..bundle.api import save as save_bundle
 from ..capture.api import log_forward_pass
+from ..arguments import check_bool, check_names, fail
 from ..errors import CheckpointError, InvalidArgumentError
 from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, log_root, plot_drift,
                          snapshot_name, write_index)
@@ -79,8 +80,11 @@ class ActivationSnapshotCallback(LensCallback):
         _check_positive("every_n_epochs", every_n_epochs)
         _check_positive("every_n_steps", every_n_steps)
         _check_positive("keep_last", keep_last)
-        if layers != "all" and (isinstance(layers, str) or not all(isinstance(x, str) for x in layers) or not layers):
-            raise InvalidArgumentError(f"layers must be 'all' or a non-empty list of names, got {layers!r}.")
+        check_names("layers", layers, "ActivationSnapshotCallback(layers=['layer1', 'layer2'])")
+        check_bool("drift", drift, "ActivationSnapshotCallback(drift=False)")
+        if not isinstance(dirname, str) or not dirname or Path(dirname).is_absolute() or ".." in Path(dirname).parts:
+            fail("dirname", dirname, "a folder name inside the log dir (relative, without '..')",
+                 "ActivationSnapshotCallback(dirname='snapshots')")
         self.layers = layers if layers == "all" else list(layers)
         self.every_n_epochs = every_n_epochs if every_n_epochs or every_n_steps else 1
         self.every_n_steps = every_n_steps

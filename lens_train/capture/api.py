@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError, add_note, suggestion_text
+from .arguments import check_capture_arguments
 from .build import build_log, failure_note
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
@@ -93,6 +94,8 @@ def log_forward_pass(
             + suggestion_text(str(vis_opt), ["none", "unrolled", "rolled"], "help(lt.log_forward_pass)")
         )
     check_supported(model)
+    check_capture_arguments(input_kwargs, layers_to_save, train_mode, activation_postfunc, save_raw_activation,
+                            random_seed, save_gradients, save_activations_to, keep_activations_in_memory)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     grads = GradientHooks() if save_gradients else None
     base = dict(train_mode=train_mode or save_gradients, postfunc=activation_postfunc, save_raw=save_raw_activation,
@@ -149,7 +152,7 @@ def check_supported(model: Any) -> None:
     if not isinstance(model, nn.Module):
         hint = (" Wrap a function in a module, e.g. class M(nn.Module): def forward(self, x): return f(x)."
                 if callable(model) else " Pass the nn.Module itself as the first argument, e.g. lt.log_forward_pass(model, x).")
-        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}.{hint}")
+        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__} {model!r:.60}.{hint}")
     for address, m in model.named_modules():
         where = f" (at {address!r})" if address else ""
         if isinstance(m, torch.jit.ScriptModule):
