@@ -303,7 +303,7 @@ class BundleWriter:
 
 
 def _manifest_header(kind: str, info: dict[str, Any]) -> dict[str, Any]:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "format": FORMAT_NAME,

@@ -152,7 +152,8 @@ def check_supported(model: Any) -> None:
     if not isinstance(model, nn.Module):
         hint = (" Wrap a function in a module, e.g. class M(nn.Module): def forward(self, x): return f(x)."
                 if callable(model) else " Pass the nn.Module itself as the first argument, e.g. lt.log_forward_pass(model, x).")
-        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__} {model!r:.60}.{hint}")
+        shown = "" if "\n" in repr(model) or len(repr(model)) > 60 else f" {model!r}"
+        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{shown}.{hint}")
     for address, m in model.named_modules():
         where = f" (at {address!r})" if address else ""
         if isinstance(m, torch.jit.ScriptModule):

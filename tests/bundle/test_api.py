@@ -253,7 +253,7 @@ def test_save_refuses_to_overwrite_something_that_is_not_a_bundle(tmp_path: Path
     with pytest.raises(BundleError, match="Refusing to overwrite .*data.*not a lens_train bundle"):
         lt.save(recurrent_log, tmp_path / "data")
     assert (tmp_path / "data" / "precious.txt").read_text() == "keep me"
-    with pytest.raises(BundleError, match="needs a ModelLog, got dict"):
+    with pytest.raises(lt.errors.ArgumentTypeError, match="log must be a ModelLog, got {}"):
         lt.save({}, tmp_path / "x")
 
 
