@@ -9,6 +9,7 @@ snapshots of the checkpoint's history, which may live in an earlier run's direct
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -357,5 +358,7 @@ def plot_drift(snapshots: Sequence[Snapshot], path: str | os.PathLike) -> Path |
     fig.colorbar(image, ax=ax)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=100, format=out.suffix.lstrip(".") or "png")
+    write_atomic(out, image.getvalue(), durable=False)  # never through a link planted in the snapshot dir
     return out
