@@ -52,6 +52,7 @@ class BundleReader:
         self._positions = {u["index"]: i for i, u in enumerate(self.units)}
         self._report_orphans()
         self._checked_shards: set[str] = set()
+        self._entries: dict[tuple[int, str], dict[str, Any]] = {}
 
     def _journal_units(self, start: int, manifest: dict[str, Any], strict: bool) -> list[dict[str, Any]]:
         path = self.path / JOURNAL_NAME
@@ -125,6 +126,12 @@ class BundleReader:
         return self.units[position]
 
     def _entry(self, unit: dict[str, Any], name: str) -> dict[str, Any]:
+        key = (unit["index"], name)
+        if key not in self._entries:
+            self._entries[key] = self._checked(unit, name)
+        return self._entries[key]
+
+    def _checked(self, unit: dict[str, Any], name: str) -> dict[str, Any]:
         e = unit["tensors"].get(name)
         where = f"{self.path / MANIFEST_NAME}: tensor {name!r}"
         if e is None:

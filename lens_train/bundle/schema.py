@@ -123,13 +123,15 @@ def check_depth(data: Any, where: str, limit: int = MAX_DEPTH) -> None:
         Traceback (most recent call last):
         lens_train.errors.BundleError: x nests lists or objects deeper than 2 levels.
     """
+    if not isinstance(data, (list, dict)):
+        return
     stack = [(data, 0)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, (list, dict)):
-            if depth >= limit:
-                raise BundleError(f"{where} nests lists or objects deeper than {limit} levels.")
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+        if depth >= limit:
+            raise BundleError(f"{where} nests lists or objects deeper than {limit} levels.")
+        items = value.values() if type(value) is dict else value
+        stack.extend([(v, depth + 1) for v in items if type(v) is list or type(v) is dict])
 
 
 def check_capture_unit(unit: Any, entries: dict[str, dict[str, Any]], where: str) -> None:
@@ -167,14 +169,15 @@ def _layer_rows(table: Any, where: str) -> list[dict[str, Any]]:
     if missing or unknown or len(set(columns)) != len(columns):
         raise BundleError(f"{where}: the layer table's columns do not match a LayerLog: missing {missing}, unknown "
                           f"{unknown}{', some repeated' if len(set(columns)) != len(columns) else ''}.")
+    checks = [(column, _KINDS[LAYER_COLUMNS.get(column, "value")][1]) for column in columns]
     rows = []
     for i, row in enumerate(table["rows"]):
-        if not isinstance(row, list) or len(row) != len(columns):
+        if type(row) is not list or len(row) != len(columns):
             raise BundleError(f"{where}: row {i} of the layer table does not match its {len(columns)} columns.")
-        cells = dict(zip(columns, row))
-        for column, value in cells.items():
-            _check(LAYER_COLUMNS.get(column, "value"), value, f"{where}, layer {i} field {column!r}")
-        rows.append(cells)
+        for (column, ok), value in zip(checks, row):
+            if not ok(value):  # the message is built only for a bad cell
+                _check(LAYER_COLUMNS.get(column, "value"), value, f"{where}, layer {i} field {column!r}")
+        rows.append(dict(zip(columns, row)))
     return rows
 
 
@@ -223,24 +226,32 @@ def _check_tensors(unit: dict[str, Any], rows: list[dict[str, Any]], entries: di
         _entry(entries, name, f"{where}, field 'output'")
         if name not in outputs and name != "output" and not name.startswith("output/"):
             raise BundleError(f"{where}, field 'output': tensor {name!r} is not the activation of an output layer.")
-    for key in ("meta", "modules", "capture"):
+    for key in ("meta", "capture"):  # a module entry never refers to a tensor (modules_from_json refuses one)
         for name in _refs(unit.get(key)):
             _entry(entries, name, f"{where}, field {key!r}")
-    unused = set(entries) - set(referenced_tensors(unit))
+    unused = set(entries) - set(referenced_tensors(unit, rows))
     if unused:
         raise BundleError(f"{where}: stored tensor(s) {sorted(unused)[:3]} are not referred to by any record "
                           "(the metadata was changed after it was written).")
 
 
-def referenced_tensors(unit: dict[str, Any]) -> list[str]:
-    """Names of every tensor the metadata of a capture unit refers to.
+def referenced_tensors(unit: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> list[str]:
+    """Names of every tensor the metadata of a capture unit refers to (``rows``: its checked layer rows).
+
+    Only tensor and free-value cells can hold references; the schema gives every other column a
+    type that cannot.
 
     Example:
-        >>> referenced_tensors({"output": {"$tensor": "output"}, "layers": {"rows": [[{"$tensor": "activation/1"}, None]]}})
+        >>> table = {"columns": ["tensor_contents", "layer_label"], "rows": [[{"$tensor": "activation/1"}, "relu_1_1"]]}
+        >>> referenced_tensors({"output": {"$tensor": "output"}, "layers": table})
         ['activation/1', 'output']
     """
-    rows = unit.get("layers", {}).get("rows", [])
-    return _refs(rows) + [n for key in ("meta", "output", "modules", "capture") for n in _refs(unit.get(key))]
+    if rows is None:
+        table = unit.get("layers", {})
+        rows = [dict(zip(table.get("columns", []), row)) for row in table.get("rows", [])]
+    free = [c for c in (rows[0] if rows else {}) if LAYER_COLUMNS.get(c, "value") in ("tensor?", "value")]
+    names = [n for r in rows for c in free if r[c] is not None for n in _refs(r[c])]
+    return names + [n for key in ("meta", "output", "capture") for n in _refs(unit.get(key))]
 
 
 def _entry(entries: dict[str, Any], name: str, where: str) -> dict[str, Any]:
