@@ -196,4 +196,5 @@ def test_nothing_else_in_the_package_unpickles_or_evaluates() -> None:
     found = {k: v for k, v in found.items() if v}
     assert set(found) == {"bundle/checkpoint.py"}, found
     code = [line for line in found["bundle/checkpoint.py"] if "``" not in line and not line.startswith(">>>")]
-    assert code == ['ckpt = torch.load(file, map_location="cpu", weights_only=False, mmap=mmap,'], code  # pickle_module: restricted
+    assert code == ["class _RestrictedUnpickler(pickle.Unpickler):", "return _RestrictedUnpickler(file, **kwargs).load()",
+                    'ckpt = torch.load(file, map_location="cpu", weights_only=False, mmap=mmap,'], code  # restricted module
