@@ -210,3 +210,21 @@ def test_a_killed_save_leaves_debris_the_next_save_removes(tmp_path: Path) -> No
     assert lt.load(tmp_path / "b").model_name == "Sequential" and left.is_dir()  # loading never deletes
     lt.save(_log(), tmp_path / "b")
     assert not left.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize("name", ["../activations-00000.safetensors", "/etc/activations-00000.safetensors",
+                                  "sub/../../activations-00000.safetensors", "activations-00000.safetensors/../../x"])
+def test_shard_names_from_a_manifest_never_leave_the_bundle(tmp_path: Path, name: str) -> None:
+    from lens_train.bundle.format import frame, unframe
+
+    bundle = tmp_path / "b"
+    lt.save(_log(), bundle)
+    manifest = unframe((bundle / MANIFEST_NAME).read_bytes(), "manifest", "m")
+    unit = manifest["units"][0]
+    old = unit["shards"][0]["file"]
+    unit["shards"][0]["file"] = name
+    for entry in unit["tensors"].values():
+        entry["shard"] = name if entry["shard"] == old else entry["shard"]
+    (bundle / MANIFEST_NAME).write_bytes(frame("manifest", manifest))
+    with pytest.raises(BundleError, match="commit record 0 is malformed"):
+        lt.load(bundle)
