@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import lens_train as lt  # noqa: E402
-from lens_train.bundle_metadata import tensor_key  # noqa: E402
+from lens_train.bundle.metadata import tensor_key  # noqa: E402
 
 
 class Chain(nn.Module):

@@ -7,11 +7,11 @@ from .capture.validation import validate_model_activations
 from .extract import Extract
 from .errors import BundleError, BundleWarning, LayerNotFoundError, LensTrainError
 from .lens_module import LensModule
-from .snapshots import load_snapshots
+from .bundle import load_snapshots
 from .train import AuxiliaryLoss, Distillation, Inspect, Probes, Taps, get_layers, get_nodes, losses
 from .viz import show_model_graph
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "AuxiliaryLoss",

@@ -43,6 +43,14 @@ class InvalidArgumentError(LensTrainError, ValueError):
     """An argument value that lens_train cannot use."""
 
 
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of a type lens_train cannot use (also a ``TypeError``)."""
+
+
+class OutOfRangeError(InvalidArgumentError, IndexError):
+    """An index past the end of a sequence (also an ``IndexError``)."""
+
+
 class TapError(LensTrainError, RuntimeError):
     """A tapped activation that this training step cannot provide as asked."""
 
@@ -61,6 +69,10 @@ class IncompatibleInputError(LensTrainError, ValueError):
 
 class BundleError(LensTrainError, ValueError):
     """A bundle on disk that is missing, corrupted or of an unknown format."""
+
+
+class CheckpointError(LensTrainError, ValueError):
+    """A checkpoint file that cannot be read safely (missing, not a zip checkpoint, malformed)."""
 
 
 class BundleWarning(UserWarning):

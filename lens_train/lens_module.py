@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from .arguments import check_bool, check_names
 from .errors import InvalidArgumentError, TapError
 from .train import Taps
 
@@ -57,6 +58,9 @@ class LensModule:
                 f"LensModule is a mixin for LightningModules; {type(self).__name__} is not an nn.Module. "
                 "Write class MyModule(lt.LensModule, L.LightningModule)."
             )
+        check_names("layers", [layers] if isinstance(layers, str) else layers, "self.configure_lens(layers=['layer2', 'relu_3'])",
+                    keywords=())
+        check_bool("save_gradients", save_gradients, "self.configure_lens(layers=['layer2'], save_gradients=True)")
         self.__dict__["_lens_config"] = {"layers": layers, "passes": passes, "missing": missing,
                                          "save_gradients": save_gradients, "example_input": example_input}
         self._lens_drop()

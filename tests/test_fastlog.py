@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from lens_train.bundle_format import JOURNAL_NAME, frame
-from lens_train.bundle_reader import BundleReader
+from lens_train.bundle.format import JOURNAL_NAME, frame
+from lens_train.bundle.reader import BundleReader
 from lens_train.errors import AmbiguousLayerError, BundleError, InvalidArgumentError, LayerNotFoundError
 
 from bench.models import Encoder
@@ -194,8 +195,8 @@ def test_recover_loads_complete_rollouts_and_reports_the_rest(tmp_path: Path) ->
     assert len(rec.lost) == 3 and any("unfinished commit record (20 bytes)" in item for item in rec.lost)
     assert sum("never committed" in item for item in rec.lost) == 2
     assert "lost:" in rec.summary()
-    with pytest.raises(BundleError, match="recover"):
-        lt.fastlog.load(path)
+    with pytest.warns(lt.BundleWarning, match="never committed"):  # uncommitted data is ignored, as lt.load does
+        assert len(lt.fastlog.load(path).rollouts) == 3
     # recording goes on after the crash: the cut record is dropped, no shard name is reused
     with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=path):
         model(torch.full((1, 2), 3.0))
@@ -203,6 +204,8 @@ def test_recover_loads_complete_rollouts_and_reports_the_rest(tmp_path: Path) ->
     assert [ro.index for ro in rec.rollouts] == [0, 1, 2, 3]
     assert torch.equal(rec[3]["tanh_1"], model(torch.full((1, 2), 3.0)).detach())
     assert len(rec.lost) == 2 and (path / "activations-00009.safetensors").exists()
+    with pytest.warns(lt.BundleWarning, match="never committed"):
+        assert len(lt.fastlog.load(path).rollouts) == 4
 
 
 def test_recover_skips_damaged_rollouts_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -220,6 +223,23 @@ def test_recover_skips_damaged_rollouts_and_keeps_the_rest(tmp_path: Path) -> No
     assert any(item.startswith("rollout 1: ") and "truncated" in item for item in rec.lost)
     assert any("line 3 fails its checksum" in item and "Unit 2 was skipped" in item for item in rec.lost)
     assert torch.equal(rec[0]["linear_1"], model(torch.zeros(1, 2)).detach())
+    with pytest.raises(BundleError, match="damaged.*recover"):  # committed data that is damaged is an error
+        lt.fastlog.load(path)
+
+
+@pytest.mark.parametrize("metadata", [{"entries": 5}, {"entries": [3]}, {"entries": [{"label": 1}]}, {"num_calls": -1, "entries": []},
+                                      {"entries": [{"dtype": "float32"}]}, {"entries": [[[[]]]]}, "not a dict"])
+def test_recover_never_raises_on_a_malformed_commit_record(tmp_path: Path, metadata: object) -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    path = tmp_path / "rec"
+    with lt.fastlog.Recorder(model, keep_op=lambda c: c.kind == "op", storage="disk", path=path):
+        model(torch.zeros(1, 2))
+    with open(path / JOURNAL_NAME, "ab") as f:
+        f.write(frame("unit", {"index": 1, "metadata": metadata, "shards": [], "tensors": {}}))
+    rec = lt.fastlog.recover(path)
+    assert [ro.index for ro in rec.rollouts] == [0] and len(rec.lost) >= 1, rec.lost
+    with pytest.raises(BundleError):
+        lt.fastlog.load(path)
 
 
 def test_a_second_recorder_on_the_same_path_is_refused(tmp_path: Path) -> None:
@@ -357,3 +377,52 @@ def test_record_inside_an_except_block_keeps_its_rollout() -> None:
     except ValueError:
         rec = lt.fastlog.record(model, torch.ones(2, 3), keep_op=lambda ctx: ctx.layer_type == "relu")
     assert len(rec) == 1 and rec["relu_1"].shape == (2, 3)
+
+
+_KILL_RECORDERS = textwrap.dedent("""
+    import os, random, signal, sys, time, torch, lens_train as lt
+    torch.set_num_threads(1)  # no thread pool exists yet: forking below is safe
+    root, kills, rng = sys.argv[1], int(sys.argv[2]), random.Random(0)
+    for k in range(kills):
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a recorder that runs until it is killed
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh())
+            with lt.fastlog.Recorder(model, keep_op=lambda c: True, storage="disk", path=f"{root}/r{k}"):
+                for i in range(10**9):
+                    model(torch.full((8, 64), float(i)))
+                    if i == 2:
+                        os.write(ready_w, b"x")
+        os.read(ready_r, 1)
+        time.sleep(rng.uniform(0, 0.2))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+""")
+
+
+@pytest.mark.slow
+def test_every_recording_loads_after_a_sigkill_at_any_moment(tmp_path: Path) -> None:
+    """SIGKILL recorders at random moments: each recording loads (uncommitted data ignored), resumes and loads again."""
+    kills = 12
+    proc = subprocess.run([sys.executable, "-c", _KILL_RECORDERS, str(tmp_path), str(kills)], cwd=Path(__file__).parent.parent,
+                          timeout=300)
+    assert proc.returncode == 0
+    loaded = 0
+    for i in range(kills):
+        path = tmp_path / f"r{i}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lt.BundleWarning)
+            rec = lt.fastlog.load(path)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.Tanh())
+        last = rec.rollouts[-1]
+        assert len(rec.rollouts) >= 3 and [ro.index for ro in rec.rollouts] == list(range(len(rec.rollouts)))
+        assert torch.equal(last["1:1"], model(torch.full((8, 64), float(last.index))).detach())
+        with lt.fastlog.Recorder(model, keep_op=lambda c: True, storage="disk", path=path):
+            model(torch.zeros(8, 64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lt.BundleWarning)
+            assert len(lt.fastlog.load(path).rollouts) == len(rec.rollouts) + 1
+        loaded += 1
+    assert loaded == kills

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ..bundle.files import write_atomic
 from ..errors import InvalidArgumentError
 
 
@@ -30,9 +31,7 @@ def save_reference(value: Any, path: str | os.PathLike) -> Path:
     kind, tensors = _flatten(value)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"kind": kind})
-    os.replace(tmp, out)
+    write_atomic(out, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"kind": kind}))
     return out
 
 

@@ -16,10 +16,11 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from ..bundle import save as save_bundle
+from ..bundle.api import save as save_bundle
 from ..capture.api import log_forward_pass
-from ..errors import InvalidArgumentError
-from ..snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
+from ..arguments import check_bool, check_names, fail
+from ..errors import CheckpointError, InvalidArgumentError
+from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, log_root, plot_drift,
                          snapshot_name, write_index)
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
@@ -79,8 +80,11 @@ class ActivationSnapshotCallback(LensCallback):
         _check_positive("every_n_epochs", every_n_epochs)
         _check_positive("every_n_steps", every_n_steps)
         _check_positive("keep_last", keep_last)
-        if layers != "all" and (isinstance(layers, str) or not all(isinstance(x, str) for x in layers) or not layers):
-            raise InvalidArgumentError(f"layers must be 'all' or a non-empty list of names, got {layers!r}.")
+        check_names("layers", layers, "ActivationSnapshotCallback(layers=['layer1', 'layer2'])")
+        check_bool("drift", drift, "ActivationSnapshotCallback(drift=False)")
+        if not isinstance(dirname, str) or not dirname or Path(dirname).is_absolute() or ".." in Path(dirname).parts:
+            fail("dirname", dirname, "a folder name inside the log dir (relative, without '..')",
+                 "ActivationSnapshotCallback(dirname='snapshots')")
         self.layers = layers if layers == "all" else list(layers)
         self.every_n_epochs = every_n_epochs if every_n_epochs or every_n_steps else 1
         self.every_n_steps = every_n_steps
@@ -149,9 +153,21 @@ class ActivationSnapshotCallback(LensCallback):
         if not self._fitting:
             return  # trainer.test(ckpt_path=...) takes no snapshots and must not rewind the list
         self._restored = dict(state_dict)
-        self.snapshots = [entry_from_json(e) for e in state_dict["snapshots"]]
+        self.snapshots = self._inside_log_root([entry_from_json(e) for e in state_dict["snapshots"]])
         self._next_index = int(state_dict["next_index"])
-        self.reference_path = state_dict["reference"]
+        reference = state_dict["reference"]
+        self.reference_path = reference if isinstance(reference, str) and self._in_root(reference) else None
+
+    def _in_root(self, path: str) -> bool:
+        return self.directory is None or log_root(self.directory.resolve()) in Path(path).resolve().parents
+
+    def _inside_log_root(self, snapshots: list[Snapshot]) -> list[Snapshot]:
+        """The checkpoint's snapshots this run may list and move: those under its log root."""
+        outside = [s for s in snapshots if not self._in_root(s.path)]
+        if outside:
+            rank_zero_warn(f"Not listing {len(outside)} snapshot(s) of the checkpoint outside the log root "
+                           f"{log_root(self.directory.resolve())}: {', '.join(s.path for s in outside[:3])}")
+        return [s for s in snapshots if s not in outside]
 
     # -- when -----------------------------------------------------------------------------
     def _due(self, trainer: pl.Trainer) -> bool:
@@ -264,7 +280,11 @@ class ActivationSnapshotCallback(LensCallback):
         dropped = self.directory / DROPPED if self.directory is not None else None
         if not self._is_zero or dropped is None or not dropped.is_dir():
             return
-        listed = self._listed_by_checkpoints()
+        try:
+            listed = self._listed_by_checkpoints()
+        except CheckpointError as exc:
+            rank_zero_warn(f"Keeping every snapshot in {dropped}: a checkpoint that may list them cannot be read ({exc})")
+            return
         for path in dropped.iterdir():
             if path.name not in listed:
                 shutil.rmtree(path, ignore_errors=True)

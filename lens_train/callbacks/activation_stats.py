@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from ..errors import InvalidArgumentError, suggestion_text
+from ..arguments import check_bool
+from ..errors import ArgumentTypeError, InvalidArgumentError, suggestion_text
 from ._base import StepContext, TapCallback
 from ._shared import BatchGetter
 
@@ -60,7 +61,7 @@ def check_stats(stats: Sequence[str]) -> tuple[str, ...]:
     for name in stats:
         if name not in STATS:
             raise InvalidArgumentError(
-                f"Unknown statistic {name!r}." + suggestion_text(str(name), STATS, f"{sorted(STATS)}")
+                f"Unknown statistic {name!r} in stats." + suggestion_text(str(name), STATS, f"{sorted(STATS)}")
             )
     return tuple(stats)
 
@@ -95,9 +96,11 @@ class ActivationStatsCallback(TapCallback):
             raise InvalidArgumentError(
                 f"every_n_steps must be a positive int, got {every_n_steps!r}. Example: every_n_steps=50."
             )
+        if not (isinstance(layers, str) or callable(layers) or isinstance(layers, (list, tuple))) or not layers:
+            raise ArgumentTypeError(f"layers must be a name, a selector function or a non-empty list of them, got {layers!r:.60}. "
+                                    "Example: ActivationStatsCallback(layers=['layer1', 'layer2']).")
         self.layers = [layers] if isinstance(layers, str) or callable(layers) else list(layers)
-        if not self.layers:
-            raise InvalidArgumentError("layers is empty. Pass the layers to watch, e.g. layers=['layer1', 'layer2'].")
+        check_bool("save_gradients", save_gradients, "ActivationStatsCallback(['layer1'], save_gradients=True)")
         self.every_n_steps = every_n_steps
         self.stats = check_stats(stats)
         self.save_gradients = bool(save_gradients)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from ..arguments import check_number
 from ..errors import InvalidArgumentError, TapError
 from ..train.distillation import Distillation
 from ._base import StepContext, TapCallback
@@ -56,16 +57,18 @@ class DistillationCallback(TapCallback):
         super().__init__(batch_to_input=batch_to_input)
         if not isinstance(teacher, nn.Module):
             raise InvalidArgumentError(
-                f"teacher must be an nn.Module, got {type(teacher).__name__}. Load it first, e.g. "
+                f"teacher must be an nn.Module, got {teacher!r:.60} ({type(teacher).__name__}). Load it first, e.g. "
                 "DistillationCallback(MyTeacher.load_from_checkpoint(path), pairs={'layer3': 'layer4'})."
             )
         if pairs is not None and not (isinstance(pairs, Mapping) and all(isinstance(k, str) and isinstance(v, str)
                                                                           for k, v in pairs.items())):
-            raise InvalidArgumentError(f"pairs must be a dict {{student_layer: teacher_layer}}, got {pairs!r}.")
+            raise InvalidArgumentError(f"pairs must be a dict {{student_layer: teacher_layer}}, got {pairs!r}. "
+                                       "Example: DistillationCallback(teacher, pairs={'layer3': 'layer4'}).")
         if not pairs and logits_loss is None:
             raise InvalidArgumentError("DistillationCallback needs pairs={student_layer: teacher_layer}, a logits_loss, or both.")
         if adapters not in ("auto", None) and not isinstance(adapters, Mapping):
             raise InvalidArgumentError(f"adapters must be 'auto', None or {{student_layer: module}}, got {adapters!r}.")
+        check_number("weight", weight, "DistillationCallback(teacher, pairs={'layer3': 'layer4'}, weight=1.0)")
         self.teacher = teacher
         self.pairs = dict(pairs or {})
         self.options = {"feature_loss": feature_loss, "logits_loss": logits_loss, "adapters": adapters,

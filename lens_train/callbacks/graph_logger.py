@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from ..capture.api import log_forward_pass
 from ..capture.model_log import ModelLog
+from ..arguments import check_bool, check_int
 from ..errors import InvalidArgumentError
 from ..viz.dot import graph_to_dot
 from ..viz.graph import VisGraph, build_graph
@@ -59,9 +60,14 @@ class GraphLoggerCallback(LensCallback):
                 f"every_n_epochs must be an int >= 0, got {every_n_epochs!r}. Example: every_n_epochs=5."
             )
         if vis_opt not in ("rolled", "unrolled"):
-            raise InvalidArgumentError(f"vis_opt must be 'rolled' or 'unrolled', got {vis_opt!r}.")
+            raise InvalidArgumentError(f"vis_opt must be 'rolled' or 'unrolled', got {vis_opt!r}. "
+                                       "Example: GraphLoggerCallback(vis_opt='unrolled').")
         if not isinstance(vis_fileformat, str) or not vis_fileformat.isalnum():
-            raise InvalidArgumentError(f"vis_fileformat must be a format name like 'svg' or 'png', got {vis_fileformat!r}.")
+            raise InvalidArgumentError(f"vis_fileformat must be a format name like 'svg' or 'png', got {vis_fileformat!r}. "
+                                       "Example: GraphLoggerCallback(vis_fileformat='png').")
+        check_int("vis_nesting_depth", vis_nesting_depth, "GraphLoggerCallback(vis_nesting_depth=2)", low=1, optional=True)
+        check_bool("annotate", annotate, "GraphLoggerCallback(annotate=False)")
+        check_bool("background", background, "GraphLoggerCallback(background=False)")
         self.every_n_epochs = every_n_epochs
         self.vis_opt = vis_opt
         self.vis_fileformat = vis_fileformat.lower()

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from ..errors import CaptureError, InvalidArgumentError, UnsupportedModelError, add_note, suggestion_text
+from .arguments import check_capture_arguments
 from .build import build_log, failure_note
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
 from .model_log import ModelLog
 from .gradients import GradientHooks
+from .outlets import open_stream
 from .recorder import CapturePlan, Recorder
 from .scoping import interrupt_guard
 
@@ -57,7 +59,7 @@ def log_forward_pass(
         save_gradients: after a ``backward()``, give every saved layer pass its
             ``layer.gradient`` (implies ``train_mode``; see :mod:`lens_train.capture.gradients`).
         save_activations_to: a new bundle directory to write each saved activation to as
-            it is produced (``lt.load(path)`` reads it back; see :mod:`lens_train.bundle_stream`).
+            it is produced (``lt.load(path)`` reads it back; see :mod:`lens_train.bundle.streaming`).
         keep_activations_in_memory: with ``False`` (needs ``save_activations_to``) the log
             keeps no activation in memory; ``layer.materialize_activation()`` reads it from disk.
 
@@ -93,6 +95,8 @@ def log_forward_pass(
             + suggestion_text(str(vis_opt), ["none", "unrolled", "rolled"], "help(lt.log_forward_pass)")
         )
     check_supported(model)
+    check_capture_arguments(input_kwargs, layers_to_save, train_mode, activation_postfunc, save_raw_activation,
+                            random_seed, save_gradients, save_activations_to, keep_activations_in_memory)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     grads = GradientHooks() if save_gradients else None
     base = dict(train_mode=train_mode or save_gradients, postfunc=activation_postfunc, save_raw=save_raw_activation,
@@ -103,9 +107,7 @@ def log_forward_pass(
         probe = run_capture(model, input_args, input_kwargs, CapturePlan(save="none"), seed)
         chosen = select(build_key_map(probe.layers), probe.layers, layers_to_save)
         plan = CapturePlan(save=frozenset(chosen), **base)
-    from ..bundle_stream import open_capture_stream  # bundles build on capture: imported when used
-
-    stream = open_capture_stream(save_activations_to, keep_activations_in_memory)
+    stream = open_stream(save_activations_to, keep_activations_in_memory)
     log = stream.run(lambda p: run_capture(model, input_args, input_kwargs, p, seed), plan)
     if grads is not None:
         grads.bind(log)
@@ -151,7 +153,8 @@ def check_supported(model: Any) -> None:
     if not isinstance(model, nn.Module):
         hint = (" Wrap a function in a module, e.g. class M(nn.Module): def forward(self, x): return f(x)."
                 if callable(model) else " Pass the nn.Module itself as the first argument, e.g. lt.log_forward_pass(model, x).")
-        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}.{hint}")
+        shown = "" if "\n" in repr(model) or len(repr(model)) > 60 else f" {model!r}"
+        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{shown}.{hint}")
     for address, m in model.named_modules():
         where = f" (at {address!r})" if address else ""
         if isinstance(m, torch.jit.ScriptModule):

@@ -31,7 +31,7 @@ def normalize_inputs(model: nn.Module, input_args: Any, input_kwargs: Mapping[st
     """
     if input_kwargs is not None and not isinstance(input_kwargs, Mapping):
         raise InvalidArgumentError(
-            f"input_kwargs must be a dict of keyword arguments, got {type(input_kwargs).__name__}. "
+            f"input_kwargs must be a dict of keyword arguments, got {type(input_kwargs).__name__} {input_kwargs!r:.60}. "
             "Example: log_forward_pass(model, (), input_kwargs={'input_ids': ids})."
         )
     kwargs = dict(input_kwargs or {})

@@ -43,13 +43,14 @@ def resolve(keys: KeyMap, layers: Sequence[Any], key: Any) -> int:
     if isinstance(key, bool) or not isinstance(key, (str, int)):
         raise LayerNotFoundError(
             f"Layer keys are strings or ints, got {type(key).__name__} {key!r}. "
-            "Use a label like log['conv2d_3_7'], a module address like log['features.6'], or log[7]."
+            "Use a label, a module address or an index, e.g. log['conv2d_3_7'], log['features.6'] or log[7]."
         )
     if isinstance(key, int):
         n = len(layers)
         if -n <= key < n:
             return key % n
-        raise LayerNotFoundError(f"Layer index {key} is out of range for a log of {n} layers (use -{n}..{n - 1}).")
+        raise LayerNotFoundError(f"Layer index {key} is out of range for a log of {n} layers (use -{n}..{n - 1}), "
+                                 f"e.g. log[0] or log[-1].")
     hit = keys.get(key)
     if hit is None:
         raise LayerNotFoundError(
@@ -84,9 +85,13 @@ def select(keys: KeyMap, layers: Sequence[Any], selectors: Any) -> list[int]:
 
 def _select_one(keys: KeyMap, layers: Sequence[Any], sel: Any) -> Iterable[int]:
     if isinstance(sel, int) and not isinstance(sel, bool):
+        if not -len(layers) <= sel < len(layers):
+            raise LayerNotFoundError(f"layers_to_save entry {sel!r} is out of range for a log of {len(layers)} layers. "
+                                     f"Example: layers_to_save=[0, -1] (ints from {-len(layers)} to {len(layers) - 1}).")
         return [resolve(keys, layers, sel)]
     if not isinstance(sel, str):
-        raise InvalidArgumentError(f"layers_to_save entries must be strings or ints, got {type(sel).__name__} {sel!r}.")
+        raise InvalidArgumentError(f"layers_to_save entries must be strings or ints, got {type(sel).__name__} {sel!r}. "
+                                   "Example: layers_to_save=['conv2d_3_7', 'features.6', -1, 'linear'].")
     hit = keys.get(sel)
     if hit is not None:
         return hit if isinstance(hit, tuple) else [hit]

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import LayerNotFoundError, suggestion_text
 from .layer_log import LayerLog
 from .lookup import KeyMap, build_key_map, resolve, select
+from .outlets import export_table
 from .printing import format_model_log
 
 
@@ -197,12 +198,10 @@ class ModelLog:
         """Bytes of the saved activations."""
         return sum(layer.tensor_fsize for layer in self.layers if layer.is_saved)
 
-    # -- tables (lens_train.export builds on capture, so it is imported when used) ------
+    # -- tables (written by lens_train.bundle.export, plugged in through capture.outlets) --
     def to_pandas(self) -> Any:
-        """One row per layer pass as a ``pandas.DataFrame`` (needs pandas); see :mod:`lens_train.export`."""
-        from ..export import to_pandas
-
-        return to_pandas(self)
+        """One row per layer pass as a ``pandas.DataFrame`` (needs pandas); see :mod:`lens_train.bundle.export`."""
+        return export_table(self, "pandas", None)
 
     def to_csv(self, path: str | PathLike[str] | None = None) -> str | None:
         """The layer table as CSV, written to ``path`` (returned as text without one).
@@ -212,9 +211,7 @@ class ModelLog:
             >>> lt.log_forward_pass(torch.nn.ReLU(), torch.ones(2)).to_csv().splitlines()[1][:20]
             'input_1_0,input_1_0,'
         """
-        from ..export import to_csv
-
-        return to_csv(self, path)
+        return export_table(self, "csv", path)
 
     def to_json(self, path: str | PathLike[str] | None = None) -> str | None:
         """The layer table as a JSON list of rows, written to ``path`` (returned as text without one).
@@ -224,9 +221,7 @@ class ModelLog:
             >>> json.loads(lt.log_forward_pass(torch.nn.ReLU(), torch.ones(2)).to_json())[1]["layer_label"]
             'relu_1_1'
         """
-        from ..export import to_json
-
-        return to_json(self, path)
+        return export_table(self, "json", path)
 
     # -- pictures (lens_train.viz builds on capture, so it is imported when used) --------
     def render_graph(self, vis_opt: str = "unrolled", vis_nesting_depth: int | None = None,

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .api import check_supported, forked_rng, preserved_buffers, record_forward
+from .arguments import check_validation_arguments
 from .build import module_param_counts
 from .inputs import normalize_inputs
 from .passes import group_passes, pass_labels
@@ -125,6 +126,7 @@ def validate_model_activations(
         True
     """
     check_supported(model)
+    check_validation_arguments(model, input_args, input_kwargs, verbose, random_seed)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     with preserved_buffers(model) as swap:

@@ -19,7 +19,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import InvalidArgumentError, suggestion_text
+from ..bundle.checkpoint import SafeCheckpointIO, read_checkpoint
+from ..errors import ConfigError, InvalidArgumentError, suggestion_text
 from .builders import build_lens_callbacks, check_lens_layers
 from .history import MetricsHistory
 from .plots import write_plots
@@ -56,8 +57,10 @@ def make_trainer(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Callback], 
     for cb in standard:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(out_dir / "checkpoints")
+    # checkpoints (resume, test of the best one) are read without running code from them
+    plugins = [*(cfg.trainer.get("plugins") or []), SafeCheckpointIO()]
     kwargs = {"callbacks": [*standard, *callbacks], "logger": loggers or False, "default_root_dir": str(out_dir),
-              **(trainer_overrides or {})}
+              "plugins": plugins, **(trainer_overrides or {})}
     return instantiate(cfg.trainer, **kwargs)
 
 
@@ -76,7 +79,7 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule:
     test = {}
     start = time.perf_counter()
     if cfg.get("test", True):
-        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=False)
+        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         test = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
     result = StageResult(name, out_dir, test=test, history=history, best_checkpoint=best, fit_s=fit_s,
                          test_s=time.perf_counter() - start)
@@ -118,8 +121,7 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
                 "e.g. lens-train experiment=distill_digits teacher.ckpt_path=logs/.../teacher/checkpoints/last.ckpt, "
                 "or leave it null to train the teacher first."
             )
-        module_cls = get_class(teacher_cfg.model._target_)
-        teacher = module_cls.load_from_checkpoint(path, net=instantiate(teacher_cfg.model.net), weights_only=False)
+        teacher = load_teacher(teacher_cfg, path)
         trainer = make_trainer(cfg, out_dir, [], {"logger": False, "callbacks": []})
         start = time.perf_counter()
         metrics = trainer.test(teacher, datamodule=datamodule, verbose=False)
@@ -132,10 +134,39 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
     if result.best_checkpoint:
         result.notes.append(f"reuse this teacher: add teacher.ckpt_path={result.best_checkpoint}")
         # Test and distill from the same (best) weights.
-        module_cls = type(teacher)
-        teacher = module_cls.load_from_checkpoint(result.best_checkpoint, net=instantiate(teacher_cfg.model.net),
-                                                  weights_only=False)
+        _load_weights(teacher, read_checkpoint(result.best_checkpoint), result.best_checkpoint)
     return teacher, result
+
+
+def load_teacher(teacher_cfg: DictConfig, path: Path) -> L.LightningModule:
+    """The teacher of ``teacher_cfg.model`` with the weights of the checkpoint ``path``.
+
+    The checkpoint is read without running code from it (plain data and tensors only);
+    ``teacher.trust_checkpoint=true`` unpickles it in full instead (Lightning's
+    ``load_from_checkpoint``, hyper-parameters from the file), with a warning.
+    """
+    if teacher_cfg.get("trust_checkpoint", False):
+        warnings.warn(f"teacher.trust_checkpoint=true: unpickling {str(path)!r} in full; a crafted checkpoint can run any "
+                      "code. Use it only for checkpoints you wrote yourself.", UserWarning, stacklevel=2)
+        module_cls = get_class(teacher_cfg.model._target_)
+        return module_cls.load_from_checkpoint(path, net=instantiate(teacher_cfg.model.net), weights_only=False)
+    teacher = instantiate(teacher_cfg.model)
+    _load_weights(teacher, read_checkpoint(path), path)
+    return teacher
+
+
+def _load_weights(module: L.LightningModule, checkpoint: dict[str, Any], path: str | Path) -> None:
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{str(path)!r} holds no 'state_dict': pass a Lightning checkpoint as teacher.ckpt_path.")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise ConfigError(
+            f"The weights in {str(path)!r} do not fit teacher.model ({first}). Give teacher.model the architecture the "
+            "checkpoint was trained with, or pass teacher.trust_checkpoint=true for a checkpoint you wrote yourself."
+        ) from None
 
 
 def distill_flow(cfg: DictConfig) -> list[StageResult]:

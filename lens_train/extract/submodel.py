@@ -15,6 +15,7 @@ from ..capture.calls import op_outputs
 from ..capture.printing import shape_text
 from ..capture.recorder import CapturePlan
 from ..capture.records import TensorArg
+from ..arguments import fail
 from ..errors import (
     AmbiguousLayerError,
     DifferentPathError,
@@ -109,6 +110,8 @@ class Extract(nn.Module):
         check_supported(model)
         if node_out is None:
             raise InvalidArgumentError("Extract needs node_out. Example: lt.Extract(model, x, node_in='relu_2_5', node_out='linear_3_22'); lt.get_nodes(model, x) lists the labels.")
+        for name, nodes in (("node_in", node_in), ("node_out", node_out)):
+            _check_nodes(name, nodes)
         self.model = model
         self.extracted_in_train_mode = model.training
         self.training = model.training  # the sub-model takes the source's mode (its own flag only)
@@ -302,3 +305,14 @@ def _resolve(v: Any, env: dict[int, Any], size_of: Any) -> Any:
         items = [_resolve(x, env, size_of) for x in v]
         return list(items) if t is list else tuple(items)
     return v
+
+
+def _check_nodes(name: str, nodes: Any) -> None:
+    """A label or int, a non-empty list/tuple of them, or a {name: label} dict (None for node_in)."""
+    example = "lt.Extract(model, x, node_in='relu_2_5', node_out=['linear_3_22']); lt.get_nodes(model, x) lists the labels"
+    if nodes is None or isinstance(nodes, str) or type(nodes) is int:
+        return
+    items = list(nodes.values()) if isinstance(nodes, Mapping) else list(nodes) if isinstance(nodes, (list, tuple)) else None
+    if not items or not all(isinstance(n, str) or type(n) is int for n in items):
+        fail(name, nodes, "a layer label or int, a non-empty list of them, or {name: label}", example,
+             wrong_type=items is None)

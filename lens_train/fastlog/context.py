@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..arguments import check_bool, fail
+
 _NO_HISTORY: tuple = ()
 
 
@@ -32,6 +34,17 @@ class CaptureSpec:
     keep_grad: bool = False
     dtype: torch.dtype | None = None
     device: str | torch.device | None = None
+
+    def __post_init__(self) -> None:
+        example = "CaptureSpec(keep_grad=False, dtype=torch.float16, device='cpu')"
+        check_bool("keep_grad", self.keep_grad, example)
+        if self.dtype is not None and not isinstance(self.dtype, torch.dtype):
+            fail("dtype", self.dtype, "a torch.dtype or None", example, wrong_type=True)
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                fail("device", self.device, "a device ('cpu', 'cuda:0', a torch.device) or None", example, wrong_type=True)
 
 
 @dataclass(slots=True, eq=False)

@@ -13,7 +13,8 @@ from torch import nn
 from ..capture.api import check_supported, preserved_buffers
 from ..capture.inputs import normalize_inputs
 from ..capture.recorder import _storage_key
-from ..errors import InvalidArgumentError
+from ..arguments import check_int, check_path
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from .context import CaptureSpec, RecordContext
 from .events import EventStream
 from .recording import Entry, Recording, Rollout
@@ -54,13 +55,14 @@ class Recorder:
                  history_size: int = 8) -> None:
         check_supported(model)
         if not callable(keep_op):
-            raise InvalidArgumentError(f"keep_op must be a function of the event context, got {type(keep_op).__name__}. Example: keep_op=lambda ctx: ctx.layer_type == 'relu'.")
+            raise InvalidArgumentError(f"keep_op must be a function of the event context, got {keep_op!r:.60} ({type(keep_op).__name__}). Example: keep_op=lambda ctx: ctx.layer_type == 'relu'.")
         if storage not in _STORAGES:
             raise InvalidArgumentError(f"storage must be one of {_STORAGES}, got {storage!r}. Example: Recorder(model, keep_op, storage='disk', path='run/fastlog').")
         if storage != "ram" and path is None:
             raise InvalidArgumentError(f"storage={storage!r} needs a directory. Example: Recorder(model, keep_op, storage={storage!r}, path='run/fastlog').")
-        if history_size < 0:
-            raise InvalidArgumentError(f"history_size must be >= 0, got {history_size}.")
+        check_int("history_size", history_size, "lt.fastlog.Recorder(model, keep_op, history_size=8)", low=0)
+        if path is not None:
+            check_path("path", path, "lt.fastlog.Recorder(model, keep_op, storage='disk', path='run/fastlog')")
         self.model = model
         self.keep_op = keep_op
         self.storage = storage
@@ -170,6 +172,11 @@ class Recorder:
         except Exception as exc:
             exc.add_note(f"lens_train: raised by the fastlog keep_op predicate on event {ctx}")
             raise
+        if answer is not True and answer is not False and not isinstance(answer, CaptureSpec):
+            raise ArgumentTypeError(
+                f"keep_op must return True, False or a CaptureSpec, got {answer!r:.60} ({type(answer).__name__}) for event "
+                f"{ctx.label!r}. Example: keep_op=lambda ctx: ctx.layer_type == 'relu' (or bool(...) around the test)."
+            )
         if not answer:
             return
         if self.dry:
@@ -215,7 +222,7 @@ def record(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | 
         (['0:1', '2:1'], torch.Size([2, 1]))
     """
     if keep_op is None:
-        raise InvalidArgumentError("record needs keep_op. Example: lt.fastlog.record(model, x, keep_op=lambda ctx: ctx.layer_type == 'relu'); list events with lt.fastlog.dry_run(model, x).")
+        raise InvalidArgumentError("record needs keep_op, got None. Example: lt.fastlog.record(model, x, keep_op=lambda ctx: ctx.layer_type == 'relu'); list events with lt.fastlog.dry_run(model, x).")
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     with preserved_buffers(model), Recorder(model, keep_op, history_size=history_size) as recorder:
         recorder.output = model(*args, **kwargs)  # an inspection: running statistics stay as they were

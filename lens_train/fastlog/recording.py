@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..capture.printing import human_bytes, shape_text
-from ..errors import AmbiguousLayerError, LayerNotFoundError, suggestion_text
+from ..errors import AmbiguousLayerError, LayerNotFoundError, OutOfRangeError, suggestion_text
 from .context import RecordContext
 
 
@@ -130,7 +130,11 @@ class Recording:
         self.lost = list(lost or [])
 
     def __getitem__(self, key: str | int) -> Any:
-        if isinstance(key, int):
+        if isinstance(key, int) and not isinstance(key, bool):
+            n = len(self.rollouts)
+            if not -n <= key < n:
+                raise OutOfRangeError(f"Rollout position {key!r} is out of range: this recording has {n} rollouts. "
+                                      f"Example: rec[0] (or rec[-1] for the last; positions {-n} to {n - 1}).")
             return self.rollouts[key]
         if len(self.rollouts) != 1:
             raise AmbiguousLayerError(

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..arguments import check_number
 from ..errors import InvalidArgumentError, LayerNotFoundError
 from .losses import TapLoss, as_loss
 from .structures import select_item
@@ -59,8 +60,9 @@ class AuxiliaryLoss(nn.Module):
             )
         self.layers: list[str] = list(losses)
         self.terms = nn.ModuleList(as_loss(loss, f"loss for {layer!r}") for layer, loss in losses.items())
-        self.weights = _per_layer(weights, self.layers, "weights", float, 1.0)
-        self.weight = float(weight)
+        example = "lt.AuxiliaryLoss({'layer2': loss}, weights={'layer2': 0.5}, weight=0.3)"
+        self.weights = _per_layer(weights, self.layers, "weights", lambda w: check_number("weights", w, example), 1.0)
+        self.weight = check_number("weight", weight, example)
         self.schedules = _schedules(schedule, self.layers)
         self.select = dict(select) if isinstance(select, Mapping) else {layer: select for layer in self.layers}
         if (model is None) != (example_input is None and example_kwargs is None):
@@ -163,7 +165,8 @@ def _per_layer(values: Mapping[str, Any] | None, layers: list[str], name: str, c
     values = dict(values or {})
     unknown = [k for k in values if k not in layers]
     if unknown:
-        raise InvalidArgumentError(f"{name} names layers without a loss: {unknown}. Layers with losses: {layers}.")
+        raise InvalidArgumentError(f"{name} names layers without a loss: {unknown}. Layers with losses: {layers}. "
+                                   f"Example: {name}={{{layers[0]!r}: ...}}.")
     return {layer: cast(values.get(layer, default)) for layer in layers}
 
 

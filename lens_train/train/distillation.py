@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..capture.inputs import normalize_inputs
+from ..arguments import check_number, fail
 from ..errors import InvalidArgumentError, LayerNotFoundError, closest
 from .auxiliary import _per_layer, check_in_optimizer
 from .losses import TapLoss, as_loss, param_dtype
@@ -86,6 +87,9 @@ class Distillation(nn.Module):
                  weights: Mapping[str, float] | None = None, weight: float = 1.0, example_input: Any = None,
                  example_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        for name, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, nn.Module):
+                fail(name, model, "an nn.Module", "lt.Distillation(teacher, student, pairs={'layer3': 'layer4'})", wrong_type=True)
         if pairs is not None and not isinstance(pairs, Mapping):
             raise InvalidArgumentError(
                 f"pairs must be a dict {{student_layer: teacher_layer}}, got {type(pairs).__name__} {pairs!r:.60}. "
@@ -102,8 +106,9 @@ class Distillation(nn.Module):
         losses = feature_loss if isinstance(feature_loss, Mapping) else {k: feature_loss for k in pairs}
         self.feature_losses = nn.ModuleList(as_loss(losses[k], f"feature_loss for {k!r}") for k in pairs)
         self.logits_loss: TapLoss | None = as_loss(logits_loss, "logits_loss") if logits_loss is not None else None
-        self.weights = _per_layer(weights, [*pairs, LOGITS], "weights", float, 1.0)
-        self.weight = float(weight)
+        example = "lt.Distillation(teacher, student, pairs={'layer2': 'layer3'}, weight=1.0)"
+        self.weights = _per_layer(weights, [*pairs, LOGITS], "weights", lambda w: check_number("weights", w, example), 1.0)
+        self.weight = check_number("weight", weight, example)
         self.adapter_mode = adapters
         self.adapters = nn.ModuleList(nn.Identity() for _ in pairs)
         self._explicit: set[str] = set()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import check_int, check_number
 from ..errors import InvalidArgumentError
 from .pooling import check_pool, pool_features
 
@@ -47,8 +48,8 @@ class DeepSupervision(TapLoss):
 
     def __init__(self, num_classes: int, pool: Any = "avg", hidden: int | None = None) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise InvalidArgumentError(f"deep_supervision needs num_classes >= 2, got {num_classes!r}.")
+        check_int("num_classes", num_classes, "lt.losses.deep_supervision(num_classes=10)", low=2)
+        check_int("hidden", hidden, "lt.losses.deep_supervision(num_classes=10, hidden=64)", low=1, optional=True)
         check_pool(pool)
         self.num_classes, self.pool, self.hidden = num_classes, pool, hidden
         self.head: nn.Module | None = None
@@ -115,9 +116,7 @@ class KDKL(TapLoss):
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise InvalidArgumentError(f"kd_kl temperature must be > 0, got {temperature!r}.")
-        self.temperature = float(temperature)
+        self.temperature = check_number("temperature", temperature, "lt.losses.kd_kl(temperature=4.0)", positive=True)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         t = self.temperature

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanSquaredError, MetricCollection, R2Score
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..arguments import check_callable, check_choice, check_int, check_names, check_number
 from ..errors import InvalidArgumentError, LayerNotFoundError
 from .pooling import check_pool, pool_features
 from .structures import main_tensor
@@ -53,13 +54,14 @@ class Probes:
     def __init__(self, layers: list[str] | str, num_classes: int | None = None, pool: Any = "avg", lr: float = 1e-3,
                  task: str = "classification", num_outputs: int = 1,
                  optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> None:
+        example = "lt.Probes(['layer2'], num_classes=10, lr=1e-3)"
+        check_names("layers", [layers] if isinstance(layers, str) else layers, example, keywords=())
         self.layers = [layers] if isinstance(layers, str) else list(layers)
-        if not self.layers:
-            raise InvalidArgumentError("Probes need at least one layer: lt.Probes(['layer2'], num_classes=10).")
-        if task not in ("classification", "regression"):
-            raise InvalidArgumentError(f"task must be 'classification' or 'regression', got {task!r}.")
-        if task == "classification" and (not isinstance(num_classes, int) or num_classes < 2):
-            raise InvalidArgumentError(f"Classification probes need num_classes >= 2, got {num_classes!r}.")
+        check_choice("task", task, ("classification", "regression"), "lt.Probes(['layer2'], task='regression', num_outputs=1)")
+        check_int("num_classes", num_classes, example, low=2, optional=task != "classification")
+        check_int("num_outputs", num_outputs, "lt.Probes(['layer2'], task='regression', num_outputs=1)", low=1)
+        check_number("lr", lr, example, positive=True)
+        check_callable("optimizer", optimizer, "optimizer=lambda params: torch.optim.SGD(params, lr=0.1)")
         check_pool(pool)
         self.num_classes, self.pool, self.lr, self.task, self.num_outputs = num_classes, pool, lr, task, num_outputs
         self._make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))

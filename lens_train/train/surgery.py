@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..arguments import check_bool
 from ..errors import InvalidArgumentError
 from .selection import ModuleIndex
 from .taps import Taps, _example_log
@@ -65,7 +66,9 @@ class Inspect(nn.Module):
                  **taps_options: Any) -> None:
         super().__init__()
         if not isinstance(layer, (str, list, tuple, Mapping)) or not layer:
-            raise InvalidArgumentError(f"layer must be a name, a list of names or {{layer: name}}, got {layer!r}.")
+            raise InvalidArgumentError(f"layer must be a name, a list of names or {{layer: name}}, got {layer!r}. "
+                                       "Example: lt.Inspect(model, layer={'layer2': 'features'}).")
+        check_bool("keep_output", keep_output, "lt.Inspect(model, 'layer2', keep_output=False)")
         self.model = model
         self.layer = layer
         self.keep_output = keep_output

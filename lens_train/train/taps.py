@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..arguments import check_bool
 from ..capture.api import get_model_metadata, preserved_buffers
 from ..capture.inputs import normalize_inputs
 from ..capture.scoping import interrupt_guard
@@ -66,6 +67,7 @@ class Taps:
         _check_choice("passes", passes, _PASSES)
         _check_choice("missing", missing, ("error", "skip"))
         _check_choice("clone", clone, ("auto", "always", "never"))
+        check_bool("save_gradients", save_gradients, "lt.Taps(model, ['layer2'], save_gradients=True)")
         self.model = model
         self.passes, self.missing, self.save_gradients, self.clone = passes, missing, bool(save_gradients), clone
         self._index = ModuleIndex(model)
@@ -365,7 +367,8 @@ def _example_log(root: nn.Module, input_args: Any, input_kwargs: Any) -> Any:
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise InvalidArgumentError(f"lt.Taps {name} must be one of {list(choices)}, got {value!r}.")
+        raise InvalidArgumentError(f"lt.Taps {name} must be one of {list(choices)}, got {value!r}. "
+                                   f"Example: lt.Taps(model, ['layer2'], {name}={choices[0]!r}).")
 
 
 def _cleanup(owned: list[Any]) -> None:

@@ -55,7 +55,7 @@ def test_layout_drift_metrics_and_plot(tmp_path):
     assert [s.name for s in snaps] == [f"epoch={(s - 1) // 4:03d}-step={s:06d}" for s in (2, 4, 6, 8)]
     assert snaps[0].cka == {} and set(snaps[1].cka) == {"layer1", "layer2"}
     a, b = snaps[2].activations(), snaps[3].activations()
-    expected = lt.snapshots.linear_cka(a["relu_2_4"], b["relu_2_4"])
+    expected = lt.bundle.snapshots.linear_cka(a["relu_2_4"], b["relu_2_4"])
     assert snaps[3].cka["layer2"] == pytest.approx(expected, rel=1e-6)
     assert float(t.logged_metrics["drift/cka/layer2"]) == pytest.approx(expected, rel=1e-5)
     assert (cb.directory / "drift.png").stat().st_size > 0
@@ -133,7 +133,7 @@ def test_resume_into_a_new_run_dir_points_at_the_earlier_snapshots(tmp_path):
     assert [s.step for s in snaps] == [3, 6, 9, 12]
     assert [Path(s.path).parent for s in snaps] == [old_dir, old_dir, new_dir, new_dir]
     index = json.loads((new_dir / "index.json").read_text())
-    assert index["snapshots"][0]["path"] == str((old_dir / "epoch=000-step=000003").resolve())
+    assert index["snapshots"][0]["path"] == "../../version_0/snapshots/epoch=000-step=000003"  # same log root
     assert [s.step for s in resumed[1].snapshots] == [3, 6, 9, 12]
     assert [s.index for s in snaps] == [0, 1, 2, 3]
 

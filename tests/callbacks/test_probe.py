@@ -48,5 +48,5 @@ def test_state_dict_round_trip(tmp_path):
 
 
 def test_constructor_validation():
-    with pytest.raises(InvalidArgumentError, match="num_classes >= 2"):
+    with pytest.raises(InvalidArgumentError, match="num_classes must be an int >= 2"):
         ProbeCallback(layers=["layer1"], num_classes=1)

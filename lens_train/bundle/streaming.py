@@ -12,50 +12,35 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .bundle import Materializer, check_replaceable, materializers, move_into_place
-from .bundle_format import MANIFEST_NAME
-from .bundle_metadata import TENSOR_FIELDS, LogEncoder
-from .bundle_reader import BundleReader
-from .bundle_writer import BundleWriter
-from .capture.api import gc_paused
-from .capture.layer_log import LayerLog
-from .capture.model_log import ModelLog
-from .capture.recorder import CapturePlan
-from .capture.records import OpRecord
-from .errors import InvalidArgumentError
+from .api import Materializer, check_replaceable, materializers, move_into_place
+from .files import as_path, bundle_dir, new_temp_dir, remove_debris
+from .format import MANIFEST_NAME
+from .metadata import TENSOR_FIELDS, LogEncoder
+from .reader import BundleReader
+from .schema import referenced_tensors
+from .writer import BundleWriter
+from ..capture.api import gc_paused
+from ..capture.layer_log import LayerLog
+from ..capture.model_log import ModelLog
+from ..capture.recorder import CapturePlan
+from ..capture.records import OpRecord
 
 
-class _NoStream:
-    """Stands in for a stream when activations stay in memory only."""
-
-    def run(self, capture: Callable[[CapturePlan], ModelLog], plan: CapturePlan) -> ModelLog:
-        return capture(plan)
-
-    def finish(self, log: ModelLog) -> None:
-        pass
-
-
-def open_capture_stream(path: str | os.PathLike | None, keep_in_memory: bool = True) -> CaptureStream | _NoStream:
-    """The stream a capture writes through (a no-op one when ``path`` is None).
+def open_capture_stream(path: str | os.PathLike, keep_in_memory: bool = True) -> CaptureStream:
+    """A stream writing one capture to the bundle directory ``path`` (what ``save_activations_to`` opens).
 
     Example:
-        >>> open_capture_stream(None).run(lambda plan: plan.save, CapturePlan())
-        'all'
+        >>> import tempfile
+        >>> stream = open_capture_stream(tempfile.mkdtemp() + "/s")
+        >>> type(stream).__name__, stream.abort()
+        ('CaptureStream', None)
     """
-    if path is None:
-        if not keep_in_memory:
-            raise InvalidArgumentError(
-                "keep_activations_in_memory=False would discard every activation: also pass save_activations_to, "
-                "e.g. lt.log_forward_pass(model, x, save_activations_to='run/bundle', keep_activations_in_memory=False)."
-            )
-        return _NoStream()
     return CaptureStream(path, keep_in_memory)
 
 
@@ -85,12 +70,12 @@ class CaptureStream:
 
     def __init__(self, path: str | os.PathLike, keep_in_memory: bool) -> None:
         self.keep = keep_in_memory
-        self.target = Path(path)
+        self.target = bundle_dir(as_path(path, "save_activations_to", "lt.log_forward_pass(model, x, save_activations_to='runs/bundle')"))
         write_to = self.target
         if self.target.exists() and not (self.target.is_dir() and not any(self.target.iterdir())):
             # replacing a bundle: write beside it, swap once committed; a crash leaves the old one
             check_replaceable(self.target, "lt.log_forward_pass(model, x, save_activations_to='runs/new_bundle')")
-            write_to = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.new-", dir=self.target.parent))
+            write_to = new_temp_dir(self.target)
         self.writer = BundleWriter(write_to, kind="capture")
         self.encoder = _StreamEncoder(self.writer.append)
         self.active = True
@@ -133,6 +118,8 @@ class CaptureStream:
         try:
             with gc_paused():
                 unit = self.encoder.encode_log(log)
+            for name in set(self.writer.uncommitted) - set(referenced_tensors(unit)):
+                self.writer.discard(name)  # written for a record the log did not keep
             self.writer.commit(unit)
             self.writer.close()
             if self.writer.path != self.target:
@@ -140,6 +127,7 @@ class CaptureStream:
         except BaseException:
             self.abort()
             raise
+        remove_debris(self.target)
         self.active = False
         if not self.keep:
             reader = BundleReader(self.target)

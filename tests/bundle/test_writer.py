@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lens_train.bundle_format import JOURNAL_NAME, MANIFEST_NAME, frame
-from lens_train.bundle_reader import BundleReader
-from lens_train.bundle_writer import BundleWriter
+from lens_train.bundle.format import JOURNAL_NAME, MANIFEST_NAME, frame
+from lens_train.bundle.reader import BundleReader
+from lens_train.bundle.writer import BundleWriter
 from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models.log_compare import bit_equal
 
@@ -256,3 +256,15 @@ def test_a_lenient_reader_skips_a_damaged_record_and_says_so(tmp_path: Path) -> 
     assert any("line 2 fails its checksum" in s and "Unit 1 was skipped" in s for s in reader.left_out)
     with pytest.raises(BundleError, match="line 2 fails its checksum"):
         BundleWriter(tmp_path / "r", append=True)  # damage is not silently appended to
+
+
+def test_discard_leaves_an_appended_tensor_out_of_the_unit(tmp_path: Path) -> None:
+    with BundleWriter(tmp_path / "b", kind="rollouts") as writer:
+        writer.append("kept", torch.ones(2))
+        writer.append("dropped", torch.zeros(3))
+        writer.discard("dropped")
+        with pytest.raises(InvalidArgumentError, match="No tensor 'nope' appended"):
+            writer.discard("nope")
+        writer.commit({})
+    reader = BundleReader(tmp_path / "b")
+    assert reader.tensor_names(0) == ["kept"] and reader.read_tensor(0, "kept").tolist() == [1.0, 1.0]

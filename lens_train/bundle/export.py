@@ -16,8 +16,9 @@ import json
 import os
 from typing import Any
 
-from .capture.model_log import ModelLog
-from .errors import MissingDependencyError
+from ..capture.model_log import ModelLog
+from ..errors import InvalidArgumentError, MissingDependencyError
+from .files import as_path
 
 COLUMNS = (
     "layer_label", "layer_label_no_pass", "pass_num", "num_passes", "layer_type", "func_name", "operation_index",
@@ -99,6 +100,19 @@ def to_json(log: ModelLog, path: str | os.PathLike | None = None) -> str | None:
     return _emit(json.dumps(layer_rows(log), indent=1) + "\n", path)
 
 
+def export_table(log: ModelLog, how: str, path: str | os.PathLike | None = None) -> Any:
+    """The layer table as ``how``: ``"csv"``, ``"json"`` (text, or written to ``path``) or ``"pandas"``.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> export_table(lt.log_forward_pass(torch.nn.ReLU(), torch.ones(2)), "csv").splitlines()[0][:11]
+        'layer_label'
+    """
+    if how == "pandas":
+        return to_pandas(log)
+    return {"csv": to_csv, "json": to_json}[how](log, path)
+
+
 def _cell(v: Any) -> Any:
     return "" if v is None else v
 
@@ -106,6 +120,10 @@ def _cell(v: Any) -> Any:
 def _emit(text: str, path: str | os.PathLike | None) -> str | None:
     if path is None:
         return text
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    out = as_path(path, "path", "log.to_csv('layers.csv') (or no path, for the text)")
+    if out.is_dir():
+        raise InvalidArgumentError(f"path must be a file to write, got the directory {str(out)!r}. Example: "
+                                   f"log.to_csv({str(out / 'layers.csv')!r}).")
+    with open(out, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return None

@@ -15,17 +15,17 @@ import os
 import platform
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import torch
 
-from .bundle_format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN, byte_view, checksum,
+from .format import (FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN, byte_view, checksum,
                             dtype_name, frame, shard_name, to_stored)
-from .bundle_reader import journal_problem, read_manifest, scan_journal
-from .errors import BundleError, InvalidArgumentError
+from .files import MARKER, create_new, fsync_dir, new_temp_dir, open_append, open_rewrite, unmark, write_atomic
+from .reader import journal_problem, read_manifest, scan_journal
+from ..errors import BundleError, InvalidArgumentError
 
 DEFAULT_SHARD_SIZE = 2 << 30
 _MAX_HEADER = 64 << 20
@@ -38,38 +38,13 @@ def _entry_json(name: str, tag: str, shape: list[int], begin: int, end: int) -> 
     return f'{json.dumps(name)}:{{"dtype":"{tag}","shape":[{",".join(map(str, shape))}],"data_offsets":[{begin},{end}]}}'
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (created, renamed, removed files) durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms that cannot open directories (Windows) have no such step
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync it and rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 class _Shard:
     """One safetensors file being appended to; its header is written into reserved space at the end."""
 
     def __init__(self, path: Path, reserve: int) -> None:
         self.path = path
         self.reserve = (reserve + 7) // 8 * 8  # 8-byte aligned data start
-        self.file = open(path, "wb")
+        self.file = create_new(path)
         self.file.write(struct.pack("<Q", self.reserve) + b" " * self.reserve)
         self.entries: list[str] = []
         self.header_len = len(_BASE_HEADER)
@@ -116,7 +91,7 @@ class BundleWriter:
 
     Example:
         >>> import tempfile, torch
-        >>> from lens_train.bundle_reader import BundleReader
+        >>> from lens_train.bundle.reader import BundleReader
         >>> path = tempfile.mkdtemp() + "/rollouts"
         >>> with BundleWriter(path, kind="rollouts") as writer:
         ...     writer.append("obs/0", torch.arange(3))
@@ -184,11 +159,11 @@ class BundleWriter:
         self._next_shard = max(numbers, default=-1) + 1  # never reuse the name of a shard left by a crash
         journal = self.path / JOURNAL_NAME
         if journal.is_file() and journal.stat().st_size != good_bytes:
-            with open(journal, "r+b") as f:  # appending after a torn record would corrupt the next one
+            with open_rewrite(journal) as f:  # appending after a torn record would corrupt the next one
                 f.truncate(good_bytes)
                 os.fsync(f.fileno())
         if manifest["complete"]:
-            write_durable(self.path / MANIFEST_NAME, frame("manifest", {**self.header, "complete": False, "units": self._base_units}))
+            write_atomic(self.path / MANIFEST_NAME, frame("manifest", {**self.header, "complete": False, "units": self._base_units}))
 
     # -- appending --------------------------------------------------------------------
     def append(self, name: str, tensor: torch.Tensor) -> None:
@@ -262,6 +237,12 @@ class BundleWriter:
         self.num_units += 1
         return unit["index"]
 
+    def discard(self, name: str) -> None:
+        """Leave the appended tensor ``name`` out of the open unit (its bytes stay, unreferenced, in the shard)."""
+        self._check_open()
+        if self._tensors.pop(name, None) is None:
+            raise InvalidArgumentError(f"No tensor {name!r} appended since the last commit; appended: {self.uncommitted[:5]}.")
+
     @property
     def uncommitted(self) -> list[str]:
         """Names appended since the last commit."""
@@ -275,10 +256,10 @@ class BundleWriter:
         self._release()
         if journal:
             records, nbytes = self._journal_size
-            write_durable(self.path / MANIFEST_NAME, frame("manifest", {
+            write_atomic(self.path / MANIFEST_NAME, frame("manifest", {
                 **self.header, "complete": True, "units": self._base_units, "journal": {"units": records, "bytes": nbytes}}))
         else:
-            with open(self.path / MANIFEST_NAME, "wb") as f:
+            with create_new(self.path / MANIFEST_NAME) as f:
                 f.write(frame("manifest", {**self.header, "complete": True, "units": self._units}))
                 f.flush()
                 os.fsync(f.fileno())
@@ -322,7 +303,7 @@ class BundleWriter:
 
 
 def _manifest_header(kind: str, info: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
+    from .._version import __version__
 
     return {
         "format": FORMAT_NAME,
@@ -336,7 +317,7 @@ def _manifest_header(kind: str, info: dict[str, Any]) -> dict[str, Any]:
 
 def _open_journal(path: Path) -> Any:
     """The journal opened for appending, locked against a second writer (in this process or another)."""
-    f = open(path, "ab")
+    f = open_append(path)
     try:
         import fcntl
     except ImportError:  # no advisory locks on this platform
@@ -354,7 +335,7 @@ def _open_journal(path: Path) -> Any:
 
 def _create_bundle_dir(path: Path, manifest: bytes | None) -> None:
     """Create ``path`` holding only ``manifest`` and an empty journal, atomically (just the directory without one)."""
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+    if path.exists() and not (path.is_dir() and not [p for p in path.iterdir() if p.name != MARKER]):
         raise BundleError(
             f"Cannot write a bundle to {str(path)!r}: it already exists. Pick a new path, remove the old one "
             f"first (shutil.rmtree({str(path)!r})), or add to it with BundleWriter(path, kind=..., append=True)."
@@ -363,15 +344,19 @@ def _create_bundle_dir(path: Path, manifest: bytes | None) -> None:
     if manifest is None:
         path.mkdir(exist_ok=True)
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    temporary = (path / MARKER).exists()  # path is itself a writer's temporary directory: it keeps a marker
+    tmp = new_temp_dir(path)
     try:
-        write_durable(tmp / MANIFEST_NAME, manifest)
-        with open(tmp / JOURNAL_NAME, "wb") as f:
+        write_atomic(tmp / MANIFEST_NAME, manifest)
+        with create_new(tmp / JOURNAL_NAME) as f:
             os.fsync(f.fileno())
         fsync_dir(tmp)
         if path.exists():
+            unmark(path)
             path.rmdir()
         os.rename(tmp, path)
+        if not temporary:
+            unmark(path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

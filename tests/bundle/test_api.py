@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from lens_train import bundle as bundle_mod
-from lens_train.bundle_format import FORMAT_NAME, frame, unframe
-from lens_train.bundle_metadata import tensor_key
-from lens_train.bundle_reader import BundleReader
-from lens_train.bundle_writer import BundleWriter
+from lens_train.bundle import api as bundle_mod
+from lens_train.bundle.format import FORMAT_NAME, frame, unframe
+from lens_train.bundle.metadata import tensor_key
+from lens_train.bundle.reader import BundleReader
+from lens_train.bundle.writer import BundleWriter
 from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models import DemoNetwork, SimpleRecurrent, SmallAlexNet
 from tests.models.log_compare import assert_same_log, bit_equal
@@ -253,7 +253,7 @@ def test_save_refuses_to_overwrite_something_that_is_not_a_bundle(tmp_path: Path
     with pytest.raises(BundleError, match="Refusing to overwrite .*data.*not a lens_train bundle"):
         lt.save(recurrent_log, tmp_path / "data")
     assert (tmp_path / "data" / "precious.txt").read_text() == "keep me"
-    with pytest.raises(BundleError, match="needs a ModelLog, got dict"):
+    with pytest.raises(lt.errors.ArgumentTypeError, match="log must be a ModelLog, got {}"):
         lt.save({}, tmp_path / "x")
 
 
@@ -381,14 +381,21 @@ def test_a_finished_streams_journal_cut_or_removed_is_an_error(tmp_path: Path) -
 def test_malformed_metadata_with_a_valid_checksum_is_a_bundle_error(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     manifest = unframe((path / "manifest.json").read_bytes(), "manifest", "m")
-    manifest["units"][0]["metadata"]["layers"]["rows"][1][0] = {"$dtype": "load"}
+    table = manifest["units"][0]["metadata"]["layers"]
+    column = table["columns"].index("transformed_activation")
+    table["rows"][1][column] = {"$dtype": "load"}  # only dtypes are ever looked up in torch
     (path / "manifest.json").write_bytes(frame("manifest", manifest))
     with pytest.raises(BundleError, match="unknown dtype 'load'"):
         lt.load(path)
-    manifest["units"][0]["metadata"]["layers"]["rows"][1][0] = "linear_1_1"
+    table["rows"][1][column] = None
+    table["rows"][1][0] = {"$dtype": "float32"}
+    (path / "manifest.json").write_bytes(frame("manifest", manifest))
+    with pytest.raises(BundleError, match="layer 1 field 'layer_label': expected a string"):
+        lt.load(path)
+    table["rows"][1][0] = "linear_1_1"
     del manifest["units"][0]["metadata"]["model_name"]
     (path / "manifest.json").write_bytes(frame("manifest", manifest))
-    with pytest.raises(BundleError, match="capture metadata is malformed"):
+    with pytest.raises(BundleError, match="field 'model_name' is missing"):
         lt.load(path)
 
 

@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 
-from .bundle_format import dtype_name, parse_dtype
-from .capture.layer_log import FrameInfo, LayerLog
-from .capture.model_log import ModelLog, ModuleLog, ModuleTable
-from .errors import BundleError
+from .format import dtype_name, parse_dtype
+from .schema import DERIVED_FIELDS
+from ..capture.layer_log import FrameInfo, LayerLog
+from ..capture.model_log import ModelLog, ModuleLog, ModuleTable
+from ..errors import BundleError
 
 # LayerLog fields that hold tensors (stored in shards, read lazily); their names in the bundle.
 TENSOR_FIELDS = {"tensor_contents": "activation", "transformed_activation": "transformed", "gradient": "gradient"}
-# rebuilt by ModelLog / the loader; pass_labels (every pass of the layer) would make the table quadratic
-_DERIVED_FIELDS = ("lookup_keys", "_materialize", "pass_labels")
 _PLAIN = (str, int, bool, type(None))
 
 
@@ -168,7 +167,7 @@ class LogEncoder:
 
     def encode_log(self, log: ModelLog) -> dict[str, Any]:
         """The unit metadata of ``log``: layers (as columns and rows), modules, meta, output."""
-        columns = [f.name for f in dataclasses.fields(LayerLog) if f.name not in _DERIVED_FIELDS]
+        columns = [f.name for f in dataclasses.fields(LayerLog) if f.name not in DERIVED_FIELDS]
         rows = [[self.field(layer, c, getattr(layer, c)) for c in columns] for layer in log.layers]
         meta = log.meta
         return {
@@ -196,7 +195,7 @@ def layer_fields(unit: dict[str, Any], get_tensor: Callable[[str], Any], where: 
     if not isinstance(table, dict) or not isinstance(table.get("columns"), list) or not isinstance(table.get("rows"), list):
         raise BundleError(f"{where} has no layer table.")
     columns = table["columns"]
-    known = {f.name for f in dataclasses.fields(LayerLog)} - set(_DERIVED_FIELDS)
+    known = {f.name for f in dataclasses.fields(LayerLog)} - set(DERIVED_FIELDS)
     out = []
     for i, row in enumerate(table["rows"]):
         if not isinstance(row, list) or len(row) != len(columns):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import lens_train as lt
-from lens_train.bundle_stream import CaptureStream
+from lens_train.bundle.streaming import CaptureStream
 from lens_train.errors import BundleError, InvalidArgumentError
 from tests.models import DemoNetwork, SimpleRecurrent
 from tests.models.log_compare import assert_same_log, bit_equal
@@ -130,6 +130,9 @@ def test_a_killed_stream_over_an_existing_bundle_leaves_the_old_one(tmp_path: Pa
     assert debris.name.startswith(".s.new-")
     with pytest.raises(BundleError, match="no committed capture"):
         lt.load(debris)
+    assert debris.is_dir()  # loading never deletes; the next successful save removes the dead writer's debris
+    lt.log_forward_pass(DemoNetwork(), torch.randn(1, 5), random_seed=0, save_activations_to=path)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
 def _stream_in_a_process_that_dies(path: Path, keep_activations_in_memory: bool) -> None:

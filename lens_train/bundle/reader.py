@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import struct
@@ -12,10 +13,11 @@ from typing import Any
 
 import torch
 
-from .bundle_format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
+from .format import (CHECKSUM_BLOCK, FORMAT_NAME, FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, SHARD_PATTERN,
                             byte_view, checksum, expected_nbytes, from_bytes, parse_dtype, unframe)
-from .errors import BundleError
-from .capture.printing import human_bytes
+from ..errors import BundleError
+from .schema import check_header_entry
+from ..capture.printing import human_bytes
 
 
 class BundleReader:
@@ -50,6 +52,7 @@ class BundleReader:
         self._positions = {u["index"]: i for i, u in enumerate(self.units)}
         self._report_orphans()
         self._checked_shards: set[str] = set()
+        self._entries: dict[tuple[int, str], dict[str, Any]] = {}
 
     def _journal_units(self, start: int, manifest: dict[str, Any], strict: bool) -> list[dict[str, Any]]:
         path = self.path / JOURNAL_NAME
@@ -123,6 +126,12 @@ class BundleReader:
         return self.units[position]
 
     def _entry(self, unit: dict[str, Any], name: str) -> dict[str, Any]:
+        key = (unit["index"], name)
+        if key not in self._entries:
+            self._entries[key] = self._checked(unit, name)
+        return self._entries[key]
+
+    def _checked(self, unit: dict[str, Any], name: str) -> dict[str, Any]:
         e = unit["tensors"].get(name)
         where = f"{self.path / MANIFEST_NAME}: tensor {name!r}"
         if e is None:
@@ -148,8 +157,27 @@ class BundleReader:
             head += f.read(n)
         if checksum(head)[0] != info["header_xxh3"]:
             raise BundleError(f"{path}: shard header fails its checksum (the file was modified or corrupted).")
+        header = _parse_header(head[8:], path)
+        for tensor, e in unit["tensors"].items():
+            if isinstance(e, dict) and e.get("shard") == name:
+                check_header_entry(self._entry(unit, tensor), header, 8 + n, f"{path}")
         self._checked_shards.add(name)
         return path
+
+    def entries(self, unit: int) -> dict[str, dict[str, Any]]:
+        """Every tensor entry of committed unit ``unit``, checked (dtype parsed, byte range inside its shard)."""
+        u = self._unit(unit)
+        return {name: self._entry(u, name) for name in u["tensors"]}
+
+
+def _parse_header(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise BundleError(f"{path}: the shard's safetensors header is not a JSON object.")
+    return header
 
 
 def _map_shard(path: Path) -> torch.Tensor:
@@ -175,7 +203,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise BundleError(f"No bundle at {str(path)!r}: the path does not exist.{_interrupted_hint(path)} Write one with lt.save(log, path).")
     if not path.is_dir():
-        raise BundleError(f"{str(path)!r} is a file, not a bundle; a bundle is the directory lt.save(log, path) writes.")
+        raise BundleError(f"path {str(path)!r} is a file, not a bundle; a bundle is the directory lt.save(log, path) writes. "
+                          "Example: lt.load('runs/bundle').")
     file = path / MANIFEST_NAME
     if not file.is_file():
         raise BundleError(f"{str(path)!r} is not a lens_train bundle: it has no {MANIFEST_NAME}.")

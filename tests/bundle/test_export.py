@@ -14,7 +14,7 @@ from torch import nn
 
 import lens_train as lt
 from lens_train.errors import MissingDependencyError
-from lens_train.export import COLUMNS, layer_rows
+from lens_train.bundle.export import COLUMNS, layer_rows
 from tests.models import SimpleRecurrent
 
 

@@ -9,8 +9,10 @@ snapshots of the checkpoint's history, which may live in an earlier run's direct
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,15 @@ from typing import Any
 
 import torch
 
-from .errors import BundleError, InvalidArgumentError
+from ..errors import BundleError, CheckpointError, InvalidArgumentError
+from .checkpoint import read_checkpoint
+from ..arguments import fail
+from .files import as_path, write_atomic
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "lens_train.snapshots"
 STATE_PREFIX = "ActivationSnapshotCallback"
+_NAME = re.compile(r"epoch=\d+-step=\d+\Z")
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Snapshot:
 
     def load(self, lazy: bool = True) -> Any:
         """The snapshot's :class:`~lens_train.ModelLog` (``lt.load`` of its bundle)."""
-        from .bundle import load
+        from .api import load
 
         return load(self.path, lazy=lazy)
 
@@ -70,50 +76,116 @@ def snapshot_name(epoch: int, step: int) -> str:
 
 
 def read_index(directory: str | os.PathLike) -> list[Snapshot]:
-    """The snapshots listed in ``directory/index.json`` (empty when there is no index)."""
+    """The snapshots listed in ``directory/index.json`` (empty when there is no index).
+
+    Every entry must name a snapshot under the directory's log root (:func:`log_root`).
+    """
     path = Path(directory) / INDEX_NAME
     if not path.is_file():
         return []
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BundleError(f"Snapshot index {str(path)!r} is not valid JSON ({exc}). Delete it to start a new list.") from None
-    if data.get("format") != INDEX_FORMAT:
-        raise BundleError(f"{str(path)!r} is not a lens_train snapshot index (format={data.get('format')!r}).")
-    return [entry_from_json(e, Path(directory)) for e in data["snapshots"]]
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise BundleError(f"{str(path)!r} is not a lens_train snapshot index (format={found!r}).")
+    if not isinstance(data.get("snapshots"), list):
+        raise BundleError(f"{str(path)!r} has no 'snapshots' list.")
+    return [entry_from_json(e, Path(directory), f"{path}, entry {i}") for i, e in enumerate(data["snapshots"])]
+
+
+def log_root(directory: str | os.PathLike) -> Path:
+    """The folder of runs a snapshot directory belongs to: two levels up (``<runs>/<run>/snapshots``).
+
+    An index may list snapshots of other runs only under this folder (a resumed run lists
+    the earlier run's snapshots), stored relative to the snapshot directory.
+
+    Example:
+        >>> log_root("/logs/lightning_logs/version_1/snapshots").as_posix()
+        '/logs/lightning_logs'
+    """
+    return Path(os.path.abspath(directory)).parent.parent
 
 
 def write_index(directory: str | os.PathLike, snapshots: Sequence[Snapshot], reference: str | None) -> Path:
-    """Atomically write ``index.json`` (paths inside ``directory`` stored relative)."""
+    """Atomically write ``index.json``, each path relative to ``directory`` (and under its log root)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     for snap in snapshots:
         entry = snap.to_json()
-        entry["path"] = _relative_if_inside(Path(snap.path), directory)
+        entry["path"] = stored_path(snap.path, directory)
         entries.append(entry)
-    ref = _relative_if_inside(Path(reference), directory) if reference else None
-    data = {"format": INDEX_FORMAT, "version": 1, "reference": ref, "snapshots": entries}
-    tmp = directory / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, directory / INDEX_NAME)
+    ref = stored_path(reference, directory) if reference else None
+    data = {"format": INDEX_FORMAT, "version": 2, "reference": ref, "snapshots": entries}
+    write_atomic(directory / INDEX_NAME, json.dumps(data, indent=1).encode())
     return directory / INDEX_NAME
 
 
-def entry_from_json(entry: Mapping[str, Any], directory: Path | None = None) -> Snapshot:
-    """A :class:`Snapshot` from its stored form; relative paths are resolved against ``directory``."""
-    path = Path(entry["path"])
-    if not path.is_absolute() and directory is not None:
-        path = directory / path
-    return Snapshot(index=int(entry["index"]), name=str(entry["name"]), epoch=int(entry["epoch"]),
-                    step=int(entry["step"]), path=str(path), cka=dict(entry.get("cka") or {}))
+def stored_path(path: str | os.PathLike, directory: Path) -> str:
+    """``path`` relative to ``directory``, as an index stores it; it must lie under the log root.
+
+    Example:
+        >>> stored_path("/runs/v0/snapshots/epoch=000-step=000003", Path("/runs/v1/snapshots"))
+        '../../v0/snapshots/epoch=000-step=000003'
+    """
+    target, here = Path(path).resolve(), directory.resolve()
+    if not _under(target, log_root(here)):
+        raise BundleError(
+            f"Snapshot {str(path)!r} is outside the log root {str(log_root(here))!r} of {str(directory)!r}: an index "
+            "lists only snapshots of runs in the same folder of runs."
+        )
+    return Path(os.path.relpath(target, here)).as_posix()
 
 
-def _relative_if_inside(path: Path, directory: Path) -> str:
-    try:
-        return path.resolve().relative_to(directory.resolve()).as_posix()
-    except ValueError:
-        return str(path.resolve())
+def confined_path(stored: Any, directory: Path, where: str) -> Path:
+    """The path an index entry names, which must stay under the log root of ``directory``."""
+    if not isinstance(stored, str) or not stored or "\0" in stored:
+        raise BundleError(f"{where}: 'path' must be a non-empty string, got {stored!r}.")
+    full = Path(os.path.normpath(os.path.join(os.path.abspath(directory), stored)))
+    if not _under(full, log_root(directory)):
+        raise BundleError(
+            f"{where}: path {stored!r} leads outside the log root {str(log_root(directory))!r}; an index may only list "
+            "snapshots of runs in the same folder of runs, stored relative to the snapshot directory."
+        )
+    return full
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def entry_from_json(entry: Any, directory: Path | None = None, where: str = "snapshot entry") -> Snapshot:
+    """A :class:`Snapshot` from its stored form, every field checked.
+
+    With ``directory`` (an index), the path is relative to it and confined to its log
+    root; without (a checkpoint's callback state), it is the path as recorded.
+
+    Example:
+        >>> entry_from_json({"index": 0, "name": "epoch=000-step=000002", "epoch": 0, "step": 2,
+        ...                  "path": "epoch=000-step=000002"}, Path("/r/v0/snapshots")).path
+        '/r/v0/snapshots/epoch=000-step=000002'
+    """
+    if not isinstance(entry, Mapping):
+        raise BundleError(f"{where} is not an object: {type(entry).__name__}.")
+    ints = {k: entry.get(k) for k in ("index", "epoch", "step")}
+    name, cka = entry.get("name"), entry.get("cka") or {}
+    if not all(type(v) is int and v >= 0 for v in ints.values()) or not isinstance(name, str) or not _NAME.match(name):
+        raise BundleError(f"{where}: needs int index/epoch/step >= 0 and a name like 'epoch=000-step=000010', "
+                          f"got {dict(ints, name=name)!r}.")
+    if not isinstance(cka, Mapping) or not all(isinstance(k, str) and type(v) in (int, float) for k, v in cka.items()):
+        raise BundleError(f"{where}: 'cka' must map layer names to numbers.")
+    if directory is not None:
+        path = confined_path(entry.get("path"), directory, where)
+    elif isinstance(entry.get("path"), str):
+        path = Path(entry["path"])
+    else:
+        raise BundleError(f"{where}: 'path' must be a string, got {entry.get('path')!r}.")
+    if path.name != name:
+        raise BundleError(f"{where}: path {str(path)!r} does not end in the snapshot's name {name!r}.")
+    return Snapshot(index=ints["index"], name=name, epoch=ints["epoch"], step=ints["step"], path=str(path),
+                    cka={k: float(v) for k, v in cka.items()})
 
 
 def load_snapshots(run_dir_or_checkpoint: str | os.PathLike, state_key: str | None = None) -> list[Snapshot]:
@@ -131,12 +203,17 @@ def load_snapshots(run_dir_or_checkpoint: str | os.PathLike, state_key: str | No
         >>> [s.step for s in load_snapshots(d)]
         [5]
     """
-    path = Path(run_dir_or_checkpoint)
+    path = as_path(run_dir_or_checkpoint, "run_dir_or_checkpoint", "lt.load_snapshots('logs/run') or "
+                   "lt.load_snapshots('checkpoints/last.ckpt')")
+    if state_key is not None and not isinstance(state_key, str):
+        fail("state_key", state_key, "a callback state key (str) or None",
+             "lt.load_snapshots(ckpt, state_key=\"ActivationSnapshotCallback{'layers': 'all', ...}\")", wrong_type=True)
     if path.is_file():
         return _from_checkpoint(path, state_key)
     if not path.is_dir():
         raise InvalidArgumentError(
-            f"load_snapshots needs a run directory or a .ckpt file; {str(path)!r} does not exist."
+            f"load_snapshots needs a run directory or a .ckpt file; run_dir_or_checkpoint={str(path)!r} does not exist. "
+            "Example: lt.load_snapshots('lightning_logs/version_0') or lt.load_snapshots('checkpoints/last.ckpt')."
         )
     indexes = [path / INDEX_NAME] if (path / INDEX_NAME).is_file() else sorted(path.rglob(INDEX_NAME))
     indexes = [p for p in indexes if _is_snapshot_index(p)]
@@ -171,7 +248,10 @@ def _from_checkpoint(path: Path, state_key: str | None) -> list[Snapshot]:
             f"Checkpoint {str(path)!r} has no ActivationSnapshotCallback state."
         )
     state = states[keys[0]]
-    return [entry_from_json(e) for e in state["snapshots"]]
+    entries = state.get("snapshots") if isinstance(state, dict) else None
+    if not isinstance(entries, list):
+        raise CheckpointError(f"Checkpoint {str(path)!r}: the state of {keys[0]} has no 'snapshots' list.")
+    return [entry_from_json(e, where=f"{path}, {keys[0]} entry {i}") for i, e in enumerate(entries)]
 
 
 def checkpoint_snapshot_paths(path: str | os.PathLike) -> set[str]:
@@ -186,20 +266,16 @@ def checkpoint_snapshot_paths(path: str | os.PathLike) -> set[str]:
         {'/run/snapshots/epoch=000-step=000004'}
     """
     states = _checkpoint_callback_states(Path(path))
-    return {str(entry["path"]) for key, state in states.items() if str(key).startswith(STATE_PREFIX)
-            for entry in (state or {}).get("snapshots", [])}
+    return {entry["path"] for key, state in states.items() if str(key).startswith(STATE_PREFIX) and isinstance(state, dict)
+            for entry in state.get("snapshots") or [] if isinstance(entry, dict) and isinstance(entry.get("path"), str)}
 
 
 def _checkpoint_callback_states(path: Path) -> dict[str, Any]:
-    # mmap: the model weights are not read, only the small callback states.
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        # The user's own checkpoint may hold pickled hyperparameters that the safe
-        # loader refuses (Lightning itself loads it this way when resuming), or be in
-        # the legacy format that cannot be memory-mapped.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return dict(ckpt.get("callbacks", {}))
+    # memory-mapped: the model weights are not read, only the small callback states
+    states = read_checkpoint(path).get("callbacks", {})
+    if not isinstance(states, dict):
+        raise CheckpointError(f"Checkpoint {str(path)!r} has a malformed 'callbacks' entry ({type(states).__name__}).")
+    return states
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -282,5 +358,7 @@ def plot_drift(snapshots: Sequence[Snapshot], path: str | os.PathLike) -> Path |
     fig.colorbar(image, ax=ax)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=100, format=out.suffix.lstrip(".") or "png")
+    write_atomic(out, image.getvalue(), durable=False)  # never through a link planted in the snapshot dir
     return out

@@ -1,11 +1,11 @@
-"""lens_train.snapshots: linear CKA against a direct formula, the index, the drift plot."""
+"""lens_train.bundle.snapshots: linear CKA against a direct formula, the index, the drift plot."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lens_train.snapshots import Snapshot, drift_table, linear_cka, load_snapshots, plot_drift, read_index, write_index
+from lens_train.bundle.snapshots import Snapshot, drift_table, linear_cka, load_snapshots, plot_drift, read_index, write_index
 
 
 def _feature_space_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import xxhash
 
-from .capture.api import gc_paused
-from .errors import BundleError
+from ..capture.api import gc_paused
+from ..errors import BundleError
 
 FORMAT_NAME = "lens_train.bundle"
 FORMAT_VERSION = 1
@@ -90,9 +90,14 @@ def unframe(data: bytes, key: str, where: str) -> Any:
         raise BundleError(f"{where} fails its checksum: the file was modified or corrupted after it was written.")
     try:
         with gc_paused():
-            return json.loads(body)
+            return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise BundleError(f"{where} holds invalid JSON ({exc}).") from None
+
+
+def _no_constant(name: str) -> Any:
+    # the writer spells non-finite floats {"$float": "nan"}; a bare NaN/Infinity was not written by it
+    raise ValueError(f"bare {name} is not JSON")
 
 
 # -- tensors ------------------------------------------------------------------------------
@@ -140,13 +145,22 @@ def to_stored(tensor: torch.Tensor) -> tuple[torch.Tensor, str, str, list[int]]:
     # is_contiguous() ignores the strides of size-1 dims; the byte view needs them standard too
     if not t.is_contiguous() or (t.numel() and t.reshape(-1).stride(0) != 1):
         t = t.clone(memory_format=torch.contiguous_format)
-    if t.is_complex():
-        real = torch.view_as_real(t)
-        return t, "complex_as_real", _SAFETENSORS_TAGS[real.dtype], list(real.shape)
-    tag = _SAFETENSORS_TAGS.get(t.dtype)
-    if tag is None:
-        return t, "bytes", "U8", [t.numel() * t.element_size()]
-    return t, "native", tag, list(t.shape)
+    kind, tag, shape = stored_header(t.dtype, list(t.shape), t.numel() * t.element_size())
+    return t, kind, tag, shape
+
+
+def stored_header(dtype: torch.dtype, shape: list[int], nbytes: int) -> tuple[str, str, list[int]]:
+    """(storage kind, safetensors tag, safetensors shape) under which a tensor of ``dtype`` and ``shape`` is stored.
+
+    Example:
+        >>> stored_header(torch.complex64, [3], 24), stored_header(torch.float32, [2], 8)
+        (('complex_as_real', 'F32', [3, 2]), ('native', 'F32', [2]))
+    """
+    if dtype.is_complex:
+        real = torch.view_as_real(torch.empty(0, dtype=dtype)).dtype
+        return "complex_as_real", _SAFETENSORS_TAGS[real], [*shape, 2]
+    tag = _SAFETENSORS_TAGS.get(dtype)
+    return ("bytes", "U8", [nbytes]) if tag is None else ("native", tag, list(shape))
 
 
 def byte_view(t: torch.Tensor) -> memoryview:

@@ -11,20 +11,22 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .bundle_format import MANIFEST_NAME
-from .bundle_metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
-from .bundle_reader import BundleReader
-from .bundle_writer import DEFAULT_SHARD_SIZE, BundleWriter, fsync_dir
-from .capture.api import gc_paused
-from .capture.layer_log import LayerLog
-from .capture.model_log import ModelLog
-from .errors import BundleError, BundleWarning, InvalidArgumentError
+from .format import MANIFEST_NAME
+from .metadata import TENSOR_FIELDS, LogEncoder, decode_value, layer_fields, modules_from_json
+from .reader import BundleReader
+from .schema import check_capture_unit
+from ..arguments import check_bool, check_int, fail
+from .files import as_path, bundle_dir, fsync_dir, mark, new_temp_dir, remove_debris, unmark
+from .writer import DEFAULT_SHARD_SIZE, BundleWriter
+from ..capture.api import gc_paused
+from ..capture.layer_log import LayerLog
+from ..capture.model_log import ModelLog
+from ..errors import BundleError, BundleWarning, InvalidArgumentError
 
 
 def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SHARD_SIZE, append: bool = False) -> None:
@@ -50,17 +52,19 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
         True
     """
     if not isinstance(log, ModelLog):
-        raise BundleError(f"lt.save needs a ModelLog, got {type(log).__name__}. Example: lt.save(lt.log_forward_pass(model, x), path).")
-    target = Path(path)
+        fail("log", log, "a ModelLog", "lt.save(lt.log_forward_pass(model, x), 'runs/bundle')", wrong_type=True)
+    target = bundle_dir(as_path(path, "path", "lt.save(log, 'runs/bundle')"))
+    check_int("shard_size", shard_size, "lt.save(log, path, shard_size=2 << 30)", low=1)
+    check_bool("append", append, "lt.save(log, path, append=True)")
     saved = sum(1 for layer in log.layers if any(getattr(layer, f) is not None for f in TENSOR_FIELDS))
     sizes = {"shard_size": shard_size, "header_reserve": 1024 + 200 * saved}
     if append:
         with gc_paused(), BundleWriter(target, kind="capture", append=True, **sizes) as writer:
             writer.commit(LogEncoder(writer.append).encode_log(log))
+        remove_debris(target)
         return
     check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    tmp = new_temp_dir(target)
     try:
         with gc_paused(), BundleWriter(tmp, kind="capture", journal=False, **sizes) as writer:
             writer.commit(LogEncoder(writer.append).encode_log(log))
@@ -68,30 +72,39 @@ def save(log: ModelLog, path: str | os.PathLike, *, shard_size: int = DEFAULT_SH
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_debris(target)  # what killed saves of this bundle left, if their writers are gone
 
 
 def check_replaceable(target: Path, example: str = "lt.save(log, 'runs/new_bundle')") -> None:
     """Raise unless ``target`` is absent, empty, or a bundle (which a new bundle may replace)."""
     if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_NAME).is_file()):
         raise BundleError(
-            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Write to a new path "
-            f"({example})."
+            f"Refusing to overwrite {str(target)!r}: it exists and is not a lens_train bundle. Write to a new path. "
+            f"Example: {example}."
         )
 
 
 def move_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished ``tmp`` to ``target``; an old bundle is moved aside first, then deleted."""
+    """Rename the finished ``tmp`` to ``target``; an old bundle is moved aside first, then deleted.
+
+    The set-aside old bundle gets this writer's marker, so that if the process dies
+    before deleting it, a later save knows it as debris (:func:`~lens_train.bundle.files.remove_debris`).
+    """
     if not target.exists():
         os.rename(tmp, target)
+        unmark(target)
         fsync_dir(target.parent)
         return
     old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
     os.rename(target, old)
     try:
+        mark(old)
         os.rename(tmp, target)
     except BaseException:
+        unmark(old)
         os.rename(old, target)
         raise
+    unmark(target)
     fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -123,6 +136,8 @@ def load(path: str | os.PathLike, lazy: bool = False, unit: int | None = None) -
         >>> log["relu_1_1"].activation is None, log["relu_1_1"].materialize_activation(), log.output
         (True, tensor([0., 2.]), tensor([0., 2.]))
     """
+    path = as_path(path, "path", "lt.load('runs/bundle')")
+    check_bool("lazy", lazy, "lt.load(path, lazy=True)")
     with gc_paused():
         return _load(path, lazy, unit)
 
@@ -131,6 +146,7 @@ def _load(path: str | os.PathLike, lazy: bool, unit: int | None) -> ModelLog:
     reader = BundleReader(path)
     index = _capture_index(reader, unit)
     where = f"{reader.path / MANIFEST_NAME}, unit {index}"
+    check_capture_unit(reader.units[index]["metadata"], reader.entries(index), where)
     try:
         log = _restore(reader, index, lazy, where)
     except BundleError:
@@ -149,7 +165,7 @@ def _capture_index(reader: BundleReader, unit: int | None) -> int:
         left = " Left out: " + " ".join(reader.left_out) if reader.left_out else ""
         what = "no committed capture: its writer stopped before the capture finished" if not reader.units else (
             f"{len(reader.units)} units of kind {reader.manifest.get('kind')!r}, no capture; read them with "
-            "lens_train.bundle_reader.BundleReader(path)")
+            "lens_train.bundle.reader.BundleReader(path)")
         raise BundleError(f"Bundle {str(reader.path)!r} holds {what}.{left}")
     if unit is None:
         return captures[-1]
