@@ -1,7 +1,7 @@
 """Activation snapshots on disk: the index, loading, linear CKA and the drift plot.
 
 A snapshot directory (``<run>/snapshots``) holds one bundle per snapshot
-(``epoch=003-step=000120/``), the reference batch the snapshots were taken on
+(``epoch003-step000120/``; older runs wrote ``epoch=003-step=000120/``), the reference batch the snapshots were taken on
 (``reference.safetensors``) and ``index.json``, the ordered list of snapshots that
 belong to the run. The index is the truth: after a resume it lists exactly the
 snapshots of the checkpoint's history, which may live in an earlier run's directory.
@@ -60,13 +60,14 @@ class Snapshot:
 
 
 def snapshot_name(epoch: int, step: int) -> str:
-    """Directory name of a snapshot: sortable, and readable as epoch and step.
+    """Directory name of a snapshot: sortable, readable as epoch and step, and free of ``=`` (which
+    Hydra's override grammar rejects in a value).
 
     Example:
         >>> snapshot_name(3, 120)
-        'epoch=003-step=000120'
+        'epoch003-step000120'
     """
-    return f"epoch={epoch:03d}-step={step:06d}"
+    return f"epoch{epoch:03d}-step{step:06d}"
 
 
 def read_index(directory: str | os.PathLike) -> list[Snapshot]:

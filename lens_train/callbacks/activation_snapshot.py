@@ -26,14 +26,15 @@ from ._base import LensCallback
 from ._reference import load_reference, save_reference
 from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
 
-_SNAPSHOT_DIR = re.compile(r"epoch=\d+-step=(\d+)\Z")
+# Older runs named snapshots with "=" (epoch=003-step=000120); both forms are recognised.
+_SNAPSHOT_DIR = re.compile(r"epoch=?\d+-step=?(\d+)\Z")
 DROPPED = ".dropped"
 
 
 class ActivationSnapshotCallback(LensCallback):
     """Save the chosen layers' activations on one fixed reference batch, periodically.
 
-    Each snapshot is a bundle (``lt.load`` reads it) in ``<log_dir>/snapshots/epoch=E-step=S/``,
+    Each snapshot is a bundle (``lt.load`` reads it) in ``<log_dir>/snapshots/epochEEE-stepSSSSSS/``,
     taken on rank zero from the unwrapped module in eval mode, under ``no_grad`` and a
     forked RNG, with buffers restored. The reference batch (by default the first validation
     batch, else the first training batch) is stored once as ``snapshots/reference.safetensors``
@@ -302,7 +303,7 @@ class ActivationSnapshotCallback(LensCallback):
                       if (match := _SNAPSHOT_DIR.match(p.name)) and int(match[1]) > step]
         if not later:
             return
-        aside = _fresh(self.directory / "aside" / f"after-step={step:06d}")
+        aside = _fresh(self.directory / "aside" / f"after-step{step:06d}")
         aside.mkdir(parents=True)
         for path in sorted(later):
             os.replace(path, aside / path.name)

@@ -34,7 +34,7 @@ class GraphLoggerCallback(LensCallback):
     red: all), so unhealthy layers stand out. Rendering runs in a background thread.
     With a ``TensorBoardLogger`` the picture is also logged as an image (``lens/graph``).
 
-    Files: ``graphs/step=000000.svg`` at fit start, ``graphs/epoch=003.svg`` after epoch 3.
+    Files: ``graphs/step000000.svg`` at fit start, ``graphs/epoch003.svg`` after epoch 3.
 
     Args:
         every_n_epochs: render after every this many epochs (0: only at fit start).
@@ -90,13 +90,13 @@ class GraphLoggerCallback(LensCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        self._run_render(trainer, pl_module, f"step={trainer.global_step:06d}")
+        self._run_render(trainer, pl_module, f"step{trainer.global_step:06d}")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or not self.every_n_epochs or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        self._run_render(trainer, pl_module, f"epoch={trainer.current_epoch:03d}")
+        self._run_render(trainer, pl_module, f"epoch{trainer.current_epoch:03d}")
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

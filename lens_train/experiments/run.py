@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import InvalidArgumentError, suggestion_text
 from .builders import build_lens_callbacks, check_lens_layers
+from .commands import override, relative
+from .config_types import check_config_types
 from .history import MetricsHistory
 from .plots import write_plots
 from .summary import StageResult, format_summary
@@ -130,7 +132,7 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
     overrides = OmegaConf.to_container(teacher_cfg.get("trainer") or {}, resolve=True)
     result, trainer = fit_stage(cfg, "teacher", teacher, datamodule, out_dir, trainer_overrides=overrides)
     if result.best_checkpoint:
-        result.notes.append(f"reuse this teacher: add teacher.ckpt_path={result.best_checkpoint}")
+        result.notes.append("reuse this teacher: add " + override("teacher.ckpt_path", relative(result.best_checkpoint)))
         # Test and distill from the same (best) weights.
         module_cls = type(teacher)
         teacher = module_cls.load_from_checkpoint(result.best_checkpoint, net=instantiate(teacher_cfg.model.net),
@@ -186,9 +188,19 @@ def run_experiment(cfg: DictConfig, started: float | None = None) -> list[StageR
             f"Unknown flow {flow!r}. Choose one of {sorted(FLOWS)}: lens-train flow=train."
             + suggestion_text(flow, FLOWS, "sorted(lens_train.experiments.run.FLOWS)")
         )
+    check_config_types(cfg)  # a wrong type fails here, before anything is built
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
     results = FLOWS[flow](cfg)
     if rank_zero_only.rank == 0 and cfg.get("print_summary", True):
-        print(format_summary(results, wall_s=time.monotonic() - started), flush=True)
+        print(format_summary(results, wall_s=time.monotonic() - started, overrides=_command_line()), flush=True)
     return results
 
+
+
+def _command_line() -> list[str] | None:
+    # The overrides of this run (one job's own values in a multirun), when Hydra runs it.
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
