@@ -24,6 +24,9 @@ CONFIG_NAME = "train"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
 # When the command started (time.monotonic()); the first job's summary counts from there.
 _STARTED: list[float] = []
+# The jobs of a multirun in this process, for the ranking printed at its end.
+_SWEEP: list = []
+_SWEEP_DIR: list[Path] = []
 
 
 def seconds_since_start() -> float | None:
@@ -273,7 +276,36 @@ def _task(cfg: object) -> float | None:
         print(f"lens-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # The return value is what sweepers (e.g. Optuna) optimize.
-    return results[-1].test_acc if results else None
+    return _record_job(cfg, results[-1]) if results else None
+
+
+def _record_job(cfg: object, result: object) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .experiments.sweep import SweepJob, metric_value
+
+    value = metric_value(result, cfg.get("optimized_metric"))
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        metric = str(cfg.get("optimized_metric") or "test/acc")
+        _SWEEP.append(SweepJob(list(hydra_cfg.overrides.task), metric, value, result.run_dir))
+        _SWEEP_DIR[:] = [Path(hydra_cfg.sweep.dir)]
+    return value
+
+
+def _report_sweep() -> None:
+    # After the last job of a multirun: the jobs ranked and the best one, as a rerunnable command.
+    from .experiments.sweep import ranking_lines, write_best
+
+    jobs, _SWEEP[:] = list(_SWEEP), []
+    if not jobs:
+        return
+    lines = ranking_lines(jobs)
+    best = write_best(jobs, _SWEEP_DIR[0]) if _SWEEP_DIR else None
+    if best is not None:
+        lines.append(f"written to {best}")
+    print("\n".join(["=" * 72, *lines, "=" * 72]), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -306,8 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = [saved[0] if saved else "lens-train", *args]
     try:
         app()
+        _report_sweep()
     finally:
         sys.argv = saved
+        _SWEEP.clear()
         _close_process_group()
 
 

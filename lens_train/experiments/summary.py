@@ -113,7 +113,8 @@ def probe_lines(history: MetricsHistory, test: dict[str, float] | None = None) -
     _, train = probe_table(history, "train")
     tested = {key[len("probe/"):-len("/test_acc")]: [v] for key, v in (test or {}).items()
               if key.startswith("probe/") and key.endswith("/test_acc")}
-    columns = {"train": train, "val": val, **({"test": tested} if tested else {})}
+    # A column with no value at all (an evaluation has no train or val) is left out.
+    columns = {name: table for name, table in (("train", train), ("val", val), ("test", tested)) if table}
     layers = list(dict.fromkeys([*train, *val, *tested]))
     if not layers:
         return []
@@ -143,7 +144,8 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
         lines.append(f"test accuracy: {result.test_acc:.4f}" + (f"   (test loss {loss:.4f})" if loss is not None else ""))
     probes = probe_lines(result.history, result.test)
     if probes:
-        lines += ["", "probe accuracy per layer (last epoch):", *(indent + p for p in probes)]
+        when = "last epoch" if result.history.epochs else "tested checkpoint"
+        lines += ["", f"probe accuracy per layer ({when}):", *(indent + p for p in probes)]
     lines += ["", f"{'run dir':<12} {_rel(result.run_dir, base)}"]
     for name, (path, count) in result.artifact_dirs().items():
         extra = f"  (best: {Path(result.best_checkpoint).name})" if name == "checkpoints" and result.best_checkpoint else ""
@@ -199,5 +201,5 @@ def format_summary(results: list[StageResult], title: str = "lens-train", wall_s
 
 def _resume_overrides(overrides: Sequence[str]) -> list[str]:
     # The run's own overrides, less the ones the resume command sets itself.
-    dropped = ("ckpt_path=", "trainer.max_epochs=", "flow=")
+    dropped = ("ckpt_path=", "trainer.max_epochs=", "flow=", "hparams_search=", "hydra.")
     return [o for o in overrides if not o.lstrip("+~").startswith(dropped)]
