@@ -62,7 +62,7 @@ def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["experiment=distill"], "unknown experiment 'distill'. Did you mean 'distill_digits'?"),
     (["lens=[probes,probe]"], "unknown lens 'probe'. Did you mean 'probes'?"),
-    (["+logger=[csv,wandb]"], "unknown logger 'wandb'."),
+    (["+logger=[csv,neptune]"], "unknown logger 'neptune'."),
     (["-m", "model=cnn,mpl"], "unknown model 'mpl'. Did you mean 'mlp'?"),
 ])
 def test_group_override_checks(overrides: list[str], expected: str) -> None:
@@ -76,7 +76,7 @@ def test_options_of_an_extra_config_dir_are_accepted(tmp_path: Path) -> None:
     assert "Available models: cnn, mine, mlp, transformer" in check_group_overrides(["model=min_"], [config_dir(), tmp_path])
 
 
-@pytest.mark.parametrize("overrides", [["model=mlp", "lens=[]", "logger=null"], ["trainer.max_epochs=3"],
+@pytest.mark.parametrize("overrides", [["model=mlp", "lens=[]", "~logger"], ["logger=[]"], ["trainer.max_epochs=3"],
                                        ["model.net.channels=[8,16]"], ["hydra/launcher=basic"],
                                        ["-m", "model=choice(cnn,mlp)"]])
 def test_valid_overrides_pass_the_check(overrides: list[str]) -> None:

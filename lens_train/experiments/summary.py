@@ -152,6 +152,9 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
         lines.append(f"{name:<12} {_rel(path, base)}  [{entries(count)}]{extra}")
     if result.plots:
         lines.append(f"{'plots':<12} " + ", ".join(_rel(p, base) for p in result.plots.values()))
+    profiles = sorted(result.run_dir.glob("*profile*.txt"))  # debug=profiler: Lightning's reports
+    if profiles:
+        lines.append(f"{'profile':<12} " + ", ".join(_rel(p, base) for p in profiles))
     last = result.last_checkpoint()
     if last is not None and resume_hint is not None:
         ckpt = override("ckpt_path", relative(last))

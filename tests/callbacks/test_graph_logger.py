@@ -15,7 +15,7 @@ def test_renders_at_fit_start_and_every_n_epochs(tmp_path):
     cb = GraphLoggerCallback(every_n_epochs=2)
     fit(tmp_path, LitNet(), [cb], max_epochs=4)
     names = sorted(p.name for p in cb.written)
-    assert names == ["epoch=001.svg", "epoch=003.svg", "step=000000.svg"]
+    assert names == ["epoch001.svg", "epoch003.svg", "step000000.svg"]
     assert all(p.parent == tmp_path / "run" / "version_0" / "graphs" for p in cb.written)
     assert "net.layer1" in cb.written[0].read_text()
     assert len(cb.timings) == 3 and all(t["render_s"] > 0 for t in cb.timings)

@@ -29,7 +29,7 @@ def test_summary_has_accuracy_probe_table_and_paths(tmp_path) -> None:
     assert next(line for line in lines if line.strip().startswith("layer")).split() == ["layer", "train", "val", "test"]
     assert row0.split()[1:] == ["0.850", "0.810", "-"]
     assert row1.split()[1:] == ["-", "0.930", "0.950"]
-    assert any(line.strip().startswith("checkpoints") and "[1 entries]" in line and "best: last.ckpt" in line
+    assert any(line.strip().startswith("checkpoints") and "[1 entry]" in line and "best: last.ckpt" in line
                for line in lines)
     assert any(line.strip().startswith("snapshots") and "csv/snapshots" in line for line in lines)
     assert "training_curves.png" in text
