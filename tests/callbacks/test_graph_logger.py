@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+import lens_train as lt
 from lens_train.callbacks import GraphLoggerCallback
 from lens_train.errors import InvalidArgumentError
 from tests.callbacks.lit_models import LitNet, fit
@@ -47,3 +48,23 @@ def test_constructor_validation():
         GraphLoggerCallback(vis_opt="tree")
     with pytest.raises(InvalidArgumentError, match="every_n_epochs must be an int >= 0, got -1"):
         GraphLoggerCallback(every_n_epochs=-1)
+
+
+def test_default_depth_draws_a_transformer_readably(tmp_path):
+    from PIL import Image
+
+    from lens_train.experiments import Classifier, RowTransformer
+    from lens_train.viz.dot import graph_to_dot
+    from lens_train.viz.render import render_dot
+
+    module = Classifier(RowTransformer(dim=32, depth=3, num_heads=4))
+    log = lt.log_forward_pass(module, torch.zeros(2, 1, 8, 8), layers_to_save=None)
+    default, everything = GraphLoggerCallback(annotate=False), GraphLoggerCallback(annotate=False, vis_nesting_depth=None)
+    assert default.vis_nesting_depth == 4
+    shown, full = default.graph(log), everything.graph(log)
+    assert len(shown.nodes) < len(full.nodes) / 3
+    labels = " ".join(node.label for node in shown.nodes)
+    assert "net.blocks.0.attn" in labels and "net.blocks.2.mlp" in labels  # each block's parts, as boxes
+    with Image.open(render_dot(graph_to_dot(shown), tmp_path / "g.png", "png")) as img:
+        width, height = img.size
+    assert width < 600 and height < 3000  # every module: 509 x 7412 px
