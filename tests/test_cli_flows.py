@@ -102,7 +102,7 @@ def test_debug_limit_runs_three_short_epochs(lens_train) -> None:
 @pytest.mark.slow
 def test_debug_overfit_learns_two_batches(lens_train) -> None:
     run = lens_train("overfit", "debug=overfit", "trainer.max_epochs=20", "lens=[snapshots]", "plots=false", *QUIET)
-    train_acc = _columns(run / "metrics.csv")["train/acc_epoch"]
+    train_acc = _columns(run / "metrics.csv")["train/acc"]
     assert len(train_acc) == 20 and train_acc[-1] >= 0.95
     assert not (run / "snapshots").exists()  # switched off by debug=overfit
 
