@@ -55,6 +55,7 @@ def test_last_ckpt_is_the_last_epoch_and_resuming_continues_the_run(lens_train) 
     assert _columns(resumed / "metrics.csv")["epoch"][0] == 6  # epochs 6 and 7 only, not 4-5 again
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_name_with_equals_is_accepted_unquoted(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "flow=eval", f"ckpt_path={tmp_path}/epoch=1-step=4.ckpt", timeout=120)
     assert done.returncode == 2 and "mismatched input" not in done.stderr
@@ -65,14 +66,23 @@ def test_an_old_checkpoint_name_with_equals_is_accepted_unquoted(tmp_path: Path)
     ("logger=null", "Remove it with ~logger (lens-train ~logger), or choose none with logger=[]."),
     ("lens=null", "Choose none with lens=[] (lens-train lens=[]), or switch one off with lens.aux_loss=null."),
     ("trainer=null", "Remove it with ~trainer"),
+    ("experiment=null", "No experiment is the default: leave the override out"),
 ])
-def test_group_null_is_one_line_naming_the_fix(tmp_path: Path, override: str, fix: str) -> None:
-    done = run_cli(tmp_path, override, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and fix in done.stderr and "Traceback" not in done.stderr
-    assert done.stderr.startswith(f"lens-train: error: {override} is not how Hydra switches a config group off.")
+def test_group_null_names_the_fix(override: str, fix: str) -> None:
+    from lens_train.cli import check_group_overrides, config_dir
+
+    message = check_group_overrides([override], config_dir())
+    assert message.startswith(f"lens-train: error: {override} is not how Hydra switches a config group off.")
+    assert fix in message and "\n" not in message
 
 
+def test_group_null_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    done = run_cli(tmp_path, "logger=null", timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "~logger" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "line"), [
     ("trainer.max_epochs=abc", "lens-train: error: trainer.max_epochs: expected an integer, got 'abc'."),
     ("lens.aux_loss.weight=abc", "lens-train: error: lens.aux_loss.weight: expected a number, got 'abc'."),
