@@ -24,6 +24,9 @@ CONFIG_NAME = "train"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
 # When the command started (time.monotonic()); the first job's summary counts from there.
 _STARTED: list[float] = []
+# The jobs of a multirun in this process, for the ranking printed at its end.
+_SWEEP: list = []
+_SWEEP_DIR: list[Path] = []
 
 
 def seconds_since_start() -> float | None:
@@ -100,6 +103,8 @@ def check_group_overrides(overrides: Sequence[str], directory: Path | Sequence[P
         >>> print(check_group_overrides(["model=nope"], config_dir()))
         lens-train: unknown model 'nope'. Available models: cnn, mlp, transformer.
         Example: lens-train model=cnn
+        >>> print(check_group_overrides(["logger=null"], config_dir()))
+        lens-train: error: logger=null is not how Hydra switches a config group off. Remove it with ~logger (lens-train ~logger), or choose none with logger=[].
         >>> check_group_overrides(["model=mlp", "trainer.max_epochs=2"], config_dir()) is None
         True
     """
@@ -111,6 +116,8 @@ def check_group_overrides(overrides: Sequence[str], directory: Path | Sequence[P
         options = group_options(directory, group)
         if not options or "." in group or value.startswith(("choice(", "range(", "glob(", "interval(")):
             continue
+        if value.strip() == "null" and not key.startswith("~"):
+            return _null_group_message(group, directory)
         for name in _split_choice(value):
             if name not in options:
                 near = closest(name, options)
@@ -121,6 +128,54 @@ def check_group_overrides(overrides: Sequence[str], directory: Path | Sequence[P
                     f"Example: lens-train {group}={near[0] if near else options[0]}"
                 )
     return None
+
+
+def _primary_default(directory: Path | Sequence[Path], group: str) -> object:
+    # The group's entry in train.yaml's defaults list: an option, a list of options, or None.
+    import yaml
+
+    folders = [directory] if isinstance(directory, Path) else list(directory)
+    try:
+        defaults = yaml.safe_load((folders[0] / f"{CONFIG_NAME}.yaml").read_text()).get("defaults", [])
+    except (OSError, AttributeError, yaml.YAMLError):
+        return "unknown"
+    entries = [e for e in defaults if isinstance(e, dict) and group in e]
+    return entries[0][group] if entries else "unknown"
+
+
+def _null_group_message(group: str, directory: Path | Sequence[Path]) -> str:
+    """The answer to ``group=null``, which Hydra rejects with a traceback: how to switch the group off."""
+    default = _primary_default(directory, group)
+    head = f"lens-train: error: {group}=null is not how Hydra switches a config group off."
+    if default is None:
+        return f"{head} No {group} is the default: leave the override out (a chosen one is removed with ~{group})."
+    if isinstance(default, list):  # `~lens` cannot delete a list of options; an empty list can
+        first = f"{group}.{default[0]}=null" if default else f"{group}.NAME=null"
+        return f"{head} Choose none with {group}=[] (lens-train {group}=[]), or switch one off with {first}."
+    return f"{head} Remove it with ~{group} (lens-train ~{group}), or choose none with {group}=[]."
+
+
+def quote_values_with_equals(args: Sequence[str]) -> list[str]:
+    """Quote override values holding ``=`` (``ckpt_path=run/epoch=1-step=40.ckpt``) so Hydra parses them.
+
+    Hydra's grammar refuses an unquoted ``=`` in a value; checkpoint names Lightning writes by
+    default (and older lens_train runs) have one. Quoted values, lists and dicts are left as typed.
+
+    Example:
+        >>> quote_values_with_equals(["ckpt_path=a/epoch=1.ckpt", "model=mlp", "x='a=b'"])
+        ['ckpt_path="a/epoch=1.ckpt"', 'model=mlp', "x='a=b'"]
+    """
+    from .experiments.commands import hydra_value
+
+    out = []
+    for i, arg in enumerate(args):
+        key, eq, value = arg.partition("=")
+        after_flag = i > 0 and args[i - 1] in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+        if arg.startswith("-") or after_flag or not eq or "=" not in value or value[:1] in ("'", '"', "[", "{"):
+            out.append(arg)
+        else:
+            out.append(f"{key}={hydra_value(value)}")
+    return out
 
 
 def _single_run_line(override: object) -> str | None:
@@ -138,8 +193,9 @@ def _single_run_line(override: object) -> str | None:
 def check_config_keys(overrides: Sequence[str], directory: Path, extra: Sequence[Path] = ()) -> str | None:
     """A message for the first override naming a config key that does not exist, else ``None``.
 
-    Composes the config as Hydra will (sweeps by their first value); errors other than a
-    missing key are left for Hydra to report.
+    Composes the config as Hydra will (sweeps by their first value) and also checks the
+    composed values' types (:func:`~lens_train.experiments.config_types.check_config_types`);
+    other errors are left for Hydra to report.
 
     Example:
         >>> print(check_config_keys(["trainer.max_epoch=1"], config_dir()))  # doctest: +ELLIPSIS
@@ -151,6 +207,8 @@ def check_config_keys(overrides: Sequence[str], directory: Path, extra: Sequence
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from .experiments.config_types import check_config_types
 
     args = list(overrides)
     if any(a in ("-cn", "--config-name") or a.startswith(("--config-name=", "--config-path", "-cp")) for a in args):
@@ -166,7 +224,10 @@ def check_config_keys(overrides: Sequence[str], directory: Path, extra: Sequence
         lines.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).absolute()}" for d in extra) + "]")
     try:
         with initialize_config_dir(str(directory.absolute()), version_base="1.3"):
-            compose(CONFIG_NAME, overrides=lines)
+            cfg = compose(CONFIG_NAME, overrides=lines)
+        check_config_types(cfg)
+    except ConfigError as exc:  # a value of the wrong type for its _target_'s signature
+        return f"lens-train: error: {exc}"
     except ConfigCompositionException as exc:
         cause = exc.__cause__
         if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or cause.key is None:
@@ -215,7 +276,36 @@ def _task(cfg: object) -> float | None:
         print(f"lens-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     # The return value is what sweepers (e.g. Optuna) optimize.
-    return results[-1].test_acc if results else None
+    return _record_job(cfg, results[-1]) if results else None
+
+
+def _record_job(cfg: object, result: object) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .experiments.sweep import SweepJob, metric_value
+
+    value = metric_value(result, cfg.get("optimized_metric"))
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        metric = str(cfg.get("optimized_metric") or "test/acc")
+        _SWEEP.append(SweepJob(list(hydra_cfg.overrides.task), metric, value, result.run_dir))
+        _SWEEP_DIR[:] = [Path(hydra_cfg.sweep.dir)]
+    return value
+
+
+def _report_sweep() -> None:
+    # After the last job of a multirun: the jobs ranked and the best one, as a rerunnable command.
+    from .experiments.sweep import ranking_lines, write_best
+
+    jobs, _SWEEP[:] = list(_SWEEP), []
+    if not jobs:
+        return
+    lines = ranking_lines(jobs)
+    best = write_best(jobs, _SWEEP_DIR[0]) if _SWEEP_DIR else None
+    if best is not None:
+        lines.append(f"written to {best}")
+    print("\n".join(["=" * 72, *lines, "=" * 72]), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -229,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     import hydra
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = quote_values_with_equals(sys.argv[1:] if argv is None else argv)
     # As a command, the process is lens-train's own: its imports count in the wall time.
     since = seconds_since_start() if argv is None else None
     _STARTED[:] = [time.monotonic() - (since or 0.0)]
@@ -248,8 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = [saved[0] if saved else "lens-train", *args]
     try:
         app()
+        _report_sweep()
     finally:
         sys.argv = saved
+        _SWEEP.clear()
         _close_process_group()
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 
 from lens_train.cli import check_group_overrides, config_dir, main
@@ -62,7 +63,7 @@ def test_unknown_group_option_lists_the_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["experiment=distill"], "unknown experiment 'distill'. Did you mean 'distill_digits'?"),
     (["lens=[probes,probe]"], "unknown lens 'probe'. Did you mean 'probes'?"),
-    (["+logger=[csv,wandb]"], "unknown logger 'wandb'."),
+    (["+logger=[csv,neptune]"], "unknown logger 'neptune'."),
     (["-m", "model=cnn,mpl"], "unknown model 'mpl'. Did you mean 'mlp'?"),
 ])
 def test_group_override_checks(overrides: list[str], expected: str) -> None:
@@ -76,7 +77,7 @@ def test_options_of_an_extra_config_dir_are_accepted(tmp_path: Path) -> None:
     assert "Available models: cnn, mine, mlp, transformer" in check_group_overrides(["model=min_"], [config_dir(), tmp_path])
 
 
-@pytest.mark.parametrize("overrides", [["model=mlp", "lens=[]", "logger=null"], ["trainer.max_epochs=3"],
+@pytest.mark.parametrize("overrides", [["model=mlp", "lens=[]", "~logger"], ["logger=[]"], ["trainer.max_epochs=3"],
                                        ["model.net.channels=[8,16]"], ["hydra/launcher=basic"],
                                        ["-m", "model=choice(cnn,mlp)"]])
 def test_valid_overrides_pass_the_check(overrides: list[str]) -> None:
@@ -108,7 +109,9 @@ def test_help_names_the_command_and_examples(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_run_end_to_end(in_process, capsys: pytest.CaptureFixture) -> None:
-    run = in_process(*TINY)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = in_process(*TINY, "logger=[csv,tensorboard]", "tags=[digits,smoke]")
     out = capsys.readouterr().out
     assert "lens-train: train finished in" in out and "test accuracy: " in out
     headline = re.search(r"finished in ([\d.]+) s \(fit ([\d.]+) s, test ([\d.]+) s; start-up, data and plots", out)
@@ -125,6 +128,13 @@ def test_default_run_end_to_end(in_process, capsys: pytest.CaptureFixture) -> No
     assert {"aux/blocks.1", "lens/total_loss", "probe/blocks.2/val_acc", "test/acc"} <= set(columns)
     assert any(c.startswith("stats/") or "dead_fraction" in c for c in columns), columns
     assert (run / ".hydra" / "config.yaml").is_file()
+    # The composed config, printed first and saved; tags in the loggers; pictures in TensorBoard.
+    assert out.startswith("CONFIG\n") and (run / "config_tree.txt").read_text().startswith("CONFIG\n├── data")
+    assert yaml.safe_load((run / "hparams.yaml").read_text())["tags"] == ["digits", "smoke"]
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    assert {"lens/graph", "lens/drift", "plots/training_curves", "plots/probe_accuracy"} <= set(events.Tags()["images"])
+    assert re.search(r"snapshots +\S+  \[2 entries\]", out) and not any("=" in p.name for p in run.rglob("*"))
 
 
 @pytest.mark.slow
@@ -185,6 +195,7 @@ def test_distill_experiment_trains_teacher_then_two_students(in_process, capsys:
     assert baseline["train/loss_step"][0] == pytest.approx(distilled["train/loss_step"][0])
     teacher_ckpt = run / "teacher" / "checkpoints" / "last.ckpt"
     assert teacher_ckpt.is_file() and "reuse this teacher: add teacher.ckpt_path=" in out
+    assert "=" not in out.split("reuse this teacher: add teacher.ckpt_path=")[1].split()[0]
 
 
 @pytest.mark.slow

@@ -17,7 +17,9 @@ from lens_train.experiments import Classifier, DigitsCNN, ImageDataModule
 from lens_train.experiments.builders import build_lens_callbacks
 
 CONFIGS = config_dir()
-GROUPS = ("data", "model", "lens", "trainer", "logger", "callbacks", "paths", "experiment")
+GROUPS = ("data", "model", "lens", "trainer", "logger", "callbacks", "paths", "experiment", "debug", "hparams_search")
+# Options whose packages are optional extras (lens-train[loggers], lens-train[sweep]).
+NEEDS = {"wandb": "wandb", "mlflow": "mlflow", "digits_optuna": "hydra_plugins.hydra_optuna_sweeper"}
 OPTIONS = [(g, o) for g in GROUPS for o in group_options(CONFIGS, g)]
 
 
@@ -39,8 +41,10 @@ def test_groups_ship_the_documented_options() -> None:
     assert group_options(CONFIGS, "model") == ["cnn", "mlp", "transformer"]
     assert group_options(CONFIGS, "lens") == ["aux_loss", "distill", "graphs", "probes", "snapshots", "stats"]
     assert group_options(CONFIGS, "trainer") == ["cpu", "ddp", "default", "gpu"]
-    assert group_options(CONFIGS, "logger") == ["csv", "tensorboard"]
+    assert group_options(CONFIGS, "logger") == ["csv", "mlflow", "tensorboard", "wandb"]
     assert group_options(CONFIGS, "experiment") == ["aux_loss_digits", "distill_digits", "probe_digits"]
+    assert group_options(CONFIGS, "debug") == ["fdr", "limit", "overfit", "profiler"]
+    assert group_options(CONFIGS, "hparams_search") == ["digits_grid", "digits_optuna"]
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -52,13 +56,16 @@ def test_every_target_resolves(path: Path) -> None:
             assert callable(get_method(target)), target
 
 
-@pytest.mark.parametrize("name", group_options(CONFIGS, "experiment"))
-def test_experiments_are_global_packages(name: str) -> None:
-    assert (CONFIGS / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
+@pytest.mark.parametrize(("group", "name"), [(g, n) for g in ("experiment", "debug", "hparams_search")
+                                             for n in group_options(CONFIGS, g)])
+def test_experiments_debug_and_searches_are_global_packages(group: str, name: str) -> None:
+    assert (CONFIGS / group / f"{name}.yaml").read_text().startswith("# @package _global_")
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_instantiates(tmp_path: Path, group: str, option: str) -> None:
+    if option in NEEDS:
+        pytest.importorskip(NEEDS[option])
     override = f"{group}=[{option}]" if group == "lens" else f"{group}={option}"
     cfg = make_cfg(tmp_path, override)
     check_instantiates(cfg, tmp_path)
@@ -74,14 +81,21 @@ def check_instantiates(cfg: DictConfig, tmp_path: Path) -> None:
     teacher = instantiate(cfg.teacher.model).net if "teacher" in cfg else DigitsCNN()
     lens = build_lens_callbacks(cfg.lens, teacher=teacher)
     assert [type(cb).__name__ for cb in lens] == [_class_name(e) for e in cfg.lens.values() if e is not None]
-    for logger in (cfg.logger or {}).values():
-        assert Path(instantiate(logger).save_dir) == tmp_path
+    for name, logger in (cfg.logger or {}).items():
+        built = instantiate(logger)
+        if name == "mlflow":  # one store for every run, in the logs dir
+            assert built._tracking_uri == f"sqlite:///{cfg.paths.log_dir}/mlflow.db"
+        else:
+            assert Path(built.save_dir) == tmp_path
     for callback in cfg.callbacks.values():
         assert isinstance(instantiate(callback), L.pytorch.callbacks.Callback)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         return
     trainer = instantiate(cfg.trainer, logger=False, callbacks=lens, default_root_dir=str(tmp_path))
-    assert trainer.max_epochs == cfg.trainer.max_epochs
+    if cfg.trainer.get("fast_dev_run"):  # debug=fdr: one batch, whatever max_epochs says
+        assert trainer.fast_dev_run == 1 and trainer.max_epochs == 1
+    else:
+        assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
 def _class_name(entry: DictConfig) -> str:

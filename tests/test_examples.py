@@ -73,6 +73,6 @@ def test_lightning_all_callbacks(tmp_path, monkeypatch, capsys) -> None:
     out = run_example("lightning_all_callbacks.py", tmp_path, monkeypatch, capsys)
     logged = out.split("logged: ")[1].splitlines()[0].split(", ")
     assert {"aux/blocks.1", "distill/blocks.2", "lens/total_loss", "probe/blocks.2/val_acc"} <= set(logged)
-    assert "snapshots: ['epoch=000-step=000020', 'epoch=001-step=000040', 'epoch=002-step=000060']" in out
+    assert "snapshots: ['epoch000-step000020', 'epoch001-step000040', 'epoch002-step000060']" in out
     run = tmp_path / "out" / "lightning_run"
-    assert (run / "graphs" / "step=000000.svg").is_file() and (run / "metrics.csv").is_file()
+    assert (run / "graphs" / "step000000.svg").is_file() and (run / "metrics.csv").is_file()

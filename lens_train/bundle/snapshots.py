@@ -1,7 +1,7 @@
 """Activation snapshots on disk: the index, loading, linear CKA and the drift plot.
 
 A snapshot directory (``<run>/snapshots``) holds one bundle per snapshot
-(``epoch=003-step=000120/``), the reference batch the snapshots were taken on
+(``epoch003-step000120/``; older runs wrote ``epoch=003-step=000120/``), the reference batch the snapshots were taken on
 (``reference.safetensors``) and ``index.json``, the ordered list of snapshots that
 belong to the run. The index is the truth: after a resume it lists exactly the
 snapshots of the checkpoint's history, which may live in an earlier run's directory.
@@ -66,13 +66,14 @@ class Snapshot:
 
 
 def snapshot_name(epoch: int, step: int) -> str:
-    """Directory name of a snapshot: sortable, and readable as epoch and step.
+    """Directory name of a snapshot: sortable, readable as epoch and step, and free of ``=`` (which
+    Hydra's override grammar rejects in a value).
 
     Example:
         >>> snapshot_name(3, 120)
-        'epoch=003-step=000120'
+        'epoch003-step000120'
     """
-    return f"epoch={epoch:03d}-step={step:06d}"
+    return f"epoch{epoch:03d}-step{step:06d}"
 
 
 def read_index(directory: str | os.PathLike) -> list[Snapshot]:
@@ -322,6 +323,37 @@ def drift_table(snapshots: Sequence[Snapshot]) -> tuple[list[str], list[str], li
     return layers, [s.name for s in later], table
 
 
+_DRIFT_FLOOR = 1e-7
+
+
+def cka_text(value: float) -> str:
+    """A CKA value as a heat-map cell shows it: 3 decimals, or ``1-2e-05`` when that would read 1.000.
+
+    Example:
+        >>> cka_text(0.9443), cka_text(0.99998)
+        ('0.944', '1-2e-05')
+    """
+    gap = 1.0 - value
+    return f"{value:.3f}" if gap >= 5e-4 else f"1-{max(gap, _DRIFT_FLOOR):.0e}"
+
+
+def drift_norm(drift: Sequence[Sequence[float]]) -> Any:
+    """A logarithmic colour scale spanning the finite drift values (``1 - CKA``) of the table.
+
+    Example:
+        >>> norm = drift_norm([[1e-4, 1e-2]])
+        >>> round(norm.vmin, 6), round(norm.vmax, 6)
+        (0.0001, 0.01)
+    """
+    from matplotlib.colors import LogNorm
+
+    finite = [v for row in drift for v in row if v == v]
+    low, high = min(finite, default=1e-3), max(finite, default=1e-1)
+    if high <= low * 1.01:  # one value, or all equal: give the scale some width around it
+        low, high = low / 3, high * 3
+    return LogNorm(vmin=low, vmax=high)
+
+
 def plot_drift(snapshots: Sequence[Snapshot], path: str | os.PathLike) -> Path | None:
     """Save a heatmap of CKA between consecutive snapshots (layers x snapshots) to ``path``.
 
@@ -339,23 +371,27 @@ def plot_drift(snapshots: Sequence[Snapshot], path: str | os.PathLike) -> Path |
     # A bare Figure (no pyplot) leaves the user's backend and global state alone.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2.5 + 0.5 * len(names), 2.0 + 0.3 * len(layers)), layout="constrained")
+    fig = Figure(figsize=(3.0 + 0.75 * len(names), 2.0 + 0.35 * len(layers)), layout="constrained")
     ax = fig.add_subplot()
-    # CKA between consecutive snapshots is usually close to 1: scale the colours to the
-    # observed range so that drift stays visible, and print each value in its cell.
-    finite = [v for row in table for v in row if v == v]
-    low = min(finite, default=0.0)
-    image = ax.imshow(table, vmin=min(low, 0.999), vmax=1.0, cmap="viridis", aspect="auto")
+    # CKA between consecutive snapshots climbs from ~0.9 to 0.99999 as training settles: on a
+    # linear scale every cell is the same colour. The colour is the drift 1 - CKA on a log
+    # scale, whose range is the data's own, and each cell prints its CKA.
+    drift = [[max(1.0 - v, _DRIFT_FLOOR) if v == v else float("nan") for v in row] for row in table]
+    norm = drift_norm(drift)
+    cmap = "magma_r"
+    image = ax.imshow(drift, norm=norm, cmap=cmap, aspect="auto")
     if len(layers) * len(names) <= 400:
         for i, row in enumerate(table):
             for j, v in enumerate(row):
                 if v == v:
-                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=5,
-                            color="white" if v < (low + 1) / 2 else "black")
-    ax.set_yticks(range(len(layers)), labels=layers, fontsize=7)
-    ax.set_xticks(range(len(names)), labels=names, rotation=60, ha="right", fontsize=7)
-    ax.set_title("linear CKA with the previous snapshot", fontsize=8)
-    fig.colorbar(image, ax=ax)
+                    dark = norm(drift[i][j]) > 0.55
+                    ax.text(j, i, cka_text(v), ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+    ax.set_yticks(range(len(layers)), labels=layers, fontsize=8)
+    ax.set_xticks(range(len(names)), labels=names, rotation=45, ha="right", fontsize=7)
+    ax.set_title("linear CKA with the previous snapshot", fontsize=9)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("drift: 1 - CKA (log scale)", fontsize=8)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     image = io.BytesIO()

@@ -24,22 +24,25 @@ from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_
                          snapshot_name, write_index)
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
+from ._images import log_image
 from ._reference import load_reference, save_reference
 from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
 
-_SNAPSHOT_DIR = re.compile(r"epoch=\d+-step=(\d+)\Z")
+# Older runs named snapshots with "=" (epoch=003-step=000120); both forms are recognised.
+_SNAPSHOT_DIR = re.compile(r"epoch=?\d+-step=?(\d+)\Z")
 DROPPED = ".dropped"
 
 
 class ActivationSnapshotCallback(LensCallback):
     """Save the chosen layers' activations on one fixed reference batch, periodically.
 
-    Each snapshot is a bundle (``lt.load`` reads it) in ``<log_dir>/snapshots/epoch=E-step=S/``,
+    Each snapshot is a bundle (``lt.load`` reads it) in ``<log_dir>/snapshots/epochEEE-stepSSSSSS/``,
     taken on rank zero from the unwrapped module in eval mode, under ``no_grad`` and a
     forked RNG, with buffers restored. The reference batch (by default the first validation
     batch, else the first training batch) is stored once as ``snapshots/reference.safetensors``
     so every snapshot sees the same input. Between consecutive snapshots the per-layer linear
-    CKA is logged (``drift/cka/<layer>``) and drawn in ``snapshots/drift.png``.
+    CKA is logged (``drift/cka/<layer>``) and drawn in ``snapshots/drift.png``, which also goes to
+    every logger that takes images (``lens/drift``).
 
     The snapshot list lives in the callback's checkpoint state. Resuming from a checkpoint
     restores exactly the snapshots taken up to it, also when the resumed run writes to a new
@@ -259,7 +262,9 @@ class ActivationSnapshotCallback(LensCallback):
         if snap.cka:
             pl_module.log_dict({f"drift/cka/{k}": v for k, v in snap.cka.items()}, on_step=True, on_epoch=False,
                                rank_zero_only=True)
-            plot_drift(self.snapshots, self.directory / "drift.png")
+            png = plot_drift(self.snapshots, self.directory / "drift.png")
+            if png is not None and self._trainer is not None and (trainer := self._trainer()) is not None:
+                log_image(trainer.loggers, "lens/drift", png, step=snap.step)
 
     def _write_index(self) -> None:
         write_index(self.directory, self.snapshots, self.reference_path)
@@ -322,7 +327,7 @@ class ActivationSnapshotCallback(LensCallback):
                       if (match := _SNAPSHOT_DIR.match(p.name)) and int(match[1]) > step]
         if not later:
             return
-        aside = _fresh(self.directory / "aside" / f"after-step={step:06d}")
+        aside = _fresh(self.directory / "aside" / f"after-step{step:06d}")
         aside.mkdir(parents=True)
         for path in sorted(later):
             os.replace(path, aside / path.name)

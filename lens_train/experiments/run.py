@@ -20,8 +20,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..bundle.checkpoint import SafeCheckpointIO, read_checkpoint
+from ..callbacks._images import log_image
+from ..callbacks._shared import default_batch_to_input, quiet_forward
+from ..capture.api import log_forward_pass
 from ..errors import ConfigError, InvalidArgumentError, suggestion_text
 from .builders import build_lens_callbacks, check_lens_layers
+from .commands import override, relative, shell_path
+from .config_tree import write_config_tree
+from .config_types import check_config_types
+from .saved_config import find_run_dir, load_saved_config, merge_saved_config
 from .history import MetricsHistory
 from .plots import write_plots
 from .summary import StageResult, format_summary
@@ -51,8 +58,16 @@ def _instantiate_all(node: DictConfig | None, **overrides: Any) -> list[Any]:
 
 
 def make_trainer(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Callback], trainer_overrides: dict | None = None) -> L.Trainer:
-    """A Trainer from ``cfg.trainer`` writing into ``out_dir`` with ``cfg.callbacks``, the loggers and ``callbacks``."""
+    """A Trainer from ``cfg.trainer`` writing into ``out_dir`` with ``cfg.callbacks``, the loggers and ``callbacks``.
+
+    ``cfg.tags`` are recorded in every logger (as the hyperparameter ``tags``).
+    """
+    # The loggers write into the run dir, which already holds Hydra's .hydra/ folder.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     loggers = _instantiate_all(cfg.get("logger"), save_dir=str(out_dir))
+    tags = list(cfg.get("tags") or [])
+    for logger in loggers if tags else []:  # W&B also takes them as its run's tags (logger/wandb.yaml)
+        logger.log_hyperparams({"tags": tags})
     standard = _instantiate_all(cfg.get("callbacks"))
     for cb in standard:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
@@ -69,8 +84,6 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule:
     """Fit ``module`` (resuming from ``cfg.ckpt_path`` when set), test it, write plots."""
     check_lens_layers(module, lens)  # a misspelled layer fails here, not after the Trainer starts
     history = MetricsHistory()
-    # The loggers write into the run dir, which already holds Hydra's .hydra/ folder.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     trainer = make_trainer(cfg, out_dir, [*lens, history], trainer_overrides)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -86,6 +99,8 @@ def fit_stage(cfg: DictConfig, name: str, module: L.LightningModule, datamodule:
     if cfg.get("plots", True) and trainer.is_global_zero:
         result.plots = write_plots(history, out_dir / "plots")
         # The snapshot callback draws the drift heat map next to its snapshots.
+        for name, png in result.plots.items():  # the drift map went to the loggers as it was drawn
+            log_image(trainer.loggers, f"plots/{name}", png, step=trainer.global_step)
         result.plots.update({"drift": p for p in sorted(out_dir.rglob("snapshots/drift.png"))[:1]})
     return result, trainer
 
@@ -132,7 +147,7 @@ def _teacher(cfg: DictConfig, datamodule: L.LightningDataModule, out_dir: Path) 
     overrides = OmegaConf.to_container(teacher_cfg.get("trainer") or {}, resolve=True)
     result, trainer = fit_stage(cfg, "teacher", teacher, datamodule, out_dir, trainer_overrides=overrides)
     if result.best_checkpoint:
-        result.notes.append(f"reuse this teacher: add teacher.ckpt_path={result.best_checkpoint}")
+        result.notes.append("reuse this teacher: add " + override("teacher.ckpt_path", relative(result.best_checkpoint)))
         # Test and distill from the same (best) weights.
         _load_weights(teacher, read_checkpoint(result.best_checkpoint), result.best_checkpoint)
     return teacher, result
@@ -194,11 +209,74 @@ def distill_flow(cfg: DictConfig) -> list[StageResult]:
     return results
 
 
-FLOWS: dict[str, Callable[[DictConfig], list[StageResult]]] = {"train": train_flow, "distill": distill_flow}
+def eval_flow(cfg: DictConfig) -> list[StageResult]:
+    """Test ``cfg.ckpt_path`` with the config saved in its run dir (command-line overrides win).
+
+    Prints test metrics, probe accuracy per layer (the probes trained with the checkpoint)
+    and where the model's graph is. A checkpoint with no saved config is tested with
+    ``cfg`` as composed.
+    """
+    ckpt = Path(str(cfg.get("ckpt_path") or ""))
+    if not ckpt.is_file():
+        raise InvalidArgumentError(
+            f"flow=eval needs ckpt_path=<a .ckpt file>, got {cfg.get('ckpt_path')!r}. Example: lens-train flow=eval "
+            "ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt (every run's summary prints its line)."
+        )
+    run = find_run_dir(ckpt)
+    notes = []
+    if run is not None:
+        cfg = merge_saved_config(load_saved_config(run), cfg, _command_line() or [])
+        check_config_types(cfg)
+        notes.append(f"{'config':<12} {shell_path(run / '.hydra' / 'config.yaml')}  (and this command's overrides)")
+    else:
+        notes.append(f"{'config':<12} none saved near the checkpoint: this command's config")
+    model_cfg, lens_cfg = _eval_parts(cfg, ckpt, run)
+    out = output_dir(cfg)
+    if rank_zero_only.rank == 0:
+        write_config_tree(cfg, out, echo=bool(cfg.get("print_config", True)))
+    datamodule, module = instantiate(cfg.data), instantiate(model_cfg)
+    lens = [cb for cb in build_lens_callbacks(lens_cfg) if type(cb).__name__ == "ProbeCallback"]
+    trainer = make_trainer(cfg, out, lens, {"callbacks": lens, "enable_checkpointing": False})
+    start = time.perf_counter()
+    metrics = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False)  # SafeCheckpointIO reads it
+    test = {k: float(v) for k, v in (metrics[0] if metrics else {}).items()}
+    result = StageResult("eval", out, test=test, best_checkpoint=str(ckpt), test_s=time.perf_counter() - start)
+    if trainer.is_global_zero:
+        result.notes += [*notes, f"{'graph':<12} {_graph_of(run, ckpt, module, datamodule, out)}"]
+    return [result]
+
+
+def _eval_parts(cfg: DictConfig, ckpt: Path, run: Path | None) -> tuple[DictConfig, DictConfig | None]:
+    # A distillation run keeps its teacher in <run>/teacher/: that model, and no student probes.
+    stage = ckpt.absolute().relative_to(run).parts[0] if run is not None else ""
+    if stage == "teacher" and cfg.get("teacher") is not None:
+        return cfg.teacher.model, None
+    return cfg.model, cfg.get("lens")
+
+
+def _graph_of(run: Path | None, ckpt: Path, module: L.LightningModule, datamodule: Any, out: Path) -> str:
+    # The training run's latest graph when it drew one, else one drawn now from a test batch.
+    stage_dir = ckpt.absolute().parent.parent
+    graphs = sorted((stage_dir / "graphs").glob("*.svg"), key=lambda p: p.stat().st_mtime) if run else []
+    if graphs:
+        return relative(graphs[-1])
+    datamodule.setup("test")
+    x = default_batch_to_input(next(iter(datamodule.test_dataloader())))[:2]
+    with quiet_forward(module):
+        log = log_forward_pass(module, x, layers_to_save=None)
+    return relative(log.render_graph(vis_opt="rolled", vis_nesting_depth=4, vis_outpath=str(out / "graphs" / "model"),
+                                     vis_save_only=True))
+
+
+FLOWS: dict[str, Callable[[DictConfig], list[StageResult]]] = {"train": train_flow, "distill": distill_flow,
+                                                               "eval": eval_flow}
 
 
 def run_experiment(cfg: DictConfig, started: float | None = None) -> list[StageResult]:
-    """Run ``cfg.flow`` (``train`` or ``distill``) seeded by ``cfg.seed``; print the summary on rank zero.
+    """Run ``cfg.flow`` (``train``, ``distill`` or ``eval``) seeded by ``cfg.seed``; print the summary on rank zero.
+
+    The composed config is saved as ``<run dir>/config_tree.txt`` and printed first
+    (``print_config``); ``tags`` go to every logger.
 
     ``started`` (a ``time.monotonic()`` value, default: now) is when the run began, for
     the wall time in the summary; ``lens-train`` passes the start of its process.
@@ -208,7 +286,7 @@ def run_experiment(cfg: DictConfig, started: float | None = None) -> list[StageR
         >>> run_experiment(OmegaConf.create({"flow": "nope"}))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        lens_train.errors.InvalidArgumentError: Unknown flow 'nope'. Choose one of ['distill', 'train']...
+        lens_train.errors.InvalidArgumentError: Unknown flow 'nope'. Choose one of ['distill', 'eval', 'train']...
     """
     started = time.monotonic() if started is None else started
     flow = str(cfg.get("flow", "train"))
@@ -217,9 +295,21 @@ def run_experiment(cfg: DictConfig, started: float | None = None) -> list[StageR
             f"Unknown flow {flow!r}. Choose one of {sorted(FLOWS)}: lens-train flow=train."
             + suggestion_text(flow, FLOWS, "sorted(lens_train.experiments.run.FLOWS)")
         )
+    check_config_types(cfg)  # a wrong type fails here, before anything is built
+    if rank_zero_only.rank == 0 and "paths" in cfg and flow != "eval":  # eval writes the config it reads
+        write_config_tree(cfg, output_dir(cfg), echo=bool(cfg.get("print_config", True)))
     L.seed_everything(cfg.get("seed", 0), workers=True, verbose=False)
     results = FLOWS[flow](cfg)
     if rank_zero_only.rank == 0 and cfg.get("print_summary", True):
-        print(format_summary(results, wall_s=time.monotonic() - started), flush=True)
+        print(format_summary(results, wall_s=time.monotonic() - started, overrides=_command_line()), flush=True)
     return results
 
+
+
+def _command_line() -> list[str] | None:
+    # The overrides of this run (one job's own values in a multirun), when Hydra runs it.
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)

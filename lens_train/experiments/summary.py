@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .commands import command, override, relative, shell_path
 from .history import MetricsHistory
 from .plots import probe_table
 
@@ -41,20 +44,59 @@ class StageResult:
         return self.test.get("test/acc")
 
     def artifact_dirs(self) -> dict[str, tuple[Path, int]]:
-        """``{"checkpoints"|"snapshots"|"graphs": (directory, number of entries)}`` found under the run dir."""
+        """``{"checkpoints"|"snapshots"|"graphs": (directory, number of entries)}`` found under the run dir.
+
+        Entries are what the folder is for: ``.ckpt`` files, the snapshots its index lists
+        (not the index, the reference batch or the drift plot), graphs (one per render,
+        whatever the number of formats).
+        """
         found: dict[str, tuple[Path, int]] = {}
         for name in ("checkpoints", "snapshots", "graphs"):
             dirs = sorted((p for p in self.run_dir.rglob(name) if p.is_dir()), key=lambda p: len(p.parts))
             if dirs:
-                found[name] = (dirs[0], sum(1 for c in dirs[0].iterdir() if not c.name.startswith(".")))
+                found[name] = (dirs[0], count_entries(name, dirs[0]))
         return found
+
+    def last_checkpoint(self) -> Path | None:
+        """``checkpoints/last.ckpt`` of this stage, the one to resume from, when it exists."""
+        path = self.artifact_dirs().get("checkpoints", (self.run_dir / "checkpoints", 0))[0] / "last.ckpt"
+        return path if path.is_file() else None
+
+
+def count_entries(kind: str, directory: Path) -> int:
+    """How many checkpoints, snapshots or graphs ``directory`` holds.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> for name in ("step000000.svg", "step000000.png", "epoch002.svg"):
+        ...     _ = (d / name).write_text("")
+        >>> count_entries("graphs", d)
+        2
+    """
+    if kind == "checkpoints":
+        return sum(1 for p in directory.glob("*.ckpt"))
+    if kind == "snapshots":
+        from ..snapshots import INDEX_NAME, read_index
+
+        if (directory / INDEX_NAME).is_file():
+            return len(read_index(directory))
+        return sum(1 for p in directory.iterdir() if p.is_dir() and p.name.startswith("epoch"))
+    return len({p.stem for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")})
+
+
+def entries(count: int) -> str:
+    """``"1 entry"``, ``"3 entries"``.
+
+    Example:
+        >>> entries(1), entries(0)
+        ('1 entry', '0 entries')
+    """
+    return f"{count} entry" if count == 1 else f"{count} entries"
 
 
 def _rel(path: Path, base: Path | None = None) -> str:
-    try:
-        return os.path.relpath(path, base)
-    except ValueError:  # another drive on Windows
-        return str(path)
+    return shell_path(path, base)
 
 
 def probe_lines(history: MetricsHistory, test: dict[str, float] | None = None) -> list[str]:
@@ -71,7 +113,8 @@ def probe_lines(history: MetricsHistory, test: dict[str, float] | None = None) -
     _, train = probe_table(history, "train")
     tested = {key[len("probe/"):-len("/test_acc")]: [v] for key, v in (test or {}).items()
               if key.startswith("probe/") and key.endswith("/test_acc")}
-    columns = {"train": train, "val": val, **({"test": tested} if tested else {})}
+    # A column with no value at all (an evaluation has no train or val) is left out.
+    columns = {name: table for name, table in (("train", train), ("val", val), ("test", tested)) if table}
     layers = list(dict.fromkeys([*train, *val, *tested]))
     if not layers:
         return []
@@ -88,29 +131,47 @@ def _fmt(values: list[float | None]) -> str:
     return "-" if value is None or value != value else f"{value:.3f}"
 
 
-def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  ") -> list[str]:
-    """Summary lines of one stage: test accuracy, probe table, artifact paths (relative to ``base``), plots."""
+def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  ",
+                resume_hint: Sequence[str] | None = None) -> list[str]:
+    """Summary lines of one stage: test accuracy, probe table, artifact paths (relative to ``base``), plots.
+
+    Paths and commands are printed so that they work pasted into bash. With ``resume_hint``
+    (the run's own overrides) the commands that resume from and evaluate ``last.ckpt`` follow.
+    """
     lines = []
     if result.test_acc is not None:
         loss = result.test.get("test/loss")
         lines.append(f"test accuracy: {result.test_acc:.4f}" + (f"   (test loss {loss:.4f})" if loss is not None else ""))
     probes = probe_lines(result.history, result.test)
     if probes:
-        lines += ["", "probe accuracy per layer (last epoch):", *(indent + p for p in probes)]
+        when = "last epoch" if result.history.epochs else "tested checkpoint"
+        lines += ["", f"probe accuracy per layer ({when}):", *(indent + p for p in probes)]
     lines += ["", f"{'run dir':<12} {_rel(result.run_dir, base)}"]
     for name, (path, count) in result.artifact_dirs().items():
         extra = f"  (best: {Path(result.best_checkpoint).name})" if name == "checkpoints" and result.best_checkpoint else ""
-        lines.append(f"{name:<12} {_rel(path, base)}  [{count} entries]{extra}")
+        lines.append(f"{name:<12} {_rel(path, base)}  [{entries(count)}]{extra}")
     if result.plots:
         lines.append(f"{'plots':<12} " + ", ".join(_rel(p, base) for p in result.plots.values()))
+    profiles = sorted(result.run_dir.glob("*profile*.txt"))  # debug=profiler: Lightning's reports
+    if profiles:
+        lines.append(f"{'profile':<12} " + ", ".join(_rel(p, base) for p in profiles))
+    last = result.last_checkpoint()
+    if last is not None and resume_hint is not None:
+        ckpt = override("ckpt_path", relative(last))
+        more = f"trainer.max_epochs={2 * max(1, len(result.history.epochs))}"
+        lines += ["", f"{'resume':<12} " + command(*map(shlex.quote, resume_hint), ckpt, more),
+                  f"{'evaluate':<12} " + command("flow=eval", ckpt)]
     return lines + [f"{note}" for note in result.notes]
 
 
-def format_summary(results: list[StageResult], title: str = "lens-train", wall_s: float | None = None) -> str:
+def format_summary(results: list[StageResult], title: str = "lens-train", wall_s: float | None = None,
+                   overrides: Sequence[str] | None = None) -> str:
     """The whole end-of-run summary; several stages (distillation) get a comparison table first.
 
     ``wall_s`` is the whole command's wall time; the headline splits it into the stages'
-    ``trainer.fit`` and ``trainer.test`` time and the rest (start-up, data, plots).
+    ``trainer.fit`` and ``trainer.test`` time and the rest (start-up, data, plots). With
+    ``overrides`` (the run's command line), a one-stage run ends with the command that
+    resumes it.
 
     Example:
         >>> r = StageResult("train", Path("."), test={"test/acc": 0.9, "test/loss": 0.3}, fit_s=11.5, test_s=0.5)
@@ -134,7 +195,14 @@ def format_summary(results: list[StageResult], title: str = "lens-train", wall_s
         lines += [f"  {r.name:<{width}}{_fmt([r.test_acc])}   (fit {r.fit_s:.1f} s, test {r.test_s:.1f} s)"
                   for r in results]
         lines += ["", f"run dir: {_rel(base)}  (paths below are relative to it)"]
+    hint = _resume_overrides(overrides) if overrides is not None and len(results) == 1 else None
     for result in results:
         header = [] if len(results) == 1 else ["", f"-- {result.name} " + "-" * max(0, 68 - len(result.name))]
-        lines += header + [""] + ["  " + line if line else "" for line in stage_lines(result, base)]
+        lines += header + [""] + ["  " + line if line else "" for line in stage_lines(result, base, resume_hint=hint)]
     return "\n".join([*lines, bar])
+
+
+def _resume_overrides(overrides: Sequence[str]) -> list[str]:
+    # The run's own overrides, less the ones the resume command sets itself.
+    dropped = ("ckpt_path=", "trainer.max_epochs=", "flow=", "hparams_search=", "hydra.")
+    return [o for o in overrides if not o.lstrip("+~").startswith(dropped)]

@@ -39,3 +39,18 @@ def test_index_round_trip_keeps_outside_paths_absolute(tmp_path):
     assert drift_table([inside, outside]) == (["fc"], ["epoch=000-step=000002"], [[0.5]])
     assert plot_drift([inside, outside], tmp_path / "drift.png").stat().st_size > 1000
     assert plot_drift([inside], tmp_path / "none.png") is None
+
+
+def test_drift_colours_span_the_data_and_cells_print_their_value(tmp_path):
+    from lens_train.snapshots import cka_text, drift_norm
+
+    # CKA between consecutive snapshots: 0.92 early, 0.99999 late (every cell yellow on [0.9, 1]).
+    values = [0.92, 0.99, 0.999, 0.9999, 0.99999]
+    norm = drift_norm([[1 - v for v in values]])
+    shades = [float(norm(1 - v)) for v in values]
+    assert shades[0] == pytest.approx(1.0) and shades[-1] == pytest.approx(0.0, abs=1e-6)
+    assert all(a - b > 0.2 for a, b in zip(shades, shades[1:]))  # each step of 10x is a visible step
+    assert [cka_text(v) for v in values] == ["0.920", "0.990", "0.999", "1-1e-04", "1-1e-05"]
+    snaps = [Snapshot(i, f"s{i}", i, i, "p", {"fc": v} if i else {}) for i, v in enumerate([1.0, *values])]
+    out = plot_drift(snaps, tmp_path / "drift.png")
+    assert out.stat().st_size > 1000

@@ -52,7 +52,7 @@ def test_layout_drift_metrics_and_plot(tmp_path):
     cb = ActivationSnapshotCallback(layers=["layer1", "layer2"], every_n_steps=2)
     t = fit(tmp_path, LitNet(), [cb], max_epochs=2)
     snaps = lt.load_snapshots(tmp_path)
-    assert [s.name for s in snaps] == [f"epoch={(s - 1) // 4:03d}-step={s:06d}" for s in (2, 4, 6, 8)]
+    assert [s.name for s in snaps] == [f"epoch{(s - 1) // 4:03d}-step{s:06d}" for s in (2, 4, 6, 8)]
     assert snaps[0].cka == {} and set(snaps[1].cka) == {"layer1", "layer2"}
     a, b = snaps[2].activations(), snaps[3].activations()
     expected = lt.bundle.snapshots.linear_cka(a["relu_2_4"], b["relu_2_4"])
@@ -65,8 +65,8 @@ def test_keep_last_keeps_only_the_newest(tmp_path):
     cb = ActivationSnapshotCallback(layers=["layer1"], every_n_steps=1, keep_last=2)
     fit(tmp_path, LitNet(), [cb], max_epochs=1)
     assert [s.step for s in lt.load_snapshots(tmp_path)] == [3, 4]
-    on_disk = sorted(p.name for p in cb.directory.iterdir() if p.name.startswith("epoch="))
-    assert on_disk == ["epoch=000-step=000003", "epoch=000-step=000004"]
+    on_disk = sorted(p.name for p in cb.directory.iterdir() if p.name.startswith("epoch"))
+    assert on_disk == ["epoch000-step000003", "epoch000-step000004"]
 
 
 class Crash(pl.Callback):
@@ -117,8 +117,8 @@ def test_resume_after_crash_gives_the_uninterrupted_snapshots_and_probes(tmp_pat
         resumed = _run(root, 0, [], ckpt=str(root / "ckpt" / "last.ckpt"))
     _assert_same_run(straight, resumed)
     assert [s.step for s in lt.load_snapshots(snapdir)] == [3, 6, 9, 12]
-    aside = snapdir / "aside" / "after-step=000008"
-    assert [p.name for p in aside.iterdir()] == ["epoch=002-step=000009"]
+    aside = snapdir / "aside" / "after-step000008"
+    assert [p.name for p in aside.iterdir()] == ["epoch002-step000009"]
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ def test_resume_into_a_new_run_dir_points_at_the_earlier_snapshots(tmp_path):
     assert [s.step for s in snaps] == [3, 6, 9, 12]
     assert [Path(s.path).parent for s in snaps] == [old_dir, old_dir, new_dir, new_dir]
     index = json.loads((new_dir / "index.json").read_text())
-    assert index["snapshots"][0]["path"] == "../../version_0/snapshots/epoch=000-step=000003"  # same log root
+    assert index["snapshots"][0]["path"] == "../../version_0/snapshots/epoch000-step000003"  # same log root
     assert [s.step for s in resumed[1].snapshots] == [3, 6, 9, 12]
     assert [s.index for s in snaps] == [0, 1, 2, 3]
 
@@ -187,6 +187,14 @@ def test_keep_last_resume_from_an_older_checkpoint_finds_its_snapshots(tmp_path)
         resumed, listed = _keep_last_run(tmp_path, ckpt=str(tmp_path / "ckpt" / "epoch=0-step=4.ckpt"))
     assert listed.seen == [(3, True), (4, True)]
     assert [(s.name, s.cka) for s in resumed.snapshots] == straight
-    aside = snap.directory / "aside" / "after-step=000004"
+    aside = snap.directory / "aside" / "after-step000004"
     assert sorted(int(p.name[-6:]) for p in aside.iterdir()) == [7, 8, 11, 12]  # the abandoned run's
     assert sorted(int(p.name[-6:]) for p in dropped.iterdir()) == [3, 4, 7, 8]
+
+
+def test_snapshot_names_have_no_equals_and_old_names_are_still_recognised():
+    from lens_train.callbacks.activation_snapshot import _SNAPSHOT_DIR
+    from lens_train.snapshots import snapshot_name
+
+    assert snapshot_name(3, 120) == "epoch003-step000120"
+    assert _SNAPSHOT_DIR.match("epoch003-step000120")[1] == _SNAPSHOT_DIR.match("epoch=003-step=000120")[1] == "000120"

@@ -29,7 +29,7 @@ def test_summary_has_accuracy_probe_table_and_paths(tmp_path) -> None:
     assert next(line for line in lines if line.strip().startswith("layer")).split() == ["layer", "train", "val", "test"]
     assert row0.split()[1:] == ["0.850", "0.810", "-"]
     assert row1.split()[1:] == ["-", "0.930", "0.950"]
-    assert any(line.strip().startswith("checkpoints") and "[1 entries]" in line and "best: last.ckpt" in line
+    assert any(line.strip().startswith("checkpoints") and "[1 entry]" in line and "best: last.ckpt" in line
                for line in lines)
     assert any(line.strip().startswith("snapshots") and "csv/snapshots" in line for line in lines)
     assert "training_curves.png" in text
@@ -49,3 +49,31 @@ def test_headline_splits_the_wall_time_into_fit_test_and_the_rest(tmp_path) -> N
     headline = format_summary(results, wall_s=20.0).splitlines()[1]
     assert headline == ("lens-train: teacher, student finished in 20.0 s "
                         "(fit 6.0 s, test 0.5 s; start-up, data and plots 13.5 s)")
+
+
+def test_summary_counts_snapshots_checkpoints_and_graphs_not_files(tmp_path) -> None:
+    from lens_train.snapshots import Snapshot, write_index
+
+    snapdir = tmp_path / "snapshots"
+    snaps = [Snapshot(i, f"epoch{i:03d}-step{i:06d}", i, i, str(snapdir / f"epoch{i:03d}-step{i:06d}")) for i in range(6)]
+    for snap in snaps:
+        Path(snap.path).mkdir(parents=True)
+    write_index(snapdir, snaps, str(snapdir / "reference.safetensors"))
+    (snapdir / "reference.safetensors").write_text("x")
+    (snapdir / "drift.png").write_text("x")
+    (tmp_path / "graphs").mkdir()
+    for name in ("step000000.svg", "step000000.png", "epoch002.svg"):
+        (tmp_path / "graphs" / name).write_text("x")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("x")
+    lines = format_summary([StageResult("train", tmp_path)]).splitlines()
+    counts = {line.split()[0]: line.split("[")[1].split("]")[0] for line in lines if "[" in line}
+    assert counts == {"snapshots": "6 entries", "graphs": "2 entries", "checkpoints": "1 entry"}
+
+
+def test_evaluation_table_leaves_out_empty_columns(tmp_path) -> None:
+    result = StageResult("eval", tmp_path, test={"test/acc": 0.5, "probe/embed/test_acc": 0.8})
+    text = format_summary([result])
+    assert "probe accuracy per layer (tested checkpoint):" in text
+    table = text.split("(tested checkpoint):")[1].splitlines()[1:3]
+    assert [line.split() for line in table] == [["layer", "test"], ["embed", "0.800"]]
