@@ -28,7 +28,7 @@ from .files import as_path, write_atomic
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "lens_train.snapshots"
 STATE_PREFIX = "ActivationSnapshotCallback"
-_NAME = re.compile(r"epoch=\d+-step=\d+\Z")
+_NAME = re.compile(r"epoch=?\d+-step=?\d+\Z")  # old runs wrote "epoch=003-step=000120"
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def entry_from_json(entry: Any, directory: Path | None = None, where: str = "sna
     ints = {k: entry.get(k) for k in ("index", "epoch", "step")}
     name, cka = entry.get("name"), entry.get("cka") or {}
     if not all(type(v) is int and v >= 0 for v in ints.values()) or not isinstance(name, str) or not _NAME.match(name):
-        raise BundleError(f"{where}: needs int index/epoch/step >= 0 and a name like 'epoch=000-step=000010', "
+        raise BundleError(f"{where}: needs int index/epoch/step >= 0 and a name like 'epoch000-step000010', "
                           f"got {dict(ints, name=name)!r}.")
     if not isinstance(cka, Mapping) or not all(isinstance(k, str) and type(v) in (int, float) for k, v in cka.items()):
         raise BundleError(f"{where}: 'cka' must map layer names to numbers.")

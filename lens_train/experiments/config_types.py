@@ -117,8 +117,13 @@ def _hints_one_by_one(func: Callable) -> dict[str, Any]:
     found = {}
     namespace = getattr(func, "__globals__", {})
     for name, annotation in getattr(func, "__annotations__", {}).items():
+        if not isinstance(annotation, str):
+            found[name] = annotation
+            continue
+        probe = types.FunctionType((lambda: None).__code__, namespace)  # resolved by typing, as a lone annotation
+        probe.__annotations__ = {name: annotation}
         try:
-            found[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+            found[name] = typing.get_type_hints(probe)[name]
         except Exception:
             continue
     return found

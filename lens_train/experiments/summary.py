@@ -77,7 +77,7 @@ def count_entries(kind: str, directory: Path) -> int:
     if kind == "checkpoints":
         return sum(1 for p in directory.glob("*.ckpt"))
     if kind == "snapshots":
-        from ..snapshots import INDEX_NAME, read_index
+        from ..bundle.snapshots import INDEX_NAME, read_index
 
         if (directory / INDEX_NAME).is_file():
             return len(read_index(directory))

@@ -42,7 +42,7 @@ def test_index_round_trip_keeps_outside_paths_absolute(tmp_path):
 
 
 def test_drift_colours_span_the_data_and_cells_print_their_value(tmp_path):
-    from lens_train.snapshots import cka_text, drift_norm
+    from lens_train.bundle.snapshots import cka_text, drift_norm
 
     # CKA between consecutive snapshots: 0.92 early, 0.99999 late (every cell yellow on [0.9, 1]).
     values = [0.92, 0.99, 0.999, 0.9999, 0.99999]

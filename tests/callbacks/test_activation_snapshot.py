@@ -194,7 +194,7 @@ def test_keep_last_resume_from_an_older_checkpoint_finds_its_snapshots(tmp_path)
 
 def test_snapshot_names_have_no_equals_and_old_names_are_still_recognised():
     from lens_train.callbacks.activation_snapshot import _SNAPSHOT_DIR
-    from lens_train.snapshots import snapshot_name
+    from lens_train.bundle.snapshots import snapshot_name
 
     assert snapshot_name(3, 120) == "epoch003-step000120"
     assert _SNAPSHOT_DIR.match("epoch003-step000120")[1] == _SNAPSHOT_DIR.match("epoch=003-step=000120")[1] == "000120"

@@ -52,7 +52,7 @@ def test_headline_splits_the_wall_time_into_fit_test_and_the_rest(tmp_path) -> N
 
 
 def test_summary_counts_snapshots_checkpoints_and_graphs_not_files(tmp_path) -> None:
-    from lens_train.snapshots import Snapshot, write_index
+    from lens_train.bundle.snapshots import Snapshot, write_index
 
     snapdir = tmp_path / "snapshots"
     snaps = [Snapshot(i, f"epoch{i:03d}-step{i:06d}", i, i, str(snapdir / f"epoch{i:03d}-step{i:06d}")) for i in range(6)]
