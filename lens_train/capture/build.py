@@ -26,6 +26,7 @@ def module_param_counts(model: nn.Module, params: list[tuple[str, nn.Parameter]]
 
 def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> ModelLog:
     """Label, group and link the recorder's records into a :class:`ModelLog`."""
+    recorder.resolve_callsites()
     records = recorder.records
     unique = recorder.index.unique_params()
     counts = module_param_counts(model, unique)
@@ -67,8 +68,9 @@ def failure_note(recorder: Recorder, model: nn.Module, exc: BaseException) -> st
 
     The label is the one the op would have had in the log of the pass up to that point.
     """
-    records = list(recorder.records)
     failed = recorder.failure[1] if recorder.failure is not None and recorder.failure[0] is exc else None
+    recorder.resolve_callsites([failed] if failed is not None else [])
+    records = list(recorder.records)
     if failed is not None and failed.index == len(records):
         records.append(failed)
     else:

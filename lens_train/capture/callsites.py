@@ -64,38 +64,82 @@ _CODE_INFO: dict[int, tuple[Any, int, list[int]]] = {}
 _MAX_CODES = 50_000  # code compiled at run time (exec, doctests) must not grow the cache forever
 
 
-def find_callsite(stop: Any) -> tuple[tuple, tuple]:
-    """(call-site key, user frames) of the caller: every frame below code object ``stop``, innermost first.
+def find_callsite(stop: Any, codes: dict[int, Any]) -> tuple[tuple, None]:
+    """The raw call site of the caller: (code id, instruction offset) of every frame below ``stop``.
 
-    The key holds (code, instruction offset) of every frame, library frames
-    included, so two statements never share a key while a loop body always does.
-    Only user-code frames are kept for display.
+    The hot path of capture only walks the frames; :func:`resolve_callsites` turns the
+    raw site into the grouping key and the user frames afterwards, once per distinct
+    site. ``codes`` collects the code objects by id (the caller keeps them alive).
 
     Example:
-        >>> in_a_loop = [find_callsite(None)[0] for _ in range(2)]
-        >>> in_a_loop[0] == in_a_loop[1], find_callsite(None)[0] == in_a_loop[0]
+        >>> codes = {}
+        >>> raw = [resolve_callsite(find_callsite(None, codes)[0], codes)[0] for _ in range(2)]
+        >>> raw[0] == raw[1], resolve_callsite(find_callsite(None, codes)[0], codes)[0] == raw[0]
         (True, False)
     """
     f = sys._getframe(1)
-    key = []
-    frames = []
-    info = _CODE_INFO
+    out = []
+    append = out.append
     while f is not None:
         code = f.f_code
         if code is stop:
             break
-        entry = info.get(id(code))
+        i = id(code)
+        codes[i] = code
+        append(i)
+        append(f.f_lasti)
+        f = f.f_back
+    return tuple(out), None
+
+
+def resolve_callsite(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
+    """(call-site key, user frames innermost first) of a raw site from :func:`find_callsite`.
+
+    The key holds (code, canonical instruction offset) of every frame, library frames
+    included, so two statements never share a key while a loop body always does.
+    Only user-code frames are kept for display, as (code, line).
+    """
+    key = []
+    frames = []
+    info = _CODE_INFO
+    for j in range(0, len(raw), 2):
+        code_id = raw[j]
+        code = codes[code_id]
+        entry = info.get(code_id)
         if entry is None or entry[0] is not code:
             if len(info) >= _MAX_CODES:
                 info.clear()
-            entry = info[id(code)] = (code, _frame_kind(code), _canonical_offsets(code))
+            entry = info[code_id] = (code, _frame_kind(code), _canonical_offsets(code), _line_numbers(code))
         kind = entry[1]
         if kind:
-            key.append(id(code))
+            key.append(code_id)
             canon = entry[2]
-            i = f.f_lasti >> 1
+            i = raw[j + 1] >> 1
             key.append(canon[i] if 0 <= i < len(canon) else -1 - i)
             if kind == 2:
-                frames.append((code, f.f_lineno))
-        f = f.f_back
+                lines = entry[3]
+                frames.append((code, lines[i] if 0 <= i < len(lines) and lines[i] is not None else code.co_firstlineno))
     return tuple(key), tuple(frames)
+
+
+def resolve_callsites(records: Any, codes: dict[int, Any]) -> None:
+    """Give every record whose call site is still raw its key and user frames (once per distinct site)."""
+    done: dict[tuple, tuple[tuple, tuple]] = {}
+    for rec in records:
+        if rec.frames is None:
+            found = done.get(rec.callsite)
+            if found is None:
+                found = done[rec.callsite] = resolve_callsite(rec.callsite, codes)
+            rec.callsite, rec.frames = found
+
+
+def _line_numbers(code: Any) -> list[int | None]:
+    """Instruction index -> its source line."""
+    positions = getattr(code, "co_positions", None)
+    if positions is not None:
+        return [pos[0] for pos in positions()]
+    lines: list[int | None] = [None] * (len(code.co_code) // 2)
+    for start, end, line in code.co_lines():
+        for i in range(start // 2, end // 2):
+            lines[i] = line
+    return lines

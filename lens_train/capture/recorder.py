@@ -44,7 +44,7 @@ from .calls import (
     op_outputs,
     op_type,
 )
-from .callsites import find_callsite, inside_sharding_hooks
+from .callsites import find_callsite, inside_sharding_hooks, resolve_callsites
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
@@ -102,6 +102,7 @@ class Recorder(TorchFunctionMode):
         self._param_backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_branch: list[OpRecord] = []
         self._free: dict[int, bool] = {}
+        self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
         self._clones: dict[Any, Any] = {}
@@ -144,6 +145,10 @@ class Recorder(TorchFunctionMode):
                 self.copy_on_write(param)  # saved views of the parameter keep their captured values
                 param.copy_(value)
         self._param_backups.clear()
+
+    def resolve_callsites(self, extra: list[OpRecord] | None = None) -> None:
+        """Turn the raw call sites of the records (and ``extra`` ones) into keys and user frames."""
+        resolve_callsites(self.records if extra is None else [*self.records, *extra], self._codes)
 
     # -- the hot path ---------------------------------------------------------------
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
@@ -201,7 +206,7 @@ class Recorder(TorchFunctionMode):
         return names
 
     def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
-        callsite, frames = find_callsite(self._stop_code)
+        callsite, frames = find_callsite(self._stop_code, self._codes)
         framework = self._sharded and inside_sharding_hooks(self._stop_code)
         op_id = self._op_count
         self._op_count += 1
@@ -396,7 +401,7 @@ class Recorder(TorchFunctionMode):
         if base_rec is None or base_rec.version != base._version:
             return self._source(t)
         geometry = (tuple(t.shape), tuple(t.stride()), t.storage_offset() - base.storage_offset())
-        callsite, frames = find_callsite(self._stop_code)
+        callsite, frames = find_callsite(self._stop_code, self._codes)
         rec = self._new_record(("as_strided", "asstrided"), torch.as_strided, self._op_count, 0,
                                [(base_rec.index, 0)], callsite, frames, t)
         self._op_count += 1
@@ -496,7 +501,7 @@ class Recorder(TorchFunctionMode):
             # a thin wrapper around one op: name the op after the function the user called, and
             # give it the call site later (thin) calls will have, so loop passes line up
             name, layer_type = op_type(func)
-            callsite, frames = find_callsite(self._stop_code)
+            callsite, frames = find_callsite(self._stop_code, self._codes)
             where = _argument_positions(args, kwargs)  # positions in the call the user made, as thin calls have
             for rec in new:
                 rec.func_name, rec.layer_type = name, layer_type
@@ -508,7 +513,7 @@ class Recorder(TorchFunctionMode):
 
     def _from_numpy(self, array: Any) -> torch.Tensor:
         t = self._saved_from_numpy(array)
-        callsite, frames = find_callsite(self._stop_code)
+        callsite, frames = find_callsite(self._stop_code, self._codes)
         rec = OpRecord(len(self.records), "from_numpy", "fromnumpy", self._saved_from_numpy,
                        self._op_count, 0, [], self.module_tracker.stack, callsite, frames)
         self._op_count += 1
@@ -520,7 +525,7 @@ class Recorder(TorchFunctionMode):
         """Keep the record the raising op would have had (the innermost one, when ops nest)."""
         if self.failure is not None and self.failure[0] is exc:
             return
-        site, frames = find_callsite(self._stop_code)
+        site, frames = find_callsite(self._stop_code, self._codes)
         rec = OpRecord(len(self.records), names[0], names[1], func, self._op_count, 0, list(parents),
                        self.module_tracker.stack, site, frames, param_ids=params)
         self.failure = (exc, rec)

@@ -24,7 +24,7 @@ class OpRecord:
     parents: list[tuple[int, Any]]
     module_stack: tuple[tuple[str, int], ...]
     callsite: tuple[Any, ...]
-    frames: tuple[RawFrame, ...]
+    frames: tuple[RawFrame, ...] | None  # None: callsite still raw (resolved after the pass, callsites.py)
     param_ids: tuple[int, ...] = ()
     shape: tuple[int, ...] = ()
     dtype: Any = None

@@ -148,6 +148,7 @@ def _validate(model: nn.Module, args: tuple, kwargs: dict, seed: int, restore: A
     restore()
     plan = CapturePlan(save="all", keep_templates=True, record_rng=True)
     recorder, output, _ = record_forward(model, _cloned(args), _cloned(kwargs), plan, seed)
+    recorder.resolve_callsites()
     records = recorder.records
     groups = group_passes(records, frozenset(module_param_counts(model)))
     report.labels = pass_labels(groups, len(records))[0]
