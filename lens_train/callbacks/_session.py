@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -31,14 +32,48 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..train import Taps
-from ._base import StepContext, TapCallback, unique_layers
 from ._shared import first_batch, model_inputs, quiet_forward
+
+if TYPE_CHECKING:  # _base imports this module; the types only annotate
+    from ._base import TapCallback
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, LensSession] = weakref.WeakKeyDictionary()
 # The methods wrapped in each Trainer stage, and the log prefix of each evaluation step.
 _WRAPPED = {"fit": ("configure_optimizers", "training_step", "validation_step"),
             "validate": ("validation_step",), "test": ("test_step",)}
 _SPLITS = {"validation_step": "val", "test_step": "test"}
+
+
+@dataclass
+class StepContext:
+    """What a tap callback sees after one step; ``stage`` is ``"train"``, ``"val"`` or ``"test"``."""
+
+    trainer: pl.Trainer
+    module: pl.LightningModule
+    taps: Any
+    batch: Any
+    batch_idx: int
+    stage: str
+
+    @property
+    def step(self) -> int:
+        """The optimizer step count, which drives schedules."""
+        return self.trainer.global_step
+
+
+def unique_layers(groups: Iterable[Iterable[Any]]) -> list[Any]:
+    """The union of several layer lists, in first-seen order (predicates kept by identity).
+
+    Example:
+        >>> unique_layers([["a", "b"], ["b", "c"]])
+        ['a', 'b', 'c']
+    """
+    seen: list[Any] = []
+    for group in groups:
+        for layer in group:
+            if not any(layer is s or (isinstance(layer, str) and layer == s) for s in seen):
+                seen.append(layer)
+    return seen
 
 
 class LensSession:

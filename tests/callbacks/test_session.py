@@ -94,3 +94,26 @@ def test_two_instances_of_one_callback_keep_their_own_checkpoint_state(tmp_path:
                                                 verbose=False)
     assert torch.equal(again[0].probes.heads["layer2"].weight, second.probes.heads["layer2"].weight)
     assert torch.equal(again[1].probes.heads["layer1"].weight, first.probes.heads["layer1"].weight)
+
+
+def test_session_and_base_import_one_way():
+    # _base imports _session, never the reverse (no function-level imports either).
+    import ast
+    from pathlib import Path
+
+    import lens_train.callbacks as package
+
+    folder = Path(package.__file__).parent
+
+    def imported(name: str, runtime_only: bool = True) -> set[str]:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and ast.unparse(node.test) == "TYPE_CHECKING" for n in ast.walk(node)}
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and id(n) not in skip}
+
+    assert "_base" not in imported("_session")
+    for name in ("_base", "activation_stats"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        nested = [n.module for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                  for n in ast.walk(f) if isinstance(n, ast.ImportFrom)]
+        assert "_session" not in nested, name
