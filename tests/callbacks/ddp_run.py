@@ -51,7 +51,8 @@ def main(out: Path) -> None:
     hand.load_state_dict({**start, "aux_head.weight": rec.initial["terms.0.head.weight"],
                           "aux_head.bias": rec.initial["terms.0.head.bias"]})
     trainer(out, "hand", []).fit(hand, train, val)
-    probe_w = probes.probes.heads["layer2"].weight.detach()
+    probe_w = torch.cat([probes.probes.heads["layer2"].body.weight.detach().flatten(),
+                         probes.probes.heads["layer2"].norm.running_mean])
     gathered = t.strategy.all_gather(probe_w)
     if t.is_global_zero:
         torch.save({"lens": module.state_dict(), "hand": hand.state_dict(), "head": aux.aux.state_dict(),

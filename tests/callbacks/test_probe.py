@@ -43,7 +43,7 @@ def test_state_dict_round_trip(tmp_path):
     other = ProbeCallback(layers=["layer1"], num_classes=3)
     other.load_state_dict(state)
     other.build(LitNet(), torch.zeros(2, 8))
-    assert torch.equal(other.probes.heads["layer1"].weight, cb.probes.heads["layer1"].weight)
+    assert torch.equal(other.probes.heads["layer1"].body.weight, cb.probes.heads["layer1"].body.weight)
     assert other.probes.optimizer.state_dict()["state"][0]["step"] == 4
 
 
