@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, suggestion_text
 from .pooling import check_pool, pool_features
 
 __all__ = [
@@ -32,6 +32,9 @@ __all__ = [
 
 class TapLoss(nn.Module):
     """Base of the built-in losses: ``build`` creates parameters from an example activation."""
+
+    # True for losses that compare a student with a teacher (distillation), not one layer with targets.
+    pairwise = False
 
     def build(self, example: torch.Tensor) -> None:
         """Create parameters shaped for ``example`` (nothing for parameter-free losses)."""
@@ -113,6 +116,8 @@ class Decorrelation(TapLoss):
 class KDKL(TapLoss):
     """Hinton distillation: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``."""
 
+    pairwise = True
+
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         if temperature <= 0:
@@ -129,6 +134,8 @@ class KDKL(TapLoss):
 class FeatureMSE(TapLoss):
     """FitNet hint: mean squared error between (adapted) student and teacher features."""
 
+    pairwise = True
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check_same_shape("mse", student, teacher)
         return F.mse_loss(student.float(), teacher.float())
@@ -137,6 +144,8 @@ class FeatureMSE(TapLoss):
 class FeatureCosine(TapLoss):
     """``1 - cosine similarity`` of the flattened features, averaged over the batch."""
 
+    pairwise = True
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check_same_shape("cosine", student, teacher)
         return (1 - F.cosine_similarity(student.float().flatten(1), teacher.float().flatten(1), dim=1)).mean()
@@ -144,6 +153,8 @@ class FeatureCosine(TapLoss):
 
 class AttentionTransfer(TapLoss):
     """Zagoruyko & Komodakis: distance between normalised ``mean_c |a|^p`` spatial maps."""
+
+    pairwise = True
 
     def __init__(self, p: float = 2.0) -> None:
         super().__init__()
@@ -263,6 +274,42 @@ def attention_transfer(p: float = 2.0) -> AttentionTransfer:
 
 
 _FEATURE_LOSSES = {"mse": mse, "cosine": cosine, "attention_transfer": attention_transfer}
+# Auxiliary losses a name can build without arguments, and those that need some.
+_AUX_LOSSES = {"l1_activity": l1_activity, "l2_activation": l2_activation, "decorrelation": decorrelation}
+_AUX_WITH_ARGS = {"deep_supervision": "lt.losses.deep_supervision(num_classes=10)"}
+
+
+def as_aux_loss(loss: Any, what: str) -> TapLoss:
+    """An auxiliary (one layer, with targets) :class:`TapLoss` from a built-in, a name or a callable.
+
+    Distillation losses (``"mse"``, ``lt.losses.kd_kl()``...) compare a student with a
+    teacher and are refused here with the place they belong.
+
+    Example:
+        >>> type(as_aux_loss("l1_activity", "loss for 'fc'")).__name__
+        'L1Activity'
+    """
+    example = "lt.AuxiliaryLoss({'layer2': lt.losses.deep_supervision(num_classes=10)})"
+    if isinstance(loss, str):
+        if loss in _AUX_LOSSES:
+            return _AUX_LOSSES[loss]()
+        if loss in _AUX_WITH_ARGS:
+            raise InvalidArgumentError(f"{what}: {loss!r} needs arguments; pass the loss itself: {_AUX_WITH_ARGS[loss]}.")
+        if loss in _FEATURE_LOSSES or loss == "kd_kl":
+            raise InvalidArgumentError(_pairwise_text(what, repr(loss), example))
+        names = sorted([*_AUX_LOSSES, *_AUX_WITH_ARGS])
+        raise InvalidArgumentError(f"{what}: unknown auxiliary loss {loss!r}; by name: {names}, or a callable "
+                                   "(activation, targets) -> scalar." + suggestion_text(loss, names, "dir(lt.losses)"))
+    if isinstance(loss, TapLoss) and loss.pairwise:
+        raise InvalidArgumentError(_pairwise_text(what, f"lt.losses.{type(loss).__name__}", example))
+    return as_loss(loss, what)
+
+
+def _pairwise_text(what: str, name: str, example: str) -> str:
+    return (f"{what}: {name} is a distillation loss: it compares student features with a teacher's, not one layer "
+            f"with targets. Use it in lt.Distillation(teacher, student, pairs, feature_loss=...) or "
+            f"DistillationCallback. For a layer of one model: {example}, or lt.losses.l1_activity() / "
+            "l2_activation() / decorrelation().")
 
 
 def as_loss(loss: Any, what: str) -> TapLoss:
