@@ -23,7 +23,7 @@ def test_terms_become_losses_and_weights() -> None:
 def test_target_nodes_and_callables_are_accepted() -> None:
     losses, _ = auxiliary_terms([{"layer": "a", "loss": {"_target_": "lens_train.train.losses.l2_activation"}},
                                  {"layer": "b", "loss": torch.nn.functional.l1_loss}])
-    assert isinstance(losses["a"], lt.losses.L2Activation) and losses["b"] is torch.nn.functional.l1_loss
+    assert isinstance(losses["a"][0], lt.losses.L2Activation) and losses["b"][0] is torch.nn.functional.l1_loss
 
 
 @pytest.mark.parametrize(("terms", "match"), [
