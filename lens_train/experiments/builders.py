@@ -148,8 +148,8 @@ def auxiliary_loss_callback(terms: Any, weight: float = 1.0, schedule: Any = Non
     return AuxiliaryLossCallback(losses, weights=weights, weight=weight, schedule=schedule, **kwargs)
 
 
-def distillation_callback(teacher: Any, pairs: Any, weight: float = 1.0, **kwargs: Any) -> Callback:
-    """``DistillationCallback`` from pair records (the ``lens/distill.yaml`` target).
+def distillation_callback(teacher: Any, pairs: Any = None, weight: float = 1.0, **kwargs: Any) -> Callback:
+    """``DistillationCallback`` from pair records (the ``lens/distill.yaml`` target); ``pairs: null`` distils logits only.
 
     Example:
         >>> import torch
@@ -159,7 +159,7 @@ def distillation_callback(teacher: Any, pairs: Any, weight: float = 1.0, **kwarg
     """
     from ..callbacks import DistillationCallback
 
-    mapping, weights = distillation_pairs(pairs)
+    mapping, weights = distillation_pairs(pairs) if pairs else ({}, {})
     return DistillationCallback(teacher, mapping, weights=weights or None, weight=weight, **kwargs)
 
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .gain import distillation_gain
 from .history import MetricsHistory
 from .plots import probe_table
 
@@ -29,6 +30,10 @@ class StageResult:
     fit_s: float = 0.0
     test_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # The seed the stage was trained from (distillation students), and whether the summary
+    # prints its details (probe table, paths) or only its row in the table of stages.
+    seed: int | None = None
+    detail: bool = True
 
     @property
     def elapsed_s(self) -> float:
@@ -133,8 +138,10 @@ def format_summary(results: list[StageResult], title: str = "lens-train", wall_s
         width = max(len(r.name) for r in results) + 2
         lines += [f"  {r.name:<{width}}{_fmt([r.test_acc])}   (fit {r.fit_s:.1f} s, test {r.test_s:.1f} s)"
                   for r in results]
+        gain = distillation_gain(results)
+        lines += ["", *gain.lines()] if gain is not None else []
         lines += ["", f"run dir: {_rel(base)}  (paths below are relative to it)"]
-    for result in results:
+    for result in (r for r in results if r.detail):
         header = [] if len(results) == 1 else ["", f"-- {result.name} " + "-" * max(0, 68 - len(result.name))]
         lines += header + [""] + ["  " + line if line else "" for line in stage_lines(result, base)]
     return "\n".join([*lines, bar])
