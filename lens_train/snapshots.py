@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import torch
 from .errors import BundleError, InvalidArgumentError
 
 INDEX_NAME = "index.json"
+# Where ActivationSnapshotCallback(keep_last=...) keeps dropped snapshots that a checkpoint still lists.
+DROPPED_DIR = ".dropped"
 INDEX_FORMAT = "lens_train.snapshots"
 STATE_PREFIX = "ActivationSnapshotCallback"
 
@@ -46,6 +48,13 @@ class Snapshot:
         """The snapshot's :class:`~lens_train.ModelLog` (``lt.load`` of its bundle)."""
         from .bundle import load
 
+        if not Path(self.path).exists():
+            raise BundleError(
+                f"Snapshot {self.name} is no longer on disk ({self.path}). ActivationSnapshotCallback(keep_last=...) "
+                "deletes the snapshots it drops once no checkpoint lists them, and a later run in the same directory "
+                "may have moved it to snapshots/aside/. List what exists with lt.load_snapshots(<run dir>), or keep "
+                "every snapshot with keep_last=None."
+            )
         return load(self.path, lazy=lazy)
 
     def activations(self) -> dict[str, torch.Tensor]:
@@ -171,7 +180,16 @@ def _from_checkpoint(path: Path, state_key: str | None) -> list[Snapshot]:
             f"Checkpoint {str(path)!r} has no ActivationSnapshotCallback state."
         )
     state = states[keys[0]]
-    return [entry_from_json(e) for e in state["snapshots"]]
+    return [_where_now(entry_from_json(e)) for e in state["snapshots"]]
+
+
+def _where_now(snap: Snapshot) -> Snapshot:
+    """``snap`` at its path, or in the ``.dropped/`` folder where ``keep_last`` moved it since."""
+    path = Path(snap.path)
+    dropped = path.parent / DROPPED_DIR / snap.name
+    if not path.exists() and dropped.exists():
+        return replace(snap, path=str(dropped))
+    return snap
 
 
 def checkpoint_snapshot_paths(path: str | os.PathLike) -> set[str]:

@@ -20,7 +20,7 @@ from ..bundle import save as save_bundle
 from ..capture.api import log_forward_pass
 from ..errors import InvalidArgumentError
 from ..snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, plot_drift,
-                         snapshot_name, write_index)
+                         read_index, snapshot_name, write_index)
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
 from ._reference import load_reference, save_reference
@@ -88,7 +88,7 @@ class ActivationSnapshotCallback(LensCallback):
         self.keep_last = keep_last
         self.drift = drift
         self.dirname = dirname
-        self.snapshots: list[Snapshot] = []
+        self._snapshots: list[Snapshot] = []
         self.directory: Path | None = None
         self.reference_path: str | None = None
         self.timings: list[float] = []
@@ -101,6 +101,21 @@ class ActivationSnapshotCallback(LensCallback):
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self._listed: dict[Path, tuple[tuple[int, int], set[str]]] = {}
         self._wanted: dict[str, str] = {}
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """The snapshots of the run so far, in order.
+
+        Rank zero takes them; on the other ranks this reads the index rank zero wrote
+        into the shared run directory, so every rank sees the same list.
+        """
+        if self._is_zero or self.directory is None:
+            return self._snapshots
+        return read_index(self.directory)
+
+    @snapshots.setter
+    def snapshots(self, value: list[Snapshot]) -> None:
+        self._snapshots = value
 
     @property
     @override

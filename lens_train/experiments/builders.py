@@ -160,6 +160,7 @@ def distillation_callback(teacher: Any, pairs: Any = None, weight: float = 1.0, 
     from ..callbacks import DistillationCallback
 
     mapping, weights = distillation_pairs(pairs) if pairs else ({}, {})
+    weights = {**(kwargs.pop("weights", None) or {}), **weights}  # e.g. {logits: 0.5} from the config
     return DistillationCallback(teacher, mapping, weights=weights or None, weight=weight, **kwargs)
 
 

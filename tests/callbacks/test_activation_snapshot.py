@@ -190,3 +190,18 @@ def test_keep_last_resume_from_an_older_checkpoint_finds_its_snapshots(tmp_path)
     aside = snap.directory / "aside" / "after-step=000004"
     assert sorted(int(p.name[-6:]) for p in aside.iterdir()) == [7, 8, 11, 12]  # the abandoned run's
     assert sorted(int(p.name[-6:]) for p in dropped.iterdir()) == [3, 4, 7, 8]
+
+
+def test_load_snapshots_of_an_old_checkpoint_finds_those_keep_last_dropped(tmp_path):
+    import shutil
+
+    from lens_train.errors import BundleError
+
+    snap, _ = _keep_last_run(tmp_path)
+    old = lt.load_snapshots(tmp_path / "ckpt" / "epoch=0-step=4.ckpt")
+    assert [s.step for s in old] == [3, 4] and all("/.dropped/" in s.path for s in old)
+    assert old[1].activations().keys() == snap.snapshots[-1].activations().keys()
+    shutil.rmtree(old[0].path)  # gone for good
+    gone = lt.load_snapshots(tmp_path / "ckpt" / "epoch=0-step=4.ckpt")[0]
+    with pytest.raises(BundleError, match=r"no longer on disk.*keep_last"):
+        gone.activations()
