@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gain import distillation_gain
+from .effects import deep_supervision_lines, distillation_gain
 from .history import MetricsHistory
 from .plots import probe_table
 
@@ -99,6 +99,7 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
     if result.test_acc is not None:
         loss = result.test.get("test/loss")
         lines.append(f"test accuracy: {result.test_acc:.4f}" + (f"   (test loss {loss:.4f})" if loss is not None else ""))
+    lines += deep_supervision_lines(result.history)
     probes = probe_lines(result.history, result.test)
     if probes:
         lines += ["", "probe accuracy per layer (last epoch):", *(indent + p for p in probes)]

@@ -46,7 +46,11 @@ class TapLoss(nn.Module):
 
 
 class DeepSupervision(TapLoss):
-    """Cross-entropy of an auxiliary classifier (pooling + linear) on a tapped layer."""
+    """Cross-entropy of an auxiliary classifier (pooling, then linear or an MLP with ``hidden``) on a tapped layer.
+
+    ``pool="avg"`` keeps one number per channel; on small feature maps ``pool="flatten"``
+    keeps where things are, which a classifier of a conv layer usually needs.
+    """
 
     def __init__(self, num_classes: int, pool: Any = "avg", hidden: int | None = None) -> None:
         super().__init__()
@@ -55,6 +59,8 @@ class DeepSupervision(TapLoss):
         check_pool(pool)
         self.num_classes, self.pool, self.hidden = num_classes, pool, hidden
         self.head: nn.Module | None = None
+        # The head's accuracy on the last batch it scored (class-index targets only).
+        self.last_accuracy: torch.Tensor | None = None
 
     def build(self, example: torch.Tensor) -> None:
         """Create the head for ``example``'s pooled feature size."""
@@ -79,7 +85,10 @@ class DeepSupervision(TapLoss):
         feats = pool_features(activation, self.pool)
         if not torch.is_autocast_enabled(feats.device.type):
             feats = feats.to(next(self.head.parameters()).dtype)
-        return F.cross_entropy(self.head(feats).float(), targets)
+        logits = self.head(feats).float()
+        if targets.dtype == torch.long and targets.shape == logits.shape[:1]:
+            self.last_accuracy = (logits.detach().argmax(-1) == targets).float().mean()
+        return F.cross_entropy(logits, targets)
 
 
 class L1Activity(TapLoss):

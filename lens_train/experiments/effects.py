@@ -1,6 +1,7 @@
-"""The distillation gain: the distilled student's test accuracy minus the same student's without.
+"""What the lens terms did, for the summary: the distillation gain and deep supervision's heads.
 
-The distill flow trains the student once per seed without and once with distillation
+The distillation gain is the distilled student's test accuracy minus the same student's
+without. The distill flow trains the student once per seed without and once with distillation
 (same seed, same batches, same initial weights). Each seed gives one paired difference;
 the gain is their mean, with its standard error ``std / sqrt(n)``. The summary calls the
 gain real only when the mean exceeds two standard errors (and is positive).
@@ -92,3 +93,31 @@ def distillation_gain(results: Sequence[Any]) -> DistillationGain | None:
         return None
     seeds, baseline, distilled = zip(*pairs)
     return DistillationGain(tuple(seeds), tuple(baseline), tuple(distilled))
+
+
+def deep_supervision_lines(history: Any) -> list[str]:
+    """One line per deep-supervision head: its validation accuracy over the epochs, and its term.
+
+    ``AuxiliaryLossCallback`` logs ``val/aux/<layer>/acc`` (the head's accuracy on the
+    validation batches) for every ``deep_supervision`` term.
+
+    Example:
+        >>> from lens_train.experiments.history import MetricsHistory
+        >>> h = MetricsHistory()
+        >>> h.epochs = [{"epoch": 0.0, "val/aux/blocks.1/acc": 0.41, "val/aux/blocks.1": 0.5},
+        ...             {"epoch": 1.0, "val/aux/blocks.1/acc": 0.93, "val/aux/blocks.1": 0.06}]
+        >>> print(deep_supervision_lines(h)[0])
+        deep supervision on blocks.1: its head's val accuracy 0.410 -> 0.930 (first -> last epoch); weighted val term 0.500 -> 0.060
+    """
+    lines = []
+    for key in history.keys():
+        if not (key.startswith("val/aux/") and key.endswith("/acc")):
+            continue
+        layer = key[len("val/aux/"):-len("/acc")]
+        _, acc = history.series(key)
+        _, term = history.series(f"val/aux/{layer}")
+        line = f"deep supervision on {layer}: its head's val accuracy {acc[0]:.3f} -> {acc[-1]:.3f} (first -> last epoch)"
+        if term:
+            line += f"; weighted val term {term[0]:.3f} -> {term[-1]:.3f}"
+        lines.append(line)
+    return lines
