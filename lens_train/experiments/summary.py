@@ -125,7 +125,7 @@ def format_summary(results: list[StageResult], title: str = "lens-train", wall_s
     """
     bar = "=" * 72
     fit_s, test_s = sum(r.fit_s for r in results), sum(r.test_s for r in results)
-    names = ", ".join(r.name for r in results)
+    names = ", ".join(r.name for r in results) if len(results) <= 3 else f"{results[0].name} and {len(results) - 1} more stages"
     if wall_s is None or wall_s < fit_s + test_s:
         headline = f"finished in {fit_s + test_s:.1f} s (fit {fit_s:.1f} s, test {test_s:.1f} s)"
     else:
