@@ -226,8 +226,11 @@ class Probes:
         """Reset the metrics of one split (``"train"``/``"val"``/``"test"``) or of all."""
         for s in _SPLITS if split is None else (split,):
             _check_split(s)
-            for m in [*self.metrics[s].values(), *self.losses[s].values()]:
-                m.reset()
+            # Fresh states must not be inference tensors (a reset inside trainer.validate), or
+            # a later in-place update outside inference mode fails.
+            with torch.inference_mode(False):
+                for m in [*self.metrics[s].values(), *self.losses[s].values()]:
+                    m.reset()
 
     def _gather(self, taps: Any) -> dict[str, Any]:
         feats = {}

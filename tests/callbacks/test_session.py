@@ -52,7 +52,7 @@ def test_fresh_callbacks_test_a_checkpoint_with_its_probes(tmp_path: Path) -> No
     fresh_aux, fresh_probes = _callbacks()
     t = trainer(tmp_path / "test", [fresh_aux, fresh_probes])
     (metrics,) = t.test(LitNet(), TEST_LOADER, ckpt_path=str(next((tmp_path / "ckpt").glob("*.ckpt"))), verbose=False)
-    assert torch.equal(fresh_probes.probes.heads["layer2"].weight, probes.probes.heads["layer2"].weight)
+    assert torch.equal(fresh_probes.probes.heads["layer2"].body.weight, probes.probes.heads["layer2"].body.weight)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-5), key
 
@@ -92,8 +92,8 @@ def test_two_instances_of_one_callback_keep_their_own_checkpoint_state(tmp_path:
     again = [ProbeCallback(layers=["layer2"], num_classes=3), ProbeCallback(layers=["layer1"], num_classes=3)]
     trainer(tmp_path / "again", again).validate(LitNet(), loaders()[1], ckpt_path=str(tmp_path / "both.ckpt"),
                                                 verbose=False)
-    assert torch.equal(again[0].probes.heads["layer2"].weight, second.probes.heads["layer2"].weight)
-    assert torch.equal(again[1].probes.heads["layer1"].weight, first.probes.heads["layer1"].weight)
+    assert torch.equal(again[0].probes.heads["layer2"].body.weight, second.probes.heads["layer2"].body.weight)
+    assert torch.equal(again[1].probes.heads["layer1"].body.weight, first.probes.heads["layer1"].body.weight)
 
 
 def test_session_and_base_import_one_way():
