@@ -195,6 +195,12 @@ class LensSession:
     def _configure_optimizers(self, *args: Any, **kwargs: Any) -> Any:
         self.ensure_built()
         extra = self.extra_parameters()
+        if _is_sharded(self.module):
+            # FSDP2: the heads are plain tensors, the model's are DTensors, and foreach optimizer
+            # kernels refuse a param group that mixes both: the heads get a group of their own.
+            result = self._original("configure_optimizers")(*args, **kwargs)
+            _add_untrained(result, extra)
+            return result
         holder = _ParameterHolder(extra)
         # While the user's configure_optimizers runs, self.parameters() includes the heads,
         # so they get the same parameter group and LR schedule as a hand-written module.
@@ -311,6 +317,12 @@ def _batch_size(callback: TapCallback, batch: Any) -> int | None:
     return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else None
 
 
+def _is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP2-sharded (DTensor) parameters."""
+    return any(type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor"
+               for p in module.parameters())
+
+
 def _optimizers(result: Any) -> list[torch.optim.Optimizer]:
     if isinstance(result, torch.optim.Optimizer):
         return [result]
@@ -338,5 +350,6 @@ def _add_untrained(result: Any, extra: list[nn.Parameter]) -> None:
     optimizers[0].add_param_group({**defaults, "params": missing})
     rank_zero_info(
         f"lens_train: added {len(missing)} auxiliary head/adapter parameters to {type(optimizers[0]).__name__} "
-        "as a new parameter group (configure_optimizers did not use self.parameters())."
+        "as a parameter group of their own (configure_optimizers did not use self.parameters(), or the model "
+        "is sharded)."
     )

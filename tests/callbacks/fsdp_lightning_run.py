@@ -30,8 +30,9 @@ class ShardedLitNet(LitNet):
         fully_shard(self.net, mesh=mesh)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # foreach kernels refuse a list mixing sharded (DTensor) and plain parameters (the heads).
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, foreach=False)
+        # foreach kernels refuse a param group mixing DTensors with plain tensors: the heads
+        # must come in a group of their own.
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, foreach=True)
 
 
 def main(out: Path) -> None:
