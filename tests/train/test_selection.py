@@ -94,3 +94,9 @@ def test_module_object_as_layer_names_its_address() -> None:
         lt.Taps(model, [model[0]])
     with pytest.raises(InvalidArgumentError, match="not part of the model"):
         lt.Taps(model, [nn.Linear(1, 1)])
+
+
+def test_module_object_as_an_auxiliary_loss_key_says_to_name_it() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with pytest.raises(InvalidArgumentError, match=r"losses are keyed by layer name, got Linear"):
+        lt.AuxiliaryLoss({model[0]: lt.losses.l1_activity()})
