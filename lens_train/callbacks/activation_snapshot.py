@@ -24,7 +24,7 @@ from ..snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, l
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
 from ._reference import load_reference, save_reference
-from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
+from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, refuse_sharded, run_dir
 
 _SNAPSHOT_DIR = re.compile(r"epoch=\d+-step=(\d+)\Z")
 DROPPED = ".dropped"
@@ -137,6 +137,10 @@ class ActivationSnapshotCallback(LensCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._prune_dropped()  # checkpoints that top-k removed after the last save
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_sharded(self, trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

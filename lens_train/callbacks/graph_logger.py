@@ -20,7 +20,7 @@ from ..viz.graph import VisGraph, build_graph
 from ..viz.placement import layer_key, make_options
 from ..viz.render import render_dot
 from ._base import LensCallback
-from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
+from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, refuse_sharded, run_dir
 from .activation_stats import dead_fraction
 
 
@@ -88,6 +88,7 @@ class GraphLoggerCallback(LensCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_sharded(self, trainer, pl_module)
         if not trainer.is_global_zero:
             return
         self._run_render(trainer, pl_module, f"step={trainer.global_step:06d}")

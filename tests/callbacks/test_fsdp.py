@@ -34,3 +34,12 @@ def test_lens_callbacks_run_under_model_parallel_strategy(tmp_path):
                 "probe/layer2/train_acc", "probe/layer2/val_loss", "lens/total_loss"):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert result["head_trained"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_rank_zero_snapshots_refuse_a_sharded_model_instead_of_hanging(tmp_path):
+    out = run_script(Path(__file__).with_name("fsdp_lightning_run.py"), tmp_path, "snapshots", timeout=240)
+    text = (out / "error.txt").read_text()
+    assert "ActivationSnapshotCallback runs an extra forward pass on rank zero alone" in text
+    assert not (out / "result.pt").exists()
