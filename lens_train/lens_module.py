@@ -28,6 +28,12 @@ class LensModule:
     the taps, so ``self.taps["layer2"]`` is the graph-connected activation of the step's
     forward pass. Put the mixin first: ``class MyModule(lt.LensModule, L.LightningModule)``.
 
+    Heads and adapters are built the way the callbacks build theirs: before the class's
+    ``configure_optimizers`` runs, every ``lt.AuxiliaryLoss`` and ``lt.Distillation``
+    attribute of the module that is not built yet is built from one example input
+    (``configure_lens(example_input=...)``, else ``self.example_input_array``, else the
+    first training batch), so ``self.parameters()`` already holds their parameters.
+
     Example:
         >>> import torch, lightning.pytorch as pl, lens_train as lt
         >>> class Lit(lt.LensModule, pl.LightningModule):
@@ -114,6 +120,62 @@ class LensModule:
             fn = cls.__dict__.get(name)
             if fn is not None and callable(fn) and not getattr(fn, "_lens_tapped", False):
                 setattr(cls, name, _tapped(fn))
+        fn = cls.__dict__.get("configure_optimizers")
+        if fn is not None and callable(fn) and not getattr(fn, "_lens_builds", False):
+            setattr(cls, "configure_optimizers", _builds_first(fn))
+
+    def _lens_build_parts(self) -> None:
+        """Build the unbuilt AuxiliaryLoss / Distillation attributes from one example input."""
+        from .train import AuxiliaryLoss, Distillation
+
+        parts = [m for m in self.modules() if isinstance(m, (AuxiliaryLoss, Distillation)) and not m.is_built]
+        if not parts:
+            return
+        args, kwargs = self._lens_example()
+        try:
+            for part in parts:
+                if isinstance(part, AuxiliaryLoss):
+                    part.setup(self, args, kwargs)
+                else:
+                    part.setup(args, kwargs)
+        except NotImplementedError:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} has auxiliary heads to build from one forward pass, but no forward method. "
+                "Define one (def forward(self, x): return self.net(x)), or build them yourself in __init__ on the "
+                "network the steps call: self.aux.setup(self.net, torch.zeros(...))."
+            ) from None
+
+    def _lens_example(self) -> tuple[Any, Any]:
+        config = self.__dict__.get("_lens_config") or {}
+        example = config.get("example_input")
+        if example is None:
+            example = getattr(self, "example_input_array", None)
+        if example is None:
+            # The same first batch the callbacks use, read without touching the training RNG.
+            from .callbacks._shared import default_batch_to_input, first_batch
+
+            trainer = getattr(self, "_trainer", None)
+            batch = first_batch(trainer, "train") if trainer is not None else None
+            if batch is None:
+                raise InvalidArgumentError(
+                    f"{type(self).__name__} has auxiliary heads or adapters to build but no example input. Pass one: "
+                    "self.configure_lens(layers, example_input=torch.zeros(...)) or set self.example_input_array."
+                )
+            example = default_batch_to_input(batch)
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        example = move_data_to_device(example, self.device)
+        return (None, example) if isinstance(example, Mapping) else (example, None)
+
+
+def _builds_first(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def configure_optimizers(self: LensModule, *args: Any, **kwargs: Any) -> Any:
+        self._lens_build_parts()
+        return fn(self, *args, **kwargs)
+
+    configure_optimizers._lens_builds = True  # type: ignore[attr-defined]
+    return configure_optimizers
 
 
 def _tapped(fn: Any) -> Any:

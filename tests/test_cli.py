@@ -183,16 +183,20 @@ def test_probe_experiment_probes_every_block_of_the_transformer(in_process, caps
 
 @pytest.mark.slow
 def test_distill_experiment_trains_teacher_then_two_students(in_process, capsys: pytest.CaptureFixture) -> None:
-    run = in_process("experiment=distill_digits", "teacher.trainer.max_epochs=1", *TINY)
+    run = in_process("experiment=distill_digits", "teacher.trainer.max_epochs=1", "student_seeds=[0,1]", *TINY)
     out = capsys.readouterr().out
-    table = out.split("test accuracy by stage:")[1].splitlines()[1:4]
+    table = out.split("test accuracy by stage:")[1].splitlines()[1:6]
     assert [line.split("  (fit")[0].rsplit(None, 1)[0].strip() for line in table] == [
-        "teacher", "student (no distillation)", "student (distilled)"]
+        "teacher", "student (no distillation, seed 0)", "student (distilled, seed 0)",
+        "student (no distillation, seed 1)", "student (distilled, seed 1)"]
     baseline, distilled = _columns(run / "student_baseline" / "metrics.csv"), _columns(run / "student_distilled" / "metrics.csv")
     assert not any(k.startswith("distill/") for k in baseline)
-    assert {"distill/blocks.1", "distill/blocks.2", "distill/logits"} <= set(distilled)
+    assert "distill/logits" in distilled and (run / "student_distilled_seed1" / "metrics.csv").is_file()
     # Same seed, same batches: the first step's task loss is identical with and without distillation.
     assert baseline["train/loss_step"][0] == pytest.approx(distilled["train/loss_step"][0])
+    # The gain per seed, its mean with the standard error, and a plain verdict.
+    assert re.search(r"mean gain [+-]\d\.\d{4} \+- \d\.\d{4} \(standard error, 2 seeds\)", out)
+    assert "distillation helped" in out or "no gain:" in out
     teacher_ckpt = run / "teacher" / "checkpoints" / "last.ckpt"
     assert teacher_ckpt.is_file() and "reuse this teacher: add teacher.ckpt_path=" in out
     assert "=" not in out.split("reuse this teacher: add teacher.ckpt_path=")[1].split()[0]

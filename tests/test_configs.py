@@ -120,8 +120,10 @@ def test_experiments_override_the_defaults(tmp_path: Path) -> None:
     assert [t.loss for t in aux.lens.aux_loss.terms] == ["deep_supervision", "l1_activity"]
     assert instantiate(aux.lens.aux_loss.schedule)(30) == pytest.approx(0.5)
     distill = make_cfg(tmp_path, "experiment=distill_digits")
-    assert distill.flow == "distill" and list(distill.lens) == ["distill", "probes"]
-    assert list(distill.model.net.channels) == [4, 8, 16] and list(distill.teacher.model.net.channels) == [32, 64, 128]
+    assert distill.flow == "distill" and list(distill.lens) == ["distill"]
+    assert list(distill.model.net.channels) == [16, 32, 64] and list(distill.teacher.model.net.channels) == [32, 64, 128]
+    assert distill.data.train_fraction == 0.1 and distill.teacher.data.train_fraction == 1.0
+    assert len(distill.student_seeds) >= 3
     probe = make_cfg(tmp_path, "experiment=probe_digits", "trainer.max_epochs=2")
     assert probe.model.net._target_.endswith("RowTransformer") and probe.trainer.max_epochs == 2
 
@@ -133,8 +135,10 @@ def test_documented_overrides_of_records(tmp_path: Path) -> None:
     assert callback is not None
     replaced = make_cfg(tmp_path, "lens.aux_loss.terms=[{layer: blocks.2, loss: l1_activity, weight: 1e-4}]")
     assert [dict(t) for t in replaced.lens.aux_loss.terms] == [{"layer": "blocks.2", "loss": "l1_activity", "weight": 1e-4}]
-    pair = make_cfg(tmp_path, "experiment=distill_digits", "lens.distill.pairs.0.teacher=blocks.0")
+    pair = make_cfg(tmp_path, "lens=[distill]", "lens.distill.pairs.0.teacher=blocks.0")
     assert pair.lens.distill.pairs[0].teacher == "blocks.0"
+    hints = make_cfg(tmp_path, "experiment=distill_digits", "lens.distill.pairs=[{student: blocks.1, teacher: blocks.1}]")
+    assert [dict(p) for p in hints.lens.distill.pairs] == [{"student": "blocks.1", "teacher": "blocks.1"}]
 
 
 def test_lists_of_groups_and_switching_one_off(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import lens_train as lt
-from lens_train.errors import TapError
+from lens_train.errors import InvalidArgumentError, TapError
 from tests.callbacks.lit_models import LitNet, Net, assert_same_weights, fit
 
 
@@ -104,3 +104,41 @@ def test_pickling_inside_a_step_says_when_it_can():
     module = ManualLens()
     with module.taps, pytest.raises(TapError, match="inside a step.*after trainer.fit"):
         pickle.dumps(module)
+
+
+class DeepSupervised(ManualLens):
+    """A head-building loss, and no example input anywhere: the mixin builds the head from the first batch."""
+
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        self.net = Net()
+        self.automatic_optimization = False
+        self.aux = lt.AuxiliaryLoss({"layer1": lt.losses.deep_supervision(num_classes=3)}, weight=0.5)
+        self.configure_lens(self.aux.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_heads_are_built_before_configure_optimizers_like_the_callbacks_do(tmp_path):
+    module = DeepSupervised()
+    assert not module.aux.is_built
+    seen = {}
+
+    class Record(pl.Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            seen["head"] = pl_module.aux.terms[0].head.weight.detach().clone()
+            seen["in_optimizer"] = any(p is pl_module.aux.terms[0].head.weight
+                                       for g in trainer.optimizers[0].param_groups for p in g["params"])
+
+    fit(tmp_path, module, [Record()], max_epochs=1)
+    assert seen["in_optimizer"] and module.aux.terms[0].head.in_features == 16
+    assert not torch.equal(seen["head"], module.aux.terms[0].head.weight)  # trained by the user's optimizer
+
+
+def test_building_heads_without_a_forward_says_how(tmp_path):
+    class NoForward(DeepSupervised):
+        forward = pl.LightningModule.forward
+
+    with pytest.raises(InvalidArgumentError, match=r"no forward method.*self.aux.setup\(self.net"):
+        fit(tmp_path, NoForward(), max_epochs=1)

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from ..arguments import fail
 from .files import as_path, write_atomic
 
 INDEX_NAME = "index.json"
+# Where ActivationSnapshotCallback(keep_last=...) keeps dropped snapshots that a checkpoint still lists.
+DROPPED_DIR = ".dropped"
 INDEX_FORMAT = "lens_train.snapshots"
 STATE_PREFIX = "ActivationSnapshotCallback"
 _NAME = re.compile(r"epoch=?\d+-step=?\d+\Z")  # old runs wrote "epoch=003-step=000120"
@@ -52,6 +54,13 @@ class Snapshot:
         """The snapshot's :class:`~lens_train.ModelLog` (``lt.load`` of its bundle)."""
         from .api import load
 
+        if not Path(self.path).exists():
+            raise BundleError(
+                f"Snapshot {self.name} is no longer on disk ({self.path}). ActivationSnapshotCallback(keep_last=...) "
+                "deletes the snapshots it drops once no checkpoint lists them, and a later run in the same directory "
+                "may have moved it to snapshots/aside/. List what exists with lt.load_snapshots(<run dir>), or keep "
+                "every snapshot with keep_last=None."
+            )
         return load(self.path, lazy=lazy)
 
     def activations(self) -> dict[str, torch.Tensor]:
@@ -252,7 +261,16 @@ def _from_checkpoint(path: Path, state_key: str | None) -> list[Snapshot]:
     entries = state.get("snapshots") if isinstance(state, dict) else None
     if not isinstance(entries, list):
         raise CheckpointError(f"Checkpoint {str(path)!r}: the state of {keys[0]} has no 'snapshots' list.")
-    return [entry_from_json(e, where=f"{path}, {keys[0]} entry {i}") for i, e in enumerate(entries)]
+    return [_where_now(entry_from_json(e, where=f"{path}, {keys[0]} entry {i}")) for i, e in enumerate(entries)]
+
+
+def _where_now(snap: Snapshot) -> Snapshot:
+    """``snap`` at its path, or in the ``.dropped/`` folder where ``keep_last`` moved it since."""
+    path = Path(snap.path)
+    dropped = path.parent / DROPPED_DIR / snap.name
+    if not path.exists() and dropped.exists():
+        return replace(snap, path=str(dropped))
+    return snap
 
 
 def checkpoint_snapshot_paths(path: str | os.PathLike) -> set[str]:

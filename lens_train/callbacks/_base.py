@@ -12,8 +12,6 @@ are measured, from the state of a previous fit or of the checkpoint given as ``c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -22,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from ..errors import InvalidArgumentError
+from ._session import LensSession, StepContext, unique_layers
 from ._shared import BatchGetter, average_gradients, default_batch_to_input, default_batch_to_targets, make_getter
 
 # The Trainer stages the tap callbacks take part in (``predict`` runs no lens work).
@@ -54,23 +53,6 @@ class LensCallback(Callback):
     def batch_targets(self, batch: Any) -> Any:
         """The targets of ``batch``."""
         return self._get_targets(batch)
-
-
-@dataclass
-class StepContext:
-    """What a tap callback sees after one step; ``stage`` is ``"train"``, ``"val"`` or ``"test"``."""
-
-    trainer: pl.Trainer
-    module: pl.LightningModule
-    taps: Any
-    batch: Any
-    batch_idx: int
-    stage: str
-
-    @property
-    def step(self) -> int:
-        """The optimizer step count, which drives schedules."""
-        return self.trainer.global_step
 
 
 class TapCallback(LensCallback):
@@ -146,8 +128,6 @@ class TapCallback(LensCallback):
         self._run_sync_grads(trainer)
 
     def _run_join(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str = "fit") -> None:
-        from ._session import LensSession
-
         if stage == "fit" and self.changes_loss and not pl_module.automatic_optimization:
             raise InvalidArgumentError(
                 f"{type(self).__name__} adds terms to the loss that training_step returns, but "
@@ -159,24 +139,7 @@ class TapCallback(LensCallback):
         LensSession.join(self, trainer, pl_module, stage)
 
     def _run_leave(self, pl_module: pl.LightningModule) -> None:
-        from ._session import LensSession
-
         LensSession.leave(self, pl_module)
 
     def _run_sync_grads(self, trainer: pl.Trainer) -> None:
         average_gradients(self.trainable_parameters(), trainer.strategy)
-
-
-def unique_layers(groups: Iterable[Iterable[Any]]) -> list[Any]:
-    """The union of several layer lists, in first-seen order (predicates kept by identity).
-
-    Example:
-        >>> unique_layers([["a", "b"], ["b", "c"]])
-        ['a', 'b', 'c']
-    """
-    seen: list[Any] = []
-    for group in groups:
-        for layer in group:
-            if not any(layer is s or (isinstance(layer, str) and layer == s) for s in seen):
-                seen.append(layer)
-    return seen

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -31,14 +32,48 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..train import Taps
-from ._base import StepContext, TapCallback, unique_layers
 from ._shared import first_batch, model_inputs, quiet_forward
+
+if TYPE_CHECKING:  # _base imports this module; the types only annotate
+    from ._base import TapCallback
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, LensSession] = weakref.WeakKeyDictionary()
 # The methods wrapped in each Trainer stage, and the log prefix of each evaluation step.
 _WRAPPED = {"fit": ("configure_optimizers", "training_step", "validation_step"),
             "validate": ("validation_step",), "test": ("test_step",)}
 _SPLITS = {"validation_step": "val", "test_step": "test"}
+
+
+@dataclass
+class StepContext:
+    """What a tap callback sees after one step; ``stage`` is ``"train"``, ``"val"`` or ``"test"``."""
+
+    trainer: pl.Trainer
+    module: pl.LightningModule
+    taps: Any
+    batch: Any
+    batch_idx: int
+    stage: str
+
+    @property
+    def step(self) -> int:
+        """The optimizer step count, which drives schedules."""
+        return self.trainer.global_step
+
+
+def unique_layers(groups: Iterable[Iterable[Any]]) -> list[Any]:
+    """The union of several layer lists, in first-seen order (predicates kept by identity).
+
+    Example:
+        >>> unique_layers([["a", "b"], ["b", "c"]])
+        ['a', 'b', 'c']
+    """
+    seen: list[Any] = []
+    for group in groups:
+        for layer in group:
+            if not any(layer is s or (isinstance(layer, str) and layer == s) for s in seen):
+                seen.append(layer)
+    return seen
 
 
 class LensSession:
@@ -160,6 +195,12 @@ class LensSession:
     def _configure_optimizers(self, *args: Any, **kwargs: Any) -> Any:
         self.ensure_built()
         extra = self.extra_parameters()
+        if _is_sharded(self.module):
+            # FSDP2: the heads are plain tensors, the model's are DTensors, and foreach optimizer
+            # kernels refuse a param group that mixes both: the heads get a group of their own.
+            result = self._original("configure_optimizers")(*args, **kwargs)
+            _add_untrained(result, extra)
+            return result
         holder = _ParameterHolder(extra)
         # While the user's configure_optimizers runs, self.parameters() includes the heads,
         # so they get the same parameter group and LR schedule as a hand-written module.
@@ -276,6 +317,12 @@ def _batch_size(callback: TapCallback, batch: Any) -> int | None:
     return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else None
 
 
+def _is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP2-sharded (DTensor) parameters."""
+    return any(type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor"
+               for p in module.parameters())
+
+
 def _optimizers(result: Any) -> list[torch.optim.Optimizer]:
     if isinstance(result, torch.optim.Optimizer):
         return [result]
@@ -303,5 +350,6 @@ def _add_untrained(result: Any, extra: list[nn.Parameter]) -> None:
     optimizers[0].add_param_group({**defaults, "params": missing})
     rank_zero_info(
         f"lens_train: added {len(missing)} auxiliary head/adapter parameters to {type(optimizers[0]).__name__} "
-        "as a new parameter group (configure_optimizers did not use self.parameters())."
+        "as a parameter group of their own (configure_optimizers did not use self.parameters(), or the model "
+        "is sharded)."
     )

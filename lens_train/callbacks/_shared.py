@@ -216,3 +216,22 @@ def average_gradients(params: list[torch.nn.Parameter], strategy: Any) -> None:
     for p, g in zip(params, grads):
         p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()
+
+
+def refuse_sharded(callback: Any, trainer: Any, module: nn.Module) -> None:
+    """Raise on every rank when ``module`` is sharded (FSDP2) across ranks.
+
+    Graphs and snapshots run an extra forward pass on rank zero alone; a sharded model's
+    forward gathers its parameters from every rank, so that pass would wait forever.
+
+    Example:
+        >>> class OneRank: world_size = 1
+        >>> refuse_sharded(object(), OneRank(), torch.nn.Linear(1, 1))
+    """
+    if trainer.world_size <= 1 or not any(type(p).__name__ == "DTensor" for p in module.parameters()):
+        return
+    raise InvalidArgumentError(
+        f"{type(callback).__name__} runs an extra forward pass on rank zero alone, which a sharded (FSDP2) model "
+        "cannot do: its forward gathers parameters from every rank. Leave it out of sharded runs, or take graphs "
+        "and snapshots from a checkpoint on one process: lt.log_forward_pass(model, x) after loading it."
+    )

@@ -19,14 +19,14 @@ from typing_extensions import override
 from ..bundle.api import save as save_bundle
 from ..capture.api import log_forward_pass
 from ..arguments import check_bool, check_names, fail
-from ..errors import CheckpointError, InvalidArgumentError
 from ..bundle.snapshots import (Snapshot, checkpoint_snapshot_paths, entry_from_json, linear_cka, log_root, plot_drift,
-                         snapshot_name, write_index)
+                                read_index, snapshot_name, write_index)
+from ..errors import CheckpointError, InvalidArgumentError
 from ..train.selection import ModuleIndex
 from ._base import LensCallback
 from ._images import log_image
 from ._reference import load_reference, save_reference
-from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
+from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, refuse_sharded, run_dir
 
 # Older runs named snapshots with "=" (epoch=003-step=000120); both forms are recognised.
 _SNAPSHOT_DIR = re.compile(r"epoch=?\d+-step=?(\d+)\Z")
@@ -95,7 +95,7 @@ class ActivationSnapshotCallback(LensCallback):
         self.keep_last = keep_last
         self.drift = drift
         self.dirname = dirname
-        self.snapshots: list[Snapshot] = []
+        self._snapshots: list[Snapshot] = []
         self.directory: Path | None = None
         self.reference_path: str | None = None
         self.timings: list[float] = []
@@ -108,6 +108,21 @@ class ActivationSnapshotCallback(LensCallback):
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self._listed: dict[Path, tuple[tuple[int, int], set[str]]] = {}
         self._wanted: dict[str, str] = {}
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """The snapshots of the run so far, in order.
+
+        Rank zero takes them; on the other ranks this reads the index rank zero wrote
+        into the shared run directory, so every rank sees the same list.
+        """
+        if self._is_zero or self.directory is None:
+            return self._snapshots
+        return read_index(self.directory)
+
+    @snapshots.setter
+    def snapshots(self, value: list[Snapshot]) -> None:
+        self._snapshots = value
 
     @property
     @override
@@ -129,6 +144,10 @@ class ActivationSnapshotCallback(LensCallback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._prune_dropped()  # checkpoints that top-k removed after the last save
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_sharded(self, trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -12,6 +12,7 @@ from typing_extensions import override
 from ..arguments import check_bool
 from ..errors import ArgumentTypeError, InvalidArgumentError, suggestion_text
 from ._base import StepContext, TapCallback
+from ._session import LensSession
 from ._shared import BatchGetter
 
 
@@ -142,8 +143,6 @@ class ActivationStatsCallback(TapCallback):
         self._pending_step = ctx.step if self.save_gradients else None
 
     def _run_log_grad_stats(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from ._session import LensSession
-
         self._pending_step = None
         session = LensSession.of(pl_module)
         if session is None or session.taps is None:
@@ -168,6 +167,10 @@ class ActivationStatsCallback(TapCallback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+        # Also the latest values in trainer.callback_metrics, for EarlyStopping/ModelCheckpoint
+        # (logger=False: the loggers got this step's values above, once).
+        for name, value in metrics.items():
+            module.log(name, value, on_step=True, on_epoch=False, logger=False, batch_size=1)
 
 
 def _tensor_items(taps: Any, layers: list[Any]) -> list[tuple[str, torch.Tensor]]:

@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from ..errors import InvalidArgumentError
 from ..train.auxiliary import AuxiliaryLoss
+from ..train.losses import DeepSupervision
 from ._base import StepContext, TapCallback
 from ._shared import BatchGetter, model_inputs
 
@@ -24,6 +25,7 @@ class AuxiliaryLossCallback(TapCallback):
     metrics stay as they logged them; the callback logs ``lens/total_loss`` and each term
     (``aux/layer2``), and in validation and test ``val/aux/layer2`` and ``test/aux/layer2``
     (never added to any loss), also in ``trainer.validate``/``trainer.test`` on their own.
+    A ``deep_supervision`` head's accuracy is logged there too (``val/aux/layer2/acc``).
 
     Auxiliary heads are built from one example input (``example_input_array`` or the first
     training batch) before ``configure_optimizers`` runs, join the user's optimizer through
@@ -91,7 +93,12 @@ class AuxiliaryLossCallback(TapCallback):
 
     @override
     def eval_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        return self.train_terms(ctx)
+        terms = self.train_terms(ctx)
+        for name, term in zip(self.aux.term_names, self.aux.terms):
+            accuracy = getattr(term, "last_accuracy", None)
+            if isinstance(term, DeepSupervision) and accuracy is not None:
+                terms[f"aux/{name}/acc"] = accuracy
+        return terms
 
     @override
     def state_dict(self) -> dict[str, Any]:

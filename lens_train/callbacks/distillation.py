@@ -22,7 +22,9 @@ class DistillationCallback(TapCallback):
 
     The same arguments as :class:`lens_train.Distillation`, with the Lightning module as
     the student. The teacher is moved to the module's device, frozen and kept in eval
-    mode; it runs once per step on the step's input (``batch_to_input``). Adapters are
+    mode; it runs once per step on the step's input (``batch_to_input``). When the fit (or
+    ``validate``/``test``) ends or fails, the teacher gets back the training flags and
+    ``requires_grad`` it had when it was given (it stays on the module's device). Adapters are
     built before ``configure_optimizers``, trained by the user's optimizer, and saved in
     this callback's state. Terms are logged as ``distill/<student layer>`` and
     ``distill/logits`` (validation and test: ``val/distill/...``, ``test/distill/...``, never
@@ -76,6 +78,7 @@ class DistillationCallback(TapCallback):
         self.student_output = student_output
         self.kd: Distillation | None = None
         self._pending: dict[str, Any] | None = None
+        self._teacher_found: tuple[list[tuple[nn.Module, bool]], list[tuple[nn.Parameter, bool]]] | None = None
 
     @property
     @override
@@ -89,6 +92,9 @@ class DistillationCallback(TapCallback):
 
     @override
     def build(self, module: pl.LightningModule, example: Any) -> None:
+        if self._teacher_found is None:  # as the user gave it; put back when the stage ends
+            self._teacher_found = ([(m, m.training) for m in self.teacher.modules()],
+                                   [(p, p.requires_grad) for p in self.teacher.parameters()])
         self.teacher.to(module.device).eval().requires_grad_(False)
         if self.kd is None:
             args, kwargs = model_inputs(module, example)
@@ -114,6 +120,26 @@ class DistillationCallback(TapCallback):
     @override
     def eval_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return self.train_terms(ctx)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._run_give_back_teacher()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self._run_give_back_teacher()
+
+    def _run_give_back_teacher(self) -> None:
+        found, self._teacher_found = self._teacher_found, None
+        if found is None:
+            return
+        flags, grads = found
+        for m, training in flags:
+            m.training = training
+        for p, requires_grad in grads:
+            p.requires_grad_(requires_grad)
 
     def _student_output(self, taps: Any) -> Any:
         if self.options["logits_loss"] is None:

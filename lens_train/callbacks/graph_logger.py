@@ -22,7 +22,7 @@ from ..viz.placement import layer_key, make_options
 from ..viz.render import render_dot
 from ._base import LensCallback
 from ._images import accepts_images, log_image
-from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, run_dir
+from ._shared import BatchGetter, first_batch, model_inputs, quiet_forward, refuse_sharded, run_dir
 from .activation_stats import dead_fraction
 
 
@@ -99,6 +99,7 @@ class GraphLoggerCallback(LensCallback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_sharded(self, trainer, pl_module)
         if not trainer.is_global_zero:
             return
         self._run_render(trainer, pl_module, f"step{trainer.global_step:06d}")

@@ -15,13 +15,16 @@ from ._shared import BatchGetter, average_gradients, model_inputs
 
 
 class ProbeCallback(TapCallback):
-    """Train one linear probe per layer on the detached taps of every training step.
+    """Train one probe per layer on the detached taps of every training step.
 
     Probes are measured before each update (a fair training score) and trained by their
     own optimizer in the same step, with no second forward pass; validation and test only
-    measure them. Each epoch logs ``probe/<layer>/train_acc`` and ``probe/<layer>/val_acc``,
-    and ``trainer.test`` logs ``probe/<layer>/test_acc`` (regression: ``..._r2`` and
-    ``..._mse``); ``trainer.validate``/``trainer.test`` on their own measure the probes of a
+    measure them. Each epoch logs ``probe/<layer>/<split>_acc`` (top-1),
+    ``<split>_top5_acc`` (top-k, when ``top_k < num_classes``) and ``<split>_loss`` (the
+    probe's mean cross-entropy) for ``train`` and ``val``, and ``trainer.test`` the same
+    for ``test`` (regression: ``..._r2`` and ``..._mse``). Features are standardized
+    (``BatchNorm1d`` without affine, see ``lt.train.probes.ProbeHead``), so one learning
+    rate suits every layer; ``trainer.validate``/``trainer.test`` on their own measure the probes of a
     previous fit or of their ``ckpt_path``. Probe weights and optimizer state are in
     this callback's state, so a resumed run continues them exactly. Under DDP the probes'
     gradients are averaged across ranks, so every rank holds the same probes.
@@ -31,6 +34,9 @@ class ProbeCallback(TapCallback):
         num_classes: number of classes (classification).
         pool: ``"avg"``, ``"flatten"`` or a token index (see ``lt.Probes``).
         lr: learning rate of the probes' Adam optimizer.
+        hidden: hidden width of an MLP probe (None: linear probes).
+        standardize: standardize the features before each probe.
+        top_k: also log top-k accuracy for this k.
         task: ``"classification"`` or ``"regression"``.
         num_outputs: regression target size.
         batch_to_input: how to find the model input in a batch.
@@ -43,10 +49,11 @@ class ProbeCallback(TapCallback):
     """
 
     def __init__(self, layers: str | list[str], num_classes: int | None = None, pool: Any = "avg", lr: float = 1e-3,
-                 task: str = "classification", num_outputs: int = 1, batch_to_input: BatchGetter = None,
-                 batch_to_targets: BatchGetter = None) -> None:
+                 hidden: int | None = None, standardize: bool = True, top_k: int = 5, task: str = "classification",
+                 num_outputs: int = 1, batch_to_input: BatchGetter = None, batch_to_targets: BatchGetter = None) -> None:
         super().__init__(batch_to_input=batch_to_input, batch_to_targets=batch_to_targets)
-        self.probes = Probes(layers, num_classes=num_classes, pool=pool, lr=lr, task=task, num_outputs=num_outputs)
+        self.probes = Probes(layers, num_classes=num_classes, pool=pool, lr=lr, task=task, num_outputs=num_outputs,
+                             hidden=hidden, standardize=standardize, top_k=top_k)
         self._pending: dict[str, Any] | None = None
         self._world_size = 1
         self._strategy: Any = None
@@ -109,7 +116,7 @@ class ProbeCallback(TapCallback):
         metrics = {}
         for layer, values in self.probes.compute_all(split).items():
             for name, value in values.items():
-                short = "acc" if name == "accuracy" else name
+                short = name.replace("accuracy", "acc")
                 metrics[f"probe/{layer}/{split}_{short}"] = value
         self.probes.reset(split)
         if metrics:
@@ -125,6 +132,12 @@ class ProbeCallback(TapCallback):
 
     def _sync_grads(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         average_gradients([p for group in optimizer.param_groups for p in group["params"]], self._strategy)
+        # The standardization's running statistics too, so every rank evaluates the same probes.
+        stats = [b for b in self.probes.heads.buffers() if b.is_floating_point()]
+        if stats:
+            flat = self._strategy.reduce(torch.cat([b.reshape(-1) for b in stats]), reduce_op="mean")
+            for b, value in zip(stats, flat.split([b.numel() for b in stats])):
+                b.copy_(value.view_as(b))
 
     @override
     def state_dict(self) -> dict[str, Any]:

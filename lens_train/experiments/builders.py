@@ -91,28 +91,25 @@ def resolve_loss(loss: Any, kwargs: Mapping[str, Any], where: str) -> Any:
         ) from None
 
 
-def auxiliary_terms(terms: Any) -> tuple[dict[str, Any], dict[str, float]]:
-    """``(losses, weights)`` dicts for ``AuxiliaryLossCallback`` from a list of term records.
+def auxiliary_terms(terms: Any) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """``(losses, weights)`` for ``AuxiliaryLossCallback`` from a list of term records.
+
+    A layer named by several records gets a list of terms, with one weight each.
 
     Example:
-        >>> losses, weights = auxiliary_terms([{"layer": "blocks.1", "loss": abs, "weight": 0.5}])
-        >>> list(losses), weights
-        (['blocks.1'], {'blocks.1': 0.5})
+        >>> losses, weights = auxiliary_terms([{"layer": "blocks.1", "loss": abs, "weight": 0.5},
+        ...                                    {"layer": "blocks.1", "loss": "l1_activity", "weight": 1e-4}])
+        >>> len(losses["blocks.1"]), weights
+        (2, {'blocks.1': [0.5, 0.0001]})
     """
     example = "[{layer: blocks.1, loss: deep_supervision, weight: 0.3, num_classes: 10}]"
-    losses: dict[str, Any] = {}
-    weights: dict[str, float] = {}
+    losses: dict[str, list[Any]] = {}
+    weights: dict[str, list[float]] = {}
     for i, record in enumerate(_records(terms, "terms", ("layer", "loss"), example)):
         layer = str(record.pop("layer"))
-        if layer in losses:
-            raise InvalidArgumentError(
-                f"terms lists layer {layer!r} twice. One term per layer: combine the losses in one callable, "
-                "or tap a different layer (e.g. the module's output op label)."
-            )
         weight = record.pop("weight", None)
-        losses[layer] = resolve_loss(record.pop("loss"), record, f"terms[{i}]")
-        if weight is not None:
-            weights[layer] = float(weight)
+        losses.setdefault(layer, []).append(resolve_loss(record.pop("loss"), record, f"terms[{i}]"))
+        weights.setdefault(layer, []).append(1.0 if weight is None else float(weight))
     return losses, weights
 
 
@@ -148,11 +145,11 @@ def auxiliary_loss_callback(terms: Any, weight: float = 1.0, schedule: Any = Non
     from ..callbacks import AuxiliaryLossCallback
 
     losses, weights = auxiliary_terms(terms)
-    return AuxiliaryLossCallback(losses, weights=weights or None, weight=weight, schedule=schedule, **kwargs)
+    return AuxiliaryLossCallback(losses, weights=weights, weight=weight, schedule=schedule, **kwargs)
 
 
-def distillation_callback(teacher: Any, pairs: Any, weight: float = 1.0, **kwargs: Any) -> Callback:
-    """``DistillationCallback`` from pair records (the ``lens/distill.yaml`` target).
+def distillation_callback(teacher: Any, pairs: Any = None, weight: float = 1.0, **kwargs: Any) -> Callback:
+    """``DistillationCallback`` from pair records (the ``lens/distill.yaml`` target); ``pairs: null`` distils logits only.
 
     Example:
         >>> import torch
@@ -162,7 +159,8 @@ def distillation_callback(teacher: Any, pairs: Any, weight: float = 1.0, **kwarg
     """
     from ..callbacks import DistillationCallback
 
-    mapping, weights = distillation_pairs(pairs)
+    mapping, weights = distillation_pairs(pairs) if pairs else ({}, {})
+    weights = {**(kwargs.pop("weights", None) or {}), **weights}  # e.g. {logits: 0.5} from the config
     return DistillationCallback(teacher, mapping, weights=weights or None, weight=weight, **kwargs)
 
 

@@ -86,6 +86,9 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: share of the samples held out for testing.
         seed: fixes the split (and nothing else).
         num_workers: DataLoader workers (0 is fastest for data this small).
+        train_fraction: train on this share of the training split (a subset fixed by
+            ``seed``); validation and test sets stay whole. Few labels are where
+            distillation from a teacher trained on all of them pays off.
         num_classes: the number of classes the caller expects (checked against the labels);
             ``None`` takes it from the labels.
 
@@ -98,8 +101,11 @@ class ImageDataModule(L.LightningDataModule):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64, val_fraction: float = 0.15,
-                 test_fraction: float = 0.15, seed: int = 0, num_workers: int = 0, num_classes: int | None = None) -> None:
+                 test_fraction: float = 0.15, seed: int = 0, num_workers: int = 0, num_classes: int | None = None,
+                 train_fraction: float = 1.0) -> None:
         super().__init__()
+        if not 0.0 < train_fraction <= 1.0:
+            raise InvalidArgumentError(f"train_fraction must be in (0, 1], got {train_fraction!r}. Example: data.train_fraction=0.1.")
         if len(images) != len(labels):
             raise InvalidArgumentError(f"images and labels differ in length: {len(images)} vs {len(labels)}.")
         if batch_size < 1:
@@ -112,7 +118,10 @@ class ImageDataModule(L.LightningDataModule):
                 f"num_classes={num_classes} does not match the data, whose labels run 0..{self.num_classes - 1}. "
                 f"Set data.num_classes={self.num_classes}."
             )
-        idx = split_indices(len(labels), val_fraction, test_fraction, seed)
+        idx = list(split_indices(len(labels), val_fraction, test_fraction, seed))
+        if train_fraction < 1.0:
+            keep = torch.randperm(len(idx[0]), generator=torch.Generator().manual_seed(seed + 1))
+            idx[0] = idx[0][keep[: max(1, round(len(idx[0]) * train_fraction))].sort().values]
         self.train_set, self.val_set, self.test_set = (TensorDataset(images[i], labels[i]) for i in idx)
 
     def setup(self, stage: str | None = None) -> None:
@@ -149,9 +158,10 @@ class DigitsDataModule(ImageDataModule):
     """
 
     def __init__(self, batch_size: int = 64, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                 num_workers: int = 0, num_classes: int = 10) -> None:
+                 num_workers: int = 0, num_classes: int = 10, train_fraction: float = 1.0) -> None:
         images, labels = digits_tensors()
-        super().__init__(images, labels, batch_size, val_fraction, test_fraction, seed, num_workers, num_classes)
+        super().__init__(images, labels, batch_size, val_fraction, test_fraction, seed, num_workers, num_classes,
+                         train_fraction)
 
 
 class SyntheticDataModule(ImageDataModule):

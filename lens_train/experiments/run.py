@@ -185,10 +185,13 @@ def _load_weights(module: L.LightningModule, checkpoint: dict[str, Any], path: s
 
 
 def distill_flow(cfg: DictConfig) -> list[StageResult]:
-    """Teacher (trained, or loaded from ``teacher.ckpt_path``), then the student without and with distillation.
+    """Teacher (trained, or loaded from ``teacher.ckpt_path``), then per seed the student without and with distillation.
 
-    Both students start from the same seed and see the same batches; the only difference
-    is the distillation callback, so the two test accuracies compare fairly.
+    For each of ``student_seeds`` (default: ``[seed]``) both students start from that
+    seed and see the same batches; the only difference is the distillation callback, so
+    their test accuracies pair up into the gain the summary prints (mean and standard
+    error over seeds). ``teacher.data`` overrides ``data`` for the teacher only (e.g. all
+    the labels, while the students get ``data.train_fraction`` of them).
     """
     if cfg.get("teacher") is None or (cfg.get("lens") or {}).get("distill") is None:
         raise InvalidArgumentError(
@@ -197,15 +200,22 @@ def distill_flow(cfg: DictConfig) -> list[StageResult]:
         )
     out = output_dir(cfg)
     datamodule = instantiate(cfg.data)
-    teacher, teacher_result = _teacher(cfg, datamodule, out / "teacher")
+    teacher_data = cfg.teacher.get("data")
+    teacher_dm = instantiate(cfg.data, **OmegaConf.to_container(teacher_data, resolve=True)) if teacher_data else datamodule
+    teacher, teacher_result = _teacher(cfg, teacher_dm, out / "teacher")
     teacher.eval()
     results = [teacher_result]
-    for name, with_distill in (("student (no distillation)", False), ("student (distilled)", True)):
-        L.seed_everything(cfg.seed, workers=True)
-        student = instantiate(cfg.model)
-        lens = build_lens_callbacks(cfg.lens, teacher=teacher.net if with_distill else None)
-        subdir = "student_distilled" if with_distill else "student_baseline"
-        results.append(fit_stage(cfg, name, student, datamodule, out / subdir, lens)[0])
+    seeds = [int(s) for s in (cfg.get("student_seeds") or [cfg.seed])]
+    for i, seed in enumerate(seeds):
+        for kind, with_distill in (("no distillation", False), ("distilled", True)):
+            L.seed_everything(seed, workers=True, verbose=False)
+            student = instantiate(cfg.model)
+            lens = build_lens_callbacks(cfg.lens, teacher=teacher.net if with_distill else None)
+            subdir = ("student_distilled" if with_distill else "student_baseline") + (f"_seed{seed}" if i else "")
+            name = f"student ({kind}" + (f", seed {seed})" if len(seeds) > 1 else ")")
+            result = fit_stage(cfg, name, student, datamodule, out / subdir, lens)[0]
+            result.seed, result.detail = seed, i == 0
+            results.append(result)
     return results
 
 

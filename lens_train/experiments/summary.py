@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .commands import command, override, relative, shell_path
+from .effects import deep_supervision_lines, distillation_gain
 from .history import MetricsHistory
 from .plots import probe_table
 
@@ -32,6 +33,10 @@ class StageResult:
     fit_s: float = 0.0
     test_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # The seed the stage was trained from (distillation students), and whether the summary
+    # prints its details (probe table, paths) or only its row in the table of stages.
+    seed: int | None = None
+    detail: bool = True
 
     @property
     def elapsed_s(self) -> float:
@@ -142,6 +147,7 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
     if result.test_acc is not None:
         loss = result.test.get("test/loss")
         lines.append(f"test accuracy: {result.test_acc:.4f}" + (f"   (test loss {loss:.4f})" if loss is not None else ""))
+    lines += deep_supervision_lines(result.history)
     probes = probe_lines(result.history, result.test)
     if probes:
         when = "last epoch" if result.history.epochs else "tested checkpoint"
@@ -180,7 +186,7 @@ def format_summary(results: list[StageResult], title: str = "lens-train", wall_s
     """
     bar = "=" * 72
     fit_s, test_s = sum(r.fit_s for r in results), sum(r.test_s for r in results)
-    names = ", ".join(r.name for r in results)
+    names = ", ".join(r.name for r in results) if len(results) <= 3 else f"{results[0].name} and {len(results) - 1} more stages"
     if wall_s is None or wall_s < fit_s + test_s:
         headline = f"finished in {fit_s + test_s:.1f} s (fit {fit_s:.1f} s, test {test_s:.1f} s)"
     else:
@@ -194,9 +200,11 @@ def format_summary(results: list[StageResult], title: str = "lens-train", wall_s
         width = max(len(r.name) for r in results) + 2
         lines += [f"  {r.name:<{width}}{_fmt([r.test_acc])}   (fit {r.fit_s:.1f} s, test {r.test_s:.1f} s)"
                   for r in results]
+        gain = distillation_gain(results)
+        lines += ["", *gain.lines()] if gain is not None else []
         lines += ["", f"run dir: {_rel(base)}  (paths below are relative to it)"]
     hint = _resume_overrides(overrides) if overrides is not None and len(results) == 1 else None
-    for result in results:
+    for result in (r for r in results if r.detail):
         header = [] if len(results) == 1 else ["", f"-- {result.name} " + "-" * max(0, 68 - len(result.name))]
         lines += header + [""] + ["  " + line if line else "" for line in stage_lines(result, base, resume_hint=hint)]
     return "\n".join([*lines, bar])

@@ -6,51 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..capture.inputs import normalize_inputs
 from ..arguments import check_number, fail
 from ..errors import InvalidArgumentError, LayerNotFoundError, closest
+from .adapters import Adapter
 from .auxiliary import _per_layer, check_in_optimizer
 from .losses import TapLoss, as_loss, param_dtype
 from .structures import main_tensor
 from .taps import Taps, tap_example
 
 LOGITS = "logits"
-
-
-class Adapter(nn.Module):
-    """Maps student features to the teacher's shape: 1x1 conv / linear, then resizing.
-
-    Example:
-        >>> import torch
-        >>> a = Adapter((2, 8, 4, 4), (2, 16, 8, 8))
-        >>> a(torch.randn(2, 8, 4, 4)).shape
-        torch.Size([2, 16, 8, 8])
-    """
-
-    def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        s, t = tuple(student_shape), tuple(teacher_shape)
-        if len(s) != len(t) or len(s) not in (2, 3, 4):
-            raise InvalidArgumentError(
-                f"adapters='auto' maps (batch, features), (batch, seq, dim) or (batch, channels, h, w) tensors of the "
-                f"same rank; got student {s} and teacher {t}. Pass adapters={{layer: your_module}} instead."
-            )
-        self.size = t[1] if len(t) == 3 else t[2:] if len(t) == 4 else None
-        if len(s) == 4:
-            self.proj: nn.Module = nn.Conv2d(s[1], t[1], 1) if s[1] != t[1] else nn.Identity()
-        else:
-            self.proj = nn.Linear(s[-1], t[-1]) if s[-1] != t[-1] else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        if x.dim() == 4 and tuple(x.shape[2:]) != tuple(self.size):
-            return F.interpolate(x, size=tuple(self.size), mode="bilinear", align_corners=False)
-        if x.dim() == 3 and x.shape[1] != self.size:
-            return F.interpolate(x.transpose(1, 2), size=self.size, mode="linear", align_corners=False).transpose(1, 2)
-        return x
 
 
 class Distillation(nn.Module):
@@ -63,8 +30,9 @@ class Distillation(nn.Module):
         feature_loss: ``"mse"`` (FitNet hint), ``"cosine"``, ``"attention_transfer"``, a
             callable ``(student, teacher) -> scalar``, or ``{student_layer: loss}``.
         logits_loss: a loss on the two models' outputs, e.g. ``lt.losses.kd_kl(4.0)``.
-        adapters: ``"auto"`` (trainable 1x1 conv / linear plus resizing where shapes
-            differ), None, or ``{student_layer: nn.Module}`` (pairs left out get ``"auto"``).
+        adapters: ``"auto"`` (where shapes differ: a trainable 1x1 conv / linear plus
+            resizing, also between spatial maps and tokens; see :mod:`lens_train.train.adapters`),
+            None, or ``{student_layer: nn.Module}`` (pairs left out get ``"auto"``).
         weights: per-term multipliers, keyed by student layer or ``"logits"``.
         weight: a global multiplier.
         example_input, example_kwargs: build the adapters now (or call :meth:`setup`).
@@ -176,8 +144,10 @@ class Distillation(nn.Module):
         t_feats, t_out = self._run_teacher(input_args, input_kwargs)
         terms: dict[str, torch.Tensor] = {}
         for i, (s_layer, t_layer) in enumerate(self.pairs.items()):
-            s = self.adapters[i](main_tensor(student_taps[s_layer]))
-            terms[s_layer] = self.feature_losses[i](s, main_tensor(t_feats[t_layer])) * (self.weight * self.weights[s_layer])
+            adapter = self.adapters[i]
+            s, t = adapter(main_tensor(student_taps[s_layer])), main_tensor(t_feats[t_layer])
+            t = adapter.target(t) if isinstance(adapter, Adapter) else t
+            terms[s_layer] = self.feature_losses[i](s, t) * (self.weight * self.weights[s_layer])
         if self.logits_loss is not None:
             w = self.weight * self.weights[LOGITS]
             terms[LOGITS] = self.logits_loss(main_tensor(student_output), main_tensor(t_out)) * w

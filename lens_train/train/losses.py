@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import check_int, check_number
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, suggestion_text
 from .pooling import check_pool, pool_features
 
 __all__ = [
@@ -34,6 +34,9 @@ __all__ = [
 class TapLoss(nn.Module):
     """Base of the built-in losses: ``build`` creates parameters from an example activation."""
 
+    # True for losses that compare a student with a teacher (distillation), not one layer with targets.
+    pairwise = False
+
     def build(self, example: torch.Tensor) -> None:
         """Create parameters shaped for ``example`` (nothing for parameter-free losses)."""
 
@@ -44,7 +47,11 @@ class TapLoss(nn.Module):
 
 
 class DeepSupervision(TapLoss):
-    """Cross-entropy of an auxiliary classifier (pooling + linear) on a tapped layer."""
+    """Cross-entropy of an auxiliary classifier (pooling, then linear or an MLP with ``hidden``) on a tapped layer.
+
+    ``pool="avg"`` keeps one number per channel; on small feature maps ``pool="flatten"``
+    keeps where things are, which a classifier of a conv layer usually needs.
+    """
 
     def __init__(self, num_classes: int, pool: Any = "avg", hidden: int | None = None) -> None:
         super().__init__()
@@ -53,6 +60,8 @@ class DeepSupervision(TapLoss):
         check_pool(pool)
         self.num_classes, self.pool, self.hidden = num_classes, pool, hidden
         self.head: nn.Module | None = None
+        # The head's accuracy on the last batch it scored (class-index targets only).
+        self.last_accuracy: torch.Tensor | None = None
 
     def build(self, example: torch.Tensor) -> None:
         """Create the head for ``example``'s pooled feature size."""
@@ -77,7 +86,10 @@ class DeepSupervision(TapLoss):
         feats = pool_features(activation, self.pool)
         if not torch.is_autocast_enabled(feats.device.type):
             feats = feats.to(next(self.head.parameters()).dtype)
-        return F.cross_entropy(self.head(feats).float(), targets)
+        logits = self.head(feats).float()
+        if targets.dtype == torch.long and targets.shape == logits.shape[:1]:
+            self.last_accuracy = (logits.detach().argmax(-1) == targets).float().mean()
+        return F.cross_entropy(logits, targets)
 
 
 class L1Activity(TapLoss):
@@ -114,6 +126,8 @@ class Decorrelation(TapLoss):
 class KDKL(TapLoss):
     """Hinton distillation: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``."""
 
+    pairwise = True
+
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         self.temperature = check_number("temperature", temperature, "lt.losses.kd_kl(temperature=4.0)", positive=True)
@@ -128,6 +142,8 @@ class KDKL(TapLoss):
 class FeatureMSE(TapLoss):
     """FitNet hint: mean squared error between (adapted) student and teacher features."""
 
+    pairwise = True
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check_same_shape("mse", student, teacher)
         return F.mse_loss(student.float(), teacher.float())
@@ -136,6 +152,8 @@ class FeatureMSE(TapLoss):
 class FeatureCosine(TapLoss):
     """``1 - cosine similarity`` of the flattened features, averaged over the batch."""
 
+    pairwise = True
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check_same_shape("cosine", student, teacher)
         return (1 - F.cosine_similarity(student.float().flatten(1), teacher.float().flatten(1), dim=1)).mean()
@@ -143,6 +161,8 @@ class FeatureCosine(TapLoss):
 
 class AttentionTransfer(TapLoss):
     """Zagoruyko & Komodakis: distance between normalised ``mean_c |a|^p`` spatial maps."""
+
+    pairwise = True
 
     def __init__(self, p: float = 2.0) -> None:
         super().__init__()
@@ -262,6 +282,42 @@ def attention_transfer(p: float = 2.0) -> AttentionTransfer:
 
 
 _FEATURE_LOSSES = {"mse": mse, "cosine": cosine, "attention_transfer": attention_transfer}
+# Auxiliary losses a name can build without arguments, and those that need some.
+_AUX_LOSSES = {"l1_activity": l1_activity, "l2_activation": l2_activation, "decorrelation": decorrelation}
+_AUX_WITH_ARGS = {"deep_supervision": "lt.losses.deep_supervision(num_classes=10)"}
+
+
+def as_aux_loss(loss: Any, what: str) -> TapLoss:
+    """An auxiliary (one layer, with targets) :class:`TapLoss` from a built-in, a name or a callable.
+
+    Distillation losses (``"mse"``, ``lt.losses.kd_kl()``...) compare a student with a
+    teacher and are refused here with the place they belong.
+
+    Example:
+        >>> type(as_aux_loss("l1_activity", "loss for 'fc'")).__name__
+        'L1Activity'
+    """
+    example = "lt.AuxiliaryLoss({'layer2': lt.losses.deep_supervision(num_classes=10)})"
+    if isinstance(loss, str):
+        if loss in _AUX_LOSSES:
+            return _AUX_LOSSES[loss]()
+        if loss in _AUX_WITH_ARGS:
+            raise InvalidArgumentError(f"{what}: {loss!r} needs arguments; pass the loss itself: {_AUX_WITH_ARGS[loss]}.")
+        if loss in _FEATURE_LOSSES or loss == "kd_kl":
+            raise InvalidArgumentError(_pairwise_text(what, repr(loss), example))
+        names = sorted([*_AUX_LOSSES, *_AUX_WITH_ARGS])
+        raise InvalidArgumentError(f"{what}: unknown auxiliary loss {loss!r}; by name: {names}, or a callable "
+                                   "(activation, targets) -> scalar." + suggestion_text(loss, names, "dir(lt.losses)"))
+    if isinstance(loss, TapLoss) and loss.pairwise:
+        raise InvalidArgumentError(_pairwise_text(what, f"lt.losses.{type(loss).__name__}", example))
+    return as_loss(loss, what)
+
+
+def _pairwise_text(what: str, name: str, example: str) -> str:
+    return (f"{what}: {name} is a distillation loss: it compares student features with a teacher's, not one layer "
+            f"with targets. Use it in lt.Distillation(teacher, student, pairs, feature_loss=...) or "
+            f"DistillationCallback. For a layer of one model: {example}, or lt.losses.l1_activity() / "
+            "l2_activation() / decorrelation().")
 
 
 def as_loss(loss: Any, what: str) -> TapLoss:

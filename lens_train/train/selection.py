@@ -3,8 +3,10 @@
 A name is tried in this order, so it is never ambiguous:
 
 1. a module address (``"layer2"``, ``"blocks.3.mlp"``), with an optional ``:pass``;
-   the ``module.`` prefix of DDP/DataParallel and the ``_orig_mod.`` of
-   ``torch.compile`` are ignored;
+   the ``module.`` prefix of DDP/DataParallel, the ``_orig_mod.`` of
+   ``torch.compile``, and the ``_fsdp_wrapped_module.`` / ``_checkpoint_wrapped_module.``
+   that FSDP1 and activation checkpointing insert are ignored (a name then taps the
+   outermost wrapper, whose output is the wrapped module's);
 2. an op label from :func:`lens_train.log_forward_pass` (``"relu_5_12"``, short
    ``"relu_5"``, ``"linear_1_1:2"``), resolved on an example forward pass;
 3. a unique suffix of a module address (``"layer2"`` finds ``net.layer2``);
@@ -64,17 +66,24 @@ def is_compiled(module: nn.Module) -> bool:
     return type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")
 
 
+# Segments that wrappers insert anywhere in an address: torch.compile, FSDP1, checkpoint_wrapper.
+_WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+
+
 def clean_name(name: str) -> str:
-    """``name`` without wrapper segments (``module.`` prefixes, ``_orig_mod`` anywhere).
+    """``name`` without wrapper segments (``module.`` prefixes; ``_orig_mod``,
+    ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module`` anywhere).
 
     Example:
         >>> clean_name("module._orig_mod.layer2.0")
         'layer2.0'
+        >>> clean_name("_fsdp_wrapped_module.blocks.0._checkpoint_wrapped_module.attn")
+        'blocks.0.attn'
     """
     parts = name.split(".")
     while parts and parts[0] == "module":
         parts.pop(0)
-    return ".".join(p for p in parts if p != "_orig_mod")
+    return ".".join(p for p in parts if p not in _WRAPPER_SEGMENTS)
 
 
 def split_pass(name: str) -> tuple[str, int | None]:
@@ -221,6 +230,8 @@ class Resolver:
     def resolve(self, selectors: list[Any]) -> Selection:
         """Resolve every selector; unknown names raise with the closest names."""
         for sel in selectors:
+            if isinstance(sel, nn.Module):
+                raise InvalidArgumentError(self._module_message(sel))
             if isinstance(sel, str):
                 self._resolve_name(sel)
             else:
@@ -230,8 +241,19 @@ class Resolver:
                 self._bind(sel, [TapSpec(a, "module", a) for a in found], group=True)
         return Selection(tuple(self.specs), dict(self.keys), frozenset(self.grouped))
 
+    def _module_message(self, module: nn.Module) -> str:
+        address = next((a for a, m in self.index.modules.items() if m is module), None)
+        if address:
+            return (f"Layers are named, not passed as module objects: got the {type(module).__name__} at {address!r}. "
+                    f"Pass its address: lt.Taps(model, [{address!r}]).")
+        return (f"Layers are named, not passed as module objects, and this {type(module).__name__} is not part of the "
+                f"model. Pass a module address of the model, listed by {LISTING}.")
+
     def needs_log(self, selectors: list[Any]) -> bool:
         """Whether some selector is not a module name (so an example pass is needed)."""
+        for sel in selectors:  # checked here, when the taps are made, not at the first forward pass
+            if isinstance(sel, nn.Module):
+                raise InvalidArgumentError(self._module_message(sel))
         for sel in selectors:
             if not isinstance(sel, str):
                 continue

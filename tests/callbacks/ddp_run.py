@@ -51,12 +51,17 @@ def main(out: Path) -> None:
     hand.load_state_dict({**start, "aux_head.weight": rec.initial["terms.0.head.weight"],
                           "aux_head.bias": rec.initial["terms.0.head.bias"]})
     trainer(out, "hand", []).fit(hand, train, val)
-    probe_w = probes.probes.heads["layer2"].weight.detach()
+    probe_w = torch.cat([probes.probes.heads["layer2"].body.weight.detach().flatten(),
+                         probes.probes.heads["layer2"].norm.running_mean])
     gathered = t.strategy.all_gather(probe_w)
+    if not t.is_global_zero:  # rank 1 takes no snapshots but reads the list rank 0 wrote
+        torch.save([s.step for s in snaps.snapshots], out / "rank1_snapshots.pt")
+    t.strategy.barrier()
     if t.is_global_zero:
         torch.save({"lens": module.state_dict(), "hand": hand.state_dict(), "head": aux.aux.state_dict(),
                     "probes_equal": bool(torch.allclose(gathered[0], gathered[1])),
-                    "snapshots": [s.step for s in snaps.snapshots]}, out / "weights.pt")
+                    "snapshots": [s.step for s in snaps.snapshots],
+                    "rank1_snapshots": torch.load(out / "rank1_snapshots.pt")}, out / "weights.pt")
     # gloo's threads abort the interpreter at exit ("terminate called...") unless the group is closed
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

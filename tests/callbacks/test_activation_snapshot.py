@@ -198,3 +198,18 @@ def test_snapshot_names_have_no_equals_and_old_names_are_still_recognised():
 
     assert snapshot_name(3, 120) == "epoch003-step000120"
     assert _SNAPSHOT_DIR.match("epoch003-step000120")[1] == _SNAPSHOT_DIR.match("epoch=003-step=000120")[1] == "000120"
+
+
+def test_load_snapshots_of_an_old_checkpoint_finds_those_keep_last_dropped(tmp_path):
+    import shutil
+
+    from lens_train.errors import BundleError
+
+    snap, _ = _keep_last_run(tmp_path)
+    old = lt.load_snapshots(tmp_path / "ckpt" / "epoch=0-step=4.ckpt")
+    assert [s.step for s in old] == [3, 4] and all("/.dropped/" in s.path for s in old)
+    assert old[1].activations().keys() == snap.snapshots[-1].activations().keys()
+    shutil.rmtree(old[0].path)  # gone for good
+    gone = lt.load_snapshots(tmp_path / "ckpt" / "epoch=0-step=4.ckpt")[0]
+    with pytest.raises(BundleError, match=r"no longer on disk.*keep_last"):
+        gone.activations()

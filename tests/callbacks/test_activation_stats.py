@@ -54,3 +54,18 @@ def test_unknown_stat_names_the_closest():
         ActivationStatsCallback(["layer1"], stats=("dead_frac",))
     with pytest.raises(InvalidArgumentError, match="every_n_steps must be a positive int, got 0"):
         ActivationStatsCallback(["layer1"], every_n_steps=0)
+
+
+def test_stats_reach_callback_metrics_and_early_stopping(tmp_path):
+    # EarlyStopping and ModelCheckpoint read trainer.callback_metrics; stats/* must be there.
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    module = LitNet()
+    cb = ActivationStatsCallback(["layer2"], every_n_steps=1, stats=("mean", "norm"))
+    stop = EarlyStopping(monitor="stats/layer2/norm", mode="max", patience=0, stopping_threshold=0.0,
+                         check_on_train_epoch_end=True)
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="stats/layer2/mean", mode="max")
+    trainer = fit(tmp_path, module, [cb, stop, best], max_epochs=5, limit_val_batches=0, enable_checkpointing=True)
+    assert {"stats/layer2/mean", "stats/layer2/norm"} <= set(trainer.callback_metrics)
+    assert trainer.current_epoch == 1  # the norm is above the threshold: stopped after the first epoch
+    assert best.best_model_path and best.best_model_score is not None

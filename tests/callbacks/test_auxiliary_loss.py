@@ -163,3 +163,29 @@ def test_batches_without_targets_fail_naming_batch_to_targets(tmp_path):
     t = trainer(tmp_path, [cb], max_epochs=1)
     with pytest.raises(InvalidArgumentError, match="batch_to_targets"):
         t.fit(Unlabelled(), loader)
+
+
+def test_deep_supervision_head_accuracy_is_logged_in_validation(tmp_path):
+    cb = AuxiliaryLossCallback({"layer1": lt.losses.deep_supervision(num_classes=3, hidden=8)}, weight=0.3)
+    t = fit(tmp_path, LitNet(), [cb], max_epochs=2)
+    acc = float(t.callback_metrics["val/aux/layer1/acc"])
+    assert 0.0 <= acc <= 1.0 and "aux/layer1/acc" not in t.callback_metrics  # never a training term
+
+
+@pytest.mark.slow
+def test_shipped_deep_supervision_head_learns_blocks_1_of_the_digits_cnn(tmp_path):
+    # The shipped term (flatten + MLP head) must use what blocks.1 knows; average pooling barely learned.
+    from hydra import compose, initialize_config_dir
+
+    from lens_train.cli import config_dir
+    from lens_train.experiments import Classifier, DigitsCNN, DigitsDataModule
+    from lens_train.experiments.builders import build_lens_callbacks
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["lens=[aux_loss]"])
+    (cb,) = build_lens_callbacks(cfg.lens)
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[cb])
+    trainer.fit(Classifier(DigitsCNN()), datamodule=DigitsDataModule())
+    assert float(trainer.callback_metrics["val/aux/blocks.1/acc"]) > 0.9

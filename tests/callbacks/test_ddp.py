@@ -26,4 +26,4 @@ def test_ddp_aux_probes_snapshots(tmp_path):
     assert torch.allclose(result["head"]["terms.0.head.weight"], result["hand"]["aux_head.weight"], atol=1e-5)
     assert result["probes_equal"]
     steps = [s.step for s in lt.load_snapshots(tmp_path / "lens")]
-    assert steps == result["snapshots"] == list(range(1, 5))
+    assert steps == result["snapshots"] == result["rank1_snapshots"] == list(range(1, 5))

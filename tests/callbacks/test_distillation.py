@@ -52,7 +52,8 @@ def test_final_weights_equal_hand_written_distillation(tmp_path):
 
     t = fit(tmp_path / "cb", module, [cb, Rec()])
     assert {"distill/layer1", "distill/logits", "val/distill/logits"} <= set(t.logged_metrics)
-    assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
+    # given back as found: eval mode, parameters still requiring grad
+    assert all(p.requires_grad for p in teacher.parameters()) and not teacher.training
     hand = HandKD(teacher)
     hand.load_state_dict({**start, **{f"adapter.{k.removeprefix('proj.')}": v for k, v in initial.items()}})
     fit(tmp_path / "hand", hand)
@@ -66,3 +67,26 @@ def test_constructor_validation():
         DistillationCallback("teacher.ckpt", pairs={"a": "b"})  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="pairs"):
         DistillationCallback(Net())
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_teacher_given_back_as_found(tmp_path, fail):
+    teacher = Net(dropout=0.1).train()
+    teacher.layer1[0].weight.requires_grad_(False)  # a user's partly frozen teacher
+    found = ([m.training for m in teacher.modules()], [p.requires_grad for p in teacher.parameters()])
+    cb = DistillationCallback(teacher, pairs={"layer1": "layer2"})
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            seen["during"] = (teacher.training, any(p.requires_grad for p in teacher.parameters()))
+            if fail:
+                raise RuntimeError("boom")
+
+    if fail:
+        with pytest.raises(RuntimeError, match="boom"):
+            fit(tmp_path, LitNet(), [cb, Check()])
+    else:
+        fit(tmp_path, LitNet(), [cb, Check()])
+    assert seen["during"] == (False, False)  # frozen and in eval mode while distilling
+    assert ([m.training for m in teacher.modules()], [p.requires_grad for p in teacher.parameters()]) == found

@@ -43,10 +43,20 @@ def test_state_dict_round_trip(tmp_path):
     other = ProbeCallback(layers=["layer1"], num_classes=3)
     other.load_state_dict(state)
     other.build(LitNet(), torch.zeros(2, 8))
-    assert torch.equal(other.probes.heads["layer1"].weight, cb.probes.heads["layer1"].weight)
+    assert torch.equal(other.probes.heads["layer1"].body.weight, cb.probes.heads["layer1"].body.weight)
     assert other.probes.optimizer.state_dict()["state"][0]["step"] == 4
 
 
 def test_constructor_validation():
     with pytest.raises(InvalidArgumentError, match="num_classes must be an int >= 2"):
         ProbeCallback(layers=["layer1"], num_classes=1)
+
+
+def test_probe_callback_logs_top_k_and_loss_and_builds_mlp_probes(tmp_path):
+    cb = ProbeCallback(layers=["layer2"], num_classes=3, lr=0.05, hidden=8, top_k=2)
+    t = fit(tmp_path, LitNet(), [cb], max_epochs=2)
+    for split in ("train", "val"):
+        for name in ("acc", "top2_acc", "loss"):
+            assert f"probe/layer2/{split}_{name}" in t.logged_metrics
+    assert float(t.logged_metrics["probe/layer2/val_top2_acc"]) >= float(t.logged_metrics["probe/layer2/val_acc"])
+    assert isinstance(cb.probes.heads["layer2"].body, torch.nn.Sequential)

@@ -52,7 +52,7 @@ def test_fresh_callbacks_test_a_checkpoint_with_its_probes(tmp_path: Path) -> No
     fresh_aux, fresh_probes = _callbacks()
     t = trainer(tmp_path / "test", [fresh_aux, fresh_probes])
     (metrics,) = t.test(LitNet(), TEST_LOADER, ckpt_path=str(next((tmp_path / "ckpt").glob("*.ckpt"))), verbose=False)
-    assert torch.equal(fresh_probes.probes.heads["layer2"].weight, probes.probes.heads["layer2"].weight)
+    assert torch.equal(fresh_probes.probes.heads["layer2"].body.weight, probes.probes.heads["layer2"].body.weight)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, rel=1e-5), key
 
@@ -92,5 +92,28 @@ def test_two_instances_of_one_callback_keep_their_own_checkpoint_state(tmp_path:
     again = [ProbeCallback(layers=["layer2"], num_classes=3), ProbeCallback(layers=["layer1"], num_classes=3)]
     trainer(tmp_path / "again", again).validate(LitNet(), loaders()[1], ckpt_path=str(tmp_path / "both.ckpt"),
                                                 verbose=False)
-    assert torch.equal(again[0].probes.heads["layer2"].weight, second.probes.heads["layer2"].weight)
-    assert torch.equal(again[1].probes.heads["layer1"].weight, first.probes.heads["layer1"].weight)
+    assert torch.equal(again[0].probes.heads["layer2"].body.weight, second.probes.heads["layer2"].body.weight)
+    assert torch.equal(again[1].probes.heads["layer1"].body.weight, first.probes.heads["layer1"].body.weight)
+
+
+def test_session_and_base_import_one_way():
+    # _base imports _session, never the reverse (no function-level imports either).
+    import ast
+    from pathlib import Path
+
+    import lens_train.callbacks as package
+
+    folder = Path(package.__file__).parent
+
+    def imported(name: str, runtime_only: bool = True) -> set[str]:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and ast.unparse(node.test) == "TYPE_CHECKING" for n in ast.walk(node)}
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and id(n) not in skip}
+
+    assert "_base" not in imported("_session")
+    for name in ("_base", "activation_stats"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        nested = [n.module for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+                  for n in ast.walk(f) if isinstance(n, ast.ImportFrom)]
+        assert "_session" not in nested, name

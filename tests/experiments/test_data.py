@@ -69,3 +69,16 @@ def test_bad_arguments_name_the_fix() -> None:
         SyntheticDataModule(batch_size=0)
     with pytest.raises(InvalidArgumentError, match="num_samples"):
         SyntheticDataModule(num_samples=3, num_classes=10)
+
+
+def test_train_fraction_keeps_a_seeded_subset_and_whole_eval_sets() -> None:
+    from lens_train.experiments import DigitsDataModule
+
+    full, part = DigitsDataModule(), DigitsDataModule(train_fraction=0.1)
+    assert len(part.train_set) == round(len(full.train_set) * 0.1)
+    assert torch.equal(part.test_set.tensors[1], full.test_set.tensors[1])
+    assert torch.equal(part.train_set.tensors[0], DigitsDataModule(train_fraction=0.1).train_set.tensors[0])
+    kept = {tuple(x.flatten().tolist()) for x in full.train_set.tensors[0]}
+    assert all(tuple(x.flatten().tolist()) in kept for x in part.train_set.tensors[0])
+    with pytest.raises(InvalidArgumentError, match="train_fraction must be in"):
+        DigitsDataModule(train_fraction=0.0)

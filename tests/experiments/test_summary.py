@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from lens_train.experiments import MetricsHistory, StageResult, format_summary
 
 
@@ -77,3 +79,28 @@ def test_evaluation_table_leaves_out_empty_columns(tmp_path) -> None:
     assert "probe accuracy per layer (tested checkpoint):" in text
     table = text.split("(tested checkpoint):")[1].splitlines()[1:3]
     assert [line.split() for line in table] == [["layer", "test"], ["embed", "0.800"]]
+
+
+def test_distillation_gain_with_spread_and_a_plain_verdict() -> None:
+    from lens_train.experiments.effects import DistillationGain, distillation_gain
+
+    def stages(pairs: list[tuple[float, float]]) -> list[StageResult]:
+        out = [StageResult("teacher", Path("t"), test={"test/acc": 0.99})]
+        for seed, (b, d) in enumerate(pairs):
+            out += [StageResult(f"student (no distillation, seed {seed})", Path("b"), test={"test/acc": b}, seed=seed),
+                    StageResult(f"student (distilled, seed {seed})", Path("d"), test={"test/acc": d}, seed=seed,
+                                detail=False)]
+        return out
+
+    real = stages([(0.90, 0.93), (0.91, 0.93), (0.89, 0.92)])
+    gain = distillation_gain(real)
+    gains = [0.03, 0.02, 0.03]
+    mean = sum(gains) / 3
+    se = (sum((g - mean) ** 2 for g in gains) / 2 / 3) ** 0.5
+    assert gain.mean == pytest.approx(mean) and gain.stderr == pytest.approx(se) and gain.is_real
+    text = format_summary(real)
+    assert f"mean gain +{mean:.4f} +- {se:.4f} (standard error, 3 seeds)" in text and "distillation helped" in text
+    assert text.count("-- student (distilled") == 0  # detail=False: only its row in the table
+    noisy = format_summary(stages([(0.90, 0.93), (0.91, 0.89), (0.90, 0.90)]))
+    assert "no gain: the mean gain is not above 2 standard errors" in noisy
+    assert DistillationGain((0,), (0.9,), (0.95,)).is_real is False  # one seed has no spread

@@ -154,3 +154,68 @@ def test_structured_output_without_select_names_select() -> None:
     picked = lt.AuxiliaryLoss({"gru": lt.losses.l1_activity()}, select={"gru": 0})
     total, _ = picked(taps)
     assert torch.allclose(total, taps["gru"][0].abs().mean())
+
+
+def test_several_terms_on_one_layer_equal_the_hand_written_sum() -> None:
+    torch.manual_seed(0)
+    model, x, y = _mlp(), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    ds = lt.losses.deep_supervision(3)
+    aux = lt.AuxiliaryLoss({"1": [ds, lt.losses.l1_activity()], "3": "l2_activation"},
+                           weights={"1": [0.5, 0.1]}, model=model, example_input=x)
+    taps = lt.Taps(model, aux.layers)
+    with taps:
+        model(x)
+    total, terms = aux(taps, targets=y)
+    assert list(terms) == ["1/deep_supervision", "1/l1_activity", "3"]
+    h1, h3 = taps["1"], taps["3"]
+    expected = 0.5 * F.cross_entropy(ds.head(h1), y) + 0.1 * h1.abs().mean() + h3.pow(2).mean()
+    assert torch.allclose(total, expected)
+    with pytest.raises(InvalidArgumentError, match=r"weights\['1'\] lists 3 weights for 2 terms"):
+        lt.AuxiliaryLoss({"1": [lt.losses.l1_activity(), "l2_activation"]}, weights={"1": [1.0, 2.0, 3.0]})
+
+
+@pytest.mark.parametrize(("loss", "match"), [
+    ("deep_supervision", r"'deep_supervision' needs arguments.*lt.losses.deep_supervision\(num_classes=10\)"),
+    ("mse", r"'mse' is a distillation loss.*lt.Distillation"),
+    (lt.losses.kd_kl(), r"lt.losses.KDKL is a distillation loss"),
+    ("l1", r"unknown auxiliary loss 'l1'.*'l1_activity'"),
+])
+def test_misnamed_auxiliary_losses_say_what_to_write(loss: object, match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        lt.AuxiliaryLoss({"stage1": loss})
+
+
+class _Recurrent(nn.Module):
+    """One cell applied three times: a layer with three passes per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.cell = nn.Linear(4, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x))
+        for _ in range(3):
+            h = torch.tanh(self.cell(h))
+        return h
+
+
+@pytest.mark.parametrize("passes", ["stack", "list"])
+def test_deep_supervision_on_every_pass_with_stacked_taps(passes: str) -> None:
+    torch.manual_seed(0)
+    model, x, y = _Recurrent(), torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    ds = lt.losses.deep_supervision(3)
+    aux = lt.AuxiliaryLoss({"cell": ds}, model=model, example_input=x)
+    taps = lt.Taps(model, aux.layers, passes=passes)
+    outs = []
+    model.cell.register_forward_hook(lambda m, i, o: outs.append(o))
+    with taps:
+        model(x)
+    total, _ = aux(taps, targets=y)
+    # Each pass is scored against the step's targets: the mean over the three passes.
+    expected = torch.stack([F.cross_entropy(ds.head(o), y) for o in outs]).mean()
+    assert torch.allclose(total, expected)
+    per_pass = torch.stack([y, y.flip(0), y])  # one set of targets per pass
+    total, _ = aux(taps, targets=per_pass)
+    assert torch.allclose(total, torch.stack([F.cross_entropy(ds.head(o), t) for o, t in zip(outs, per_pass)]).mean())
+    with pytest.raises(InvalidArgumentError, match=r"ran 3 times \(batch 5\).*targets have shape \(4,\)"):
+        aux(taps, targets=y[:4])

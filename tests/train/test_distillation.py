@@ -190,3 +190,77 @@ def test_misspelled_pair_names_the_side_and_its_closest_layers(side: str) -> Non
     assert f"the {side} model has no layer named 'c22'" in msg and f"the {other} model" not in msg
     assert f"Closest {side} layers: 'c2'" in msg and "extra_student" not in msg
     assert "{student_layer: teacher_layer}" in msg and f"lt.get_layers({side})" in msg
+
+
+class _ViT(nn.Module):
+    """Patch embedding of 2x2 patches of an 8x8 image, an optional CLS token, one encoder layer."""
+
+    def __init__(self, dim: int = 12, cls: bool = True) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 2, stride=2)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim)) if cls else None
+        self.block = nn.TransformerEncoderLayer(dim, 2, 24, batch_first=True, dropout=0.0)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        if self.cls is not None:
+            tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1)
+        return self.head(self.block(tokens).mean(1))
+
+
+class _CNN(nn.Module):
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(width, width, 3, padding=1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_cnn_student_learns_from_a_vit_teacher_with_a_cls_token() -> None:
+    # Student map (B, 6, 4, 4) -> 16 tokens, teacher (B, 17, 12): the CLS token is dropped from the target.
+    torch.manual_seed(0)
+    teacher, student, x = _ViT(cls=True).eval(), _CNN(), torch.randn(4, 1, 8, 8)
+    kd = lt.Distillation(teacher, student, pairs={"features": "block"}, example_input=x)
+    adapter = kd.adapters[0]
+    assert isinstance(adapter.proj, nn.Linear) and (adapter.proj.in_features, adapter.proj.out_features) == (6, 12)
+    total, _ = kd(x)
+    s = student.features(x)
+    with torch.no_grad():
+        t = teacher.block(torch.cat([teacher.cls.expand(4, -1, -1), teacher.patch(x).flatten(2).transpose(1, 2)], 1))
+    expected = F.mse_loss(adapter.proj(s.flatten(2).transpose(1, 2)), t[:, 1:])  # token (i, j) of the map = patch (i, j)
+    assert torch.allclose(total, expected, atol=1e-6)
+    total.backward()
+    assert student.features[0].weight.grad is not None and adapter.proj.weight.grad is not None
+
+
+def test_vit_student_learns_from_a_cnn_teacher_and_token_counts_are_interpolated() -> None:
+    torch.manual_seed(0)
+    teacher, student, x = _CNN(width=5).eval(), _ViT(cls=False), torch.randn(3, 1, 8, 8)
+    kd = lt.Distillation(teacher, student, pairs={"block": "features"}, example_input=x)
+    total, _ = kd(x)
+    tokens = student.block(student.patch(x).flatten(2).transpose(1, 2))  # (3, 16, 12): a 4x4 grid
+    mapped = kd.adapters[0].proj(tokens).transpose(1, 2).reshape(3, 5, 4, 4)
+    with torch.no_grad():
+        t = teacher.features(x)
+    assert torch.allclose(total, F.mse_loss(mapped, t), atol=1e-6)
+    # A token count that is not a square: the token axis is interpolated to H*W.
+    a = Adapter((2, 10, 12), (2, 5, 3, 3))
+    assert a(torch.randn(2, 10, 12)).shape == (2, 5, 3, 3)
+    b = Adapter((2, 5, 3, 3), (2, 7, 12))
+    assert b(torch.randn(2, 5, 3, 3)).shape == (2, 7, 12) and b.teacher_skip == 0
+    c = Adapter((2, 5, 4, 4), (2, 10, 8))  # 10 = 1 + 3x3: CLS dropped, map resized to 3x3
+    assert c(torch.randn(2, 5, 4, 4)).shape == c.target(torch.randn(2, 10, 8)).shape == (2, 9, 8)
+
+
+def test_unmappable_layouts_raise_with_shapes_and_the_fix() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"cannot map student \(4, 32\) to teacher \(4, 8, 2, 2\).*adapters=\{student_layer: module\}"):
+        Adapter((4, 32), (4, 8, 2, 2))
+    teacher, student = nn.Sequential(nn.Flatten(), nn.Linear(64, 8)), _CNN()
+    with pytest.raises(InvalidArgumentError, match=r"student \(2, 6, 4, 4\) to teacher \(2, 8\)"):
+        lt.Distillation(teacher, student, pairs={"features": "1"}, example_input=torch.randn(2, 1, 8, 8))
+    fixed = lt.Distillation(teacher, student, pairs={"features": "1"}, example_input=torch.randn(2, 1, 8, 8),
+                            adapters={"features": nn.Sequential(nn.Flatten(), nn.Linear(96, 8))})
+    assert fixed(torch.randn(2, 1, 8, 8))[0].requires_grad

@@ -65,7 +65,8 @@ def test_regression_probe_and_state_dict_round_trip() -> None:
     assert probes.compute("val")["0"] > 0.95
     clone = lt.Probes(["0"], task="regression", lr=0.1)
     clone.load_state_dict(probes.state_dict())
-    assert torch.equal(clone.heads["0"].weight, probes.heads["0"].weight)
+    assert torch.equal(clone.heads["0"].body.weight, probes.heads["0"].body.weight)
+    assert torch.equal(clone.heads["0"].norm.running_var, probes.heads["0"].norm.running_var)
     assert clone.optimizer.state_dict()["state"].keys() == probes.optimizer.state_dict()["state"].keys()
 
 
@@ -114,6 +115,7 @@ def test_probe_pooling_options(pool: object, x: torch.Tensor, expected: torch.Te
     taps = lt.Taps(nn.Sequential(nn.Identity()), ["0"])
     with taps:
         taps.model(x)
+    probes.update(taps, torch.zeros(5, dtype=torch.long))
     probes.evaluate(taps, torch.zeros(5, dtype=torch.long))
     want = float((head(expected).argmax(1) == 0).float().mean())
     assert probes.compute("val")["0"] == pytest.approx(want)
@@ -141,6 +143,7 @@ def test_bad_class_targets_raise_with_layer_value_and_fix(call: str) -> None:
     with pytest.raises(InvalidArgumentError, match=r"class label -1.*remap"):
         getattr(probes, call)(taps, y - 1)
     assert not probes.heads  # nothing was built from the bad call
+    probes.update(taps, y)
     getattr(probes, call)(taps, y)  # the fixed call works
 
 
@@ -150,6 +153,86 @@ def test_bad_regression_targets_raise_with_dtype_and_width() -> None:
     probes = lt.Probes(["1"], task="regression", num_outputs=2)
     with pytest.raises(InvalidArgumentError, match=r"task='regression', num_outputs=2\) needs float targets.*torch\.int64.*targets\.float\(\)"):
         probes.update(taps, torch.zeros(128, 2, dtype=torch.long))
+    probes.update(taps, torch.zeros(128, 2))
     with pytest.raises(InvalidArgumentError, match=r"layer '1' \(num_outputs=2\) predicts shape \(128, 2\).*\(128,\)"):
         probes.evaluate(taps, torch.zeros(128))
-    probes.update(taps, torch.zeros(128, 2))
+
+
+def _blobs(scale: float, n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 4
+    centers = torch.randn(4, 6, generator=g) * 2
+    return (centers[y] + torch.randn(n, 6, generator=g)) * scale, y
+
+
+def _train(probes: lt.Probes, x: torch.Tensor, y: torch.Tensor, steps: int) -> lt.Taps:
+    model = nn.Sequential(nn.Identity())
+    taps = lt.Taps(model, ["0"])
+    for _ in range(steps):
+        with taps:
+            model(x)
+        probes.update(taps, y)
+    return taps
+
+
+def test_top_k_accuracy_and_loss_against_manual_values() -> None:
+    x, y = _blobs(1.0)
+    torch.manual_seed(0)
+    probes = lt.Probes(["0"], num_classes=4, top_k=2, lr=0.01)
+    taps = _train(probes, x, y, 3)
+    probes.reset()
+    probes.evaluate(taps, y)
+    head = probes.heads["0"].eval()
+    with torch.no_grad():
+        logits = head(x)
+    got = probes.compute_all("val")["0"]
+    assert got["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    top2 = logits.topk(2, dim=1).indices
+    assert got["top2_accuracy"] == pytest.approx(float((top2 == y[:, None]).any(1).float().mean()))
+    assert got["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1e2])
+def test_standardized_features_make_one_learning_rate_fit_every_scale(scale: float) -> None:
+    # BatchNorm without affine: the same lr learns the same probe whatever the features' scale.
+    accuracy = {}
+    for s in (1.0, scale):
+        x, y = _blobs(s)
+        torch.manual_seed(0)  # the same initial probe
+        probes = lt.Probes(["0"], num_classes=4, lr=1e-2)
+        taps = _train(probes, x, y, 60)
+        probes.evaluate(taps, y)
+        accuracy[s] = probes.compute("val")["0"]
+    assert not any(p.requires_grad for p in probes.heads["0"].norm.parameters())  # no learned affine
+    assert accuracy[scale] == pytest.approx(accuracy[1.0], abs=0.02) and accuracy[1.0] > 0.8
+    torch.manual_seed(0)
+    plain = lt.Probes(["0"], num_classes=4, lr=1e-2, standardize=False)
+    _train(plain, x, y, 60)
+    assert plain.compute("train")["0"] < accuracy[1.0] - 0.1  # unscaled features learn worse at this lr
+
+
+def test_mlp_probe_learns_what_a_linear_probe_cannot() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, generator=g)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()  # XOR: not linearly separable
+    linear, mlp = lt.Probes(["0"], num_classes=2, lr=0.05), lt.Probes(["0"], num_classes=2, lr=0.05, hidden=32)
+    for probes in (linear, mlp):
+        taps = _train(probes, x, y, 300)
+        probes.evaluate(taps, y)
+    assert isinstance(mlp.heads["0"].body, nn.Sequential)
+    assert mlp.compute("val")["0"] > 0.9 > linear.compute("val")["0"]
+
+
+def test_evaluate_before_any_update_raises() -> None:
+    probes = lt.Probes(["1"], num_classes=3)
+    with pytest.raises(InvalidArgumentError, match="never trained.*probes.update"):
+        probes.evaluate(_tapped(torch.randn(4, 4)), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(InvalidArgumentError, match="top_k must be a positive int, got 0"):
+        lt.Probes(["1"], num_classes=3, top_k=0)
+
+
+def test_state_of_plain_linear_probes_still_loads() -> None:
+    probes = lt.Probes(["0"], num_classes=3, standardize=False)
+    old = {"heads": {"0.weight": torch.ones(3, 4), "0.bias": torch.zeros(3)}, "in_features": {"0": 4}, "optimizer": None}
+    probes.load_state_dict(old)
+    assert torch.equal(probes.heads["0"].body.weight, torch.ones(3, 4)) and probes.num_updates == 1
