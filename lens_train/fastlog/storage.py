@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,10 @@ def load(path: str | os.PathLike) -> Recording:
         reader = _reader(root, strict=True)
     except BundleError as exc:
         raise BundleError(f"The recording at {str(root)!r} is damaged: {exc} {hint}") from None
-    rollouts = []
-    for unit in reader.units:
-        try:
-            reader.verify(unit["index"])
-            rollouts.append(_rollout(reader, unit))
-        except BundleError as exc:
-            raise BundleError(f"The recording at {str(root)!r} is damaged: rollout {unit['index']}: {exc} {hint}") from None
+    def damaged(index: int, exc: BundleError) -> None:
+        raise BundleError(f"The recording at {str(root)!r} is damaged: rollout {index}: {exc} {hint}") from None
+
+    rollouts = _read_rollouts(reader, damaged)
     if reader.left_out:
         warnings.warn(BundleWarning(f"Recording {str(root)!r}: loaded its {len(rollouts)} committed rollouts; left out "
                                     "what a stopped writer never committed: " + " ".join(reader.left_out)), stacklevel=2)
@@ -122,14 +120,20 @@ def recover(path: str | os.PathLike) -> Recording:
     root = _recording_dir(path, "lt.fastlog.recover")
     reader = _reader(root, strict=False)
     lost = list(reader.left_out)
+    rollouts = _read_rollouts(reader, lambda index, exc: lost.append(f"rollout {index}: {exc}"))
+    return Recording(rollouts, path=str(root), lost=lost)
+
+
+def _read_rollouts(reader: Any, damaged: Callable[[int, BundleError], None]) -> list[Rollout]:
+    """Every verified rollout of ``reader``; ``damaged(index, error)`` decides about the others."""
     rollouts = []
     for unit in reader.units:
         try:
             reader.verify(unit["index"])
             rollouts.append(_rollout(reader, unit))
         except BundleError as exc:
-            lost.append(f"rollout {unit['index']}: {exc}")
-    return Recording(rollouts, path=str(root), lost=lost)
+            damaged(unit["index"], exc)
+    return rollouts
 
 
 def _recording_dir(path: Any, call: str) -> Path:
