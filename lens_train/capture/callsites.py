@@ -64,12 +64,15 @@ _CODE_INFO: dict[int, tuple[Any, int, list[int]]] = {}
 _MAX_CODES = 50_000  # code compiled at run time (exec, doctests) must not grow the cache forever
 
 
-def find_callsite(stop: Any, codes: dict[int, Any]) -> tuple[tuple, None]:
+def find_callsite(stop: Any, codes: dict[int, Any], above: dict[int, tuple[Any, tuple]] | None = None,
+                  frame: Any = None) -> tuple[tuple, None]:
     """The raw call site of the caller: (code id, instruction offset) of every frame below ``stop``.
 
-    The hot path of capture only walks the frames; :func:`resolve_callsites` turns the
+    The hot path of capture only walks the frames; :func:`resolve_callsite` turns the
     raw site into the grouping key and the user frames afterwards, once per distinct
     site. ``codes`` collects the code objects by id (the caller keeps them alive).
+    ``above`` (see :class:`OpenCalls`) holds the finished walk above each open module
+    call, so an op's walk stops at its module's frame.
 
     Example:
         >>> codes = {}
@@ -77,7 +80,7 @@ def find_callsite(stop: Any, codes: dict[int, Any]) -> tuple[tuple, None]:
         >>> raw[0] == raw[1], resolve_callsite(find_callsite(None, codes)[0], codes)[0] == raw[0]
         (True, False)
     """
-    f = sys._getframe(1)
+    f = sys._getframe(1) if frame is None else frame
     out = []
     append = out.append
     while f is not None:
@@ -88,8 +91,53 @@ def find_callsite(stop: Any, codes: dict[int, Any]) -> tuple[tuple, None]:
         codes[i] = code
         append(i)
         append(f.f_lasti)
+        if above:
+            known = above.get(id(f))
+            if known is not None and known[0] is f:
+                return tuple(out) + known[1], None
         f = f.f_back
     return tuple(out), None
+
+
+class OpenCalls:
+    """The raw call site above each open module call, walked once per call instead of once per op.
+
+    ``enter(frame)`` is called from a module's forward pre-hook with the frame that runs
+    the module's hooks and ``forward`` (torch's ``inner``): the frames above it keep their
+    instruction offsets for the whole call, so their walk is shared by every op inside.
+
+    Example:
+        >>> import sys
+        >>> calls, codes = OpenCalls(None, {}), {}
+        >>> def forward():
+        ...     here = sys._getframe(1)  # the frame running the call, suspended meanwhile
+        ...     return find_callsite(None, codes, calls.above, here)[0], find_callsite(None, codes, None, here)[0]
+        >>> def call():
+        ...     calls.enter(sys._getframe())
+        ...     try:
+        ...         return forward()
+        ...     finally:
+        ...         calls.exit(sys._getframe())
+        >>> cached, walked = call()
+        >>> cached == walked, calls.above
+        (True, {})
+    """
+
+    def __init__(self, stop: Any, codes: dict[int, Any]) -> None:
+        self.stop = stop
+        self.codes = codes
+        self.above: dict[int, tuple[Any, tuple]] = {}
+
+    def enter(self, frame: Any) -> None:
+        """A module call starts in ``frame``."""
+        parent = frame.f_back
+        self.above[id(frame)] = (frame, find_callsite(self.stop, self.codes, self.above, parent)[0] if parent else ())
+
+    def exit(self, frame: Any) -> None:
+        """The module call running in ``frame`` returns."""
+        known = self.above.get(id(frame))
+        if known is not None and known[0] is frame:
+            del self.above[id(frame)]
 
 
 def resolve_callsite(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:

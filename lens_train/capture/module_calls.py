@@ -8,6 +8,7 @@ and removed by :meth:`ModuleCalls.detach` (the recorder calls both on every exit
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,8 +53,9 @@ class ModuleCalls:
     """
 
     def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord],
-                 modules: tuple[tuple[str, nn.Module], ...] | None = None) -> None:
+                 modules: tuple[tuple[str, nn.Module], ...] | None = None, open_calls: Any = None) -> None:
         self.model = model
+        self.open_calls = open_calls  # told the frame of each call (lens_train.capture.callsites.OpenCalls)
         self.calls: list[ModuleCall] = []
         self.stack: tuple[tuple[str, int], ...] = ()
         self._lookup = lookup
@@ -97,12 +99,16 @@ class ModuleCalls:
         self.calls.append(call)
         self._open.append(call)
         self.stack = stack + ((address, n),)
+        if self.open_calls is not None:
+            self.open_calls.enter(sys._getframe(1))  # torch's frame that runs this call's hooks and forward
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._addresses.get(id(module)) is None or not self._open:
             return
         call = self._open.pop()
         self.stack = self.stack[:-1]
+        if self.open_calls is not None:
+            self.open_calls.exit(sys._getframe(1))
         call.last_op = len(self._records) - 1
         key = (call.address, call.pass_num)
         for t in _flatten_output(output):

@@ -44,7 +44,7 @@ from .calls import (
     op_outputs,
     op_type,
 )
-from .callsites import find_callsite, inside_sharding_hooks, resolve_callsites
+from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
@@ -88,7 +88,10 @@ class Recorder(TorchFunctionMode):
         self.plan = plan
         self.records: list[OpRecord] = []
         self.index = index_model(model)
-        self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules)
+        self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
+        self._open_calls = OpenCalls(stop_code, self._codes)
+        self._above = self._open_calls.above
+        self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules, self._open_calls)
         self.module_calls: list[ModuleCall] = self.module_tracker.calls
         # (exception, the record its op would have had): the op that raised, for the error note
         self.failure: tuple[BaseException, OpRecord] | None = None
@@ -102,7 +105,6 @@ class Recorder(TorchFunctionMode):
         self._param_backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_branch: list[OpRecord] = []
         self._free: dict[int, bool] = {}
-        self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._op_count = 0
         self._type_cache: dict[Any, tuple[str, str]] = {}
         self._clones: dict[Any, Any] = {}
@@ -129,6 +131,7 @@ class Recorder(TorchFunctionMode):
         try:
             self._uninstall()
         finally:
+            self._above.clear()  # frames of calls an exception left open
             self._owner.clear()
             self._restore_parameters()
 
@@ -206,7 +209,7 @@ class Recorder(TorchFunctionMode):
         return names
 
     def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
-        callsite, frames = find_callsite(self._stop_code, self._codes)
+        callsite, frames = find_callsite(self._stop_code, self._codes, self._above)
         framework = self._sharded and inside_sharding_hooks(self._stop_code)
         op_id = self._op_count
         self._op_count += 1
@@ -401,7 +404,7 @@ class Recorder(TorchFunctionMode):
         if base_rec is None or base_rec.version != base._version:
             return self._source(t)
         geometry = (tuple(t.shape), tuple(t.stride()), t.storage_offset() - base.storage_offset())
-        callsite, frames = find_callsite(self._stop_code, self._codes)
+        callsite, frames = find_callsite(self._stop_code, self._codes, self._above)
         rec = self._new_record(("as_strided", "asstrided"), torch.as_strided, self._op_count, 0,
                                [(base_rec.index, 0)], callsite, frames, t)
         self._op_count += 1
@@ -501,7 +504,7 @@ class Recorder(TorchFunctionMode):
             # a thin wrapper around one op: name the op after the function the user called, and
             # give it the call site later (thin) calls will have, so loop passes line up
             name, layer_type = op_type(func)
-            callsite, frames = find_callsite(self._stop_code, self._codes)
+            callsite, frames = find_callsite(self._stop_code, self._codes, self._above)
             where = _argument_positions(args, kwargs)  # positions in the call the user made, as thin calls have
             for rec in new:
                 rec.func_name, rec.layer_type = name, layer_type
@@ -513,7 +516,7 @@ class Recorder(TorchFunctionMode):
 
     def _from_numpy(self, array: Any) -> torch.Tensor:
         t = self._saved_from_numpy(array)
-        callsite, frames = find_callsite(self._stop_code, self._codes)
+        callsite, frames = find_callsite(self._stop_code, self._codes, self._above)
         rec = OpRecord(len(self.records), "from_numpy", "fromnumpy", self._saved_from_numpy,
                        self._op_count, 0, [], self.module_tracker.stack, callsite, frames)
         self._op_count += 1
@@ -525,7 +528,7 @@ class Recorder(TorchFunctionMode):
         """Keep the record the raising op would have had (the innermost one, when ops nest)."""
         if self.failure is not None and self.failure[0] is exc:
             return
-        site, frames = find_callsite(self._stop_code, self._codes)
+        site, frames = find_callsite(self._stop_code, self._codes, self._above)
         rec = OpRecord(len(self.records), names[0], names[1], func, self._op_count, 0, list(parents),
                        self.module_tracker.stack, site, frames, param_ids=params)
         self.failure = (exc, rec)
