@@ -1,6 +1,6 @@
 """Capture overhead (issue 15): log_forward_pass against a plain forward of the same model.
 
-Run from the repository root: .venv/bin/python bench/capture.py [--repeats N] [--runs K] [--hf all]
+Run: .venv/bin/python bench/capture.py [--repeats N] [--runs K] [--hf all]
 
 Every ratio is to the plain forward of the same model in the same mode, timed interleaved in
 one process on one thread, medians. Rows: train mode with autograd on (the targets), eval mode
