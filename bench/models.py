@@ -62,6 +62,60 @@ class LSTMLoop(nn.Module):
         return self.out(h)
 
 
+class PreNormBlock(nn.Module):
+    """LayerNorm, ``nn.MultiheadAttention`` (batch first), LayerNorm, MLP d->4d->d with GELU; residuals.
+
+    Attention runs with ``need_weights=False`` (32 ops a block in train mode, as in issue 15).
+    """
+
+    def __init__(self, d: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class PreNormTransformer(nn.Module):
+    """Input Linear ``d_in``->``d``, ``blocks`` pre-norm blocks, mean pool over tokens, Linear head to 10."""
+
+    def __init__(self, d: int = 64, blocks: int = 4, heads: int = 4, d_in: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d_in, d)
+        self.blocks = nn.ModuleList(PreNormBlock(d, heads) for _ in range(blocks))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x.mean(1))
+
+
+class CNN5(nn.Module):
+    """Five 3x3 conv + BatchNorm + ReLU stages 3->16->32->32->64->64, 2x2 max pool after the first three."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 32, 64, 64), num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, c in enumerate(widths):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
 class LongLoop(nn.Module):
     """One small Linear applied ``steps`` times in a Python loop (weight sharing)."""
 
@@ -98,12 +152,18 @@ def structure_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     }
 
 
-def bench_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
-    """The benchmark's models with inputs, in their default (train) mode."""
+def issue15_models(batch: int | None = None) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """The capture benchmark's fixed models (issue 15) with inputs, in train mode.
+
+    Ops per capture: transformer4 133, transformer24 773, cnn5 32, lstm_loop 149.
+
+    ``batch`` overrides the batch size of every input (e.g. a realistic batch on a GPU).
+    """
     torch.manual_seed(0)
-    return {
-        "transformer4 (d=64)": (Encoder(64, 4), torch.randn(8, 32, 64)),
-        "cnn5": (CNN(), torch.randn(8, 3, 32, 32)),
-        "lstm3x20": (LSTMLoop(32, 20), torch.randn(8, 20, 32)),
-        "transformer24 (d=32)": (Encoder(32, 24), torch.randn(8, 32, 32)),
+    specs = {
+        "transformer4": (PreNormTransformer(64, 4), (8, 32, 16)),
+        "transformer24": (PreNormTransformer(32, 24), (4, 16, 16)),
+        "cnn5": (CNN5(), (8, 3, 64, 64)),
+        "lstm_loop": (LSTMLoop(32, 20), (8, 20, 32)),
     }
+    return {name: (model.train(), torch.randn(batch or shape[0], *shape[1:])) for name, (model, shape) in specs.items()}
