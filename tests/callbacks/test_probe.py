@@ -60,3 +60,17 @@ def test_probe_callback_logs_top_k_and_loss_and_builds_mlp_probes(tmp_path):
             assert f"probe/layer2/{split}_{name}" in t.logged_metrics
     assert float(t.logged_metrics["probe/layer2/val_top2_acc"]) >= float(t.logged_metrics["probe/layer2/val_acc"])
     assert isinstance(cb.probes.heads["layer2"].body, torch.nn.Sequential)
+
+
+def test_op_labels_listed_for_a_train_mode_batchnorm_model_work_in_the_callbacks(tmp_path):
+    """get_nodes on the freshly built (train-mode) model names ops the callbacks resolve (in eval mode) too."""
+    import lens_train as lt
+    from tests.callbacks.lit_models import FEATURES
+
+    module = LitNet(batchnorm=True).train()
+    nodes = lt.get_nodes(module.net, torch.randn(4, FEATURES))
+    relus = [n for n in nodes if n.startswith("relu_")]
+    assert relus == ["relu_1_5", "relu_2_7"] and not any("bk" in n for n in nodes)
+    cb = ProbeCallback(layers=relus, num_classes=3)
+    trainer = fit(tmp_path, module, [cb], max_epochs=1)
+    assert {f"probe/{n}/train_acc" for n in relus} <= set(trainer.callback_metrics)
