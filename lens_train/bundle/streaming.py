@@ -13,7 +13,6 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from ..errors import InvalidArgumentError
-from ._session import LensSession, StepContext, unique_layers
+from ._session import LensSession, StepContext
 from ._shared import BatchGetter, average_gradients, default_batch_to_input, default_batch_to_targets, make_getter
 
 # The Trainer stages the tap callbacks take part in (``predict`` runs no lens work).

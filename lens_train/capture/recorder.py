@@ -36,7 +36,6 @@ from .calls import (
     _flatten_output,
     _hashable,
     _is_inplace,
-    _tensors_in,
     _undispatched_copy,
     classify_call,
     inplace_target,

@@ -130,7 +130,6 @@ class Probes:
         return self
 
     def _build(self, features: Mapping[str, Any]) -> None:
-        out = self.num_classes if self.task == "classification" else self.num_outputs
         new: list[nn.Parameter] = []
         for layer, value in features.items():
             key = _key(layer)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lens_train.callbacks._base import LensCallback, unique_layers
+from lens_train.callbacks._base import LensCallback
+from lens_train.callbacks._session import unique_layers
 from lens_train.callbacks._shared import default_batch_to_input, default_batch_to_targets, make_getter, quiet_forward
 from lens_train.errors import InvalidArgumentError
 
