@@ -51,12 +51,8 @@ def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
         i = rec.index
         for parent, _pos in rec.parents:
             consumers[parent].append(i)
-        if rec.is_input or rec.is_output or rec.param_ids:
-            continue
-        if rec.func is None:  # a source: buffer or constant (an input was excluded above)
-            free[i] = rec.is_buffer or rec.is_internally_generated
-        else:
-            free[i] = all(free[p] for p, _ in rec.parents)
+        own = own_data_freedom(rec)
+        free[i] = all(free[p] for p, _ in rec.parents) if own is None else own
     for rec in reversed(records):
         i = rec.index
         kids = consumers[i]
@@ -68,3 +64,16 @@ def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
         if rec.buffer_write is not None or kids:
             flags[i] = all(flags[k] for k in kids)
     return flags
+
+
+def own_data_freedom(rec: OpRecord) -> bool | None:
+    """Whether ``rec`` is data-free by itself (True/False), or None when its parents decide.
+
+    Inputs, outputs and ops with parameters are not; buffers, constants and factory ops
+    (no tensor parents) are; any other op is data-free when all its parents are.
+    """
+    if rec.is_input or rec.is_output or rec.param_ids:
+        return False
+    if rec.func is None:
+        return rec.is_buffer or rec.is_internally_generated
+    return True if not rec.parents else None

@@ -43,6 +43,7 @@ from .calls import (
     op_outputs,
     op_type,
 )
+from .bookkeeping import own_data_freedom
 from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
@@ -268,10 +269,9 @@ class Recorder(TorchFunctionMode):
             if r.index in memo:
                 todo.pop()
                 continue
-            if r.is_input or r.param_ids:
-                memo[r.index] = False
-            elif r.func is None or not r.parents:
-                memo[r.index] = r.func is not None or r.is_buffer or r.is_internally_generated
+            own = own_data_freedom(r)
+            if own is not None:
+                memo[r.index] = own
             else:
                 pending = [self.records[p] for p, _ in r.parents if p not in memo and p != r.index]
                 if pending:
