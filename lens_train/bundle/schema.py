@@ -25,7 +25,7 @@ from ..errors import BundleError
 from .format import dtype_name, stored_header
 
 MAX_DEPTH = 64  # nesting of lists and objects anywhere in a unit's metadata
-DERIVED_FIELDS = ("lookup_keys", "_materialize", "pass_labels")  # rebuilt by the loader, never stored
+DERIVED_FIELDS = ("_lookup_keys", "_key_index", "_key_pos", "_materialize", "pass_labels")  # rebuilt by the loader, never stored
 
 
 def _is_int(v: Any, low: int) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import linecache
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,13 +77,27 @@ class LayerLog:
     bool_values: list[bool]
     branch_start_layers: list[str]
     pass_labels: list[str]
-    lookup_keys: list[str | int] = field(default_factory=list)
     raw_frames: tuple[Any, ...] = ()
     # index among the ops of this type run directly by this module call, bookkeeping
     # included: what lt.Taps counts at run time (-1: not an op)
     op_index_in_call: int = -1
     gradient: torch.Tensor | None = None
     _materialize: Any = None
+    # lookup keys: given, or read from the log's LayerKeys at this position on first use
+    _lookup_keys: list[str | int] | None = None
+    _key_index: Any = None
+    _key_pos: int = -1
+
+    @property
+    def lookup_keys(self) -> list[str | int]:
+        """Every key ``log[...]`` resolves to this pass (labels, module addresses, ints)."""
+        if self._lookup_keys is None:
+            self._lookup_keys = self._key_index.of(self._key_pos) if self._key_index is not None else []
+        return self._lookup_keys
+
+    @lookup_keys.setter
+    def lookup_keys(self, keys: list[str | int]) -> None:
+        self._lookup_keys = list(keys)
 
     @property
     def activation(self) -> torch.Tensor | None:

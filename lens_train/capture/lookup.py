@@ -18,15 +18,23 @@ KeyMap = dict[str, int | tuple[int, ...]]
 
 def build_key_map(layers: Sequence[Any]) -> KeyMap:
     """All lookup keys of all passes; higher-priority keys overwrite lower ones."""
+    return _key_map([_key_row(layer) for layer in layers])
+
+
+def _key_row(layer: Any) -> tuple[str, int, str, list[str]]:
+    return layer.layer_label_no_pass, layer.pass_num, layer.layer_label_short, layer.module_outputs
+
+
+def _key_map(rows: Sequence[tuple[str, int, str, list[str]]]) -> KeyMap:
     module_keys: dict[str, list[int]] = {}
     short_keys: dict[str, list[int]] = {}
     label_keys: dict[str, list[int]] = {}
-    for i, layer in enumerate(layers):
-        label_keys.setdefault(layer.layer_label_no_pass, []).append(i)
-        label_keys.setdefault(f"{layer.layer_label_no_pass}:{layer.pass_num}", []).append(i)
-        short_keys.setdefault(layer.layer_label_short, []).append(i)
-        short_keys.setdefault(f"{layer.layer_label_short}:{layer.pass_num}", []).append(i)
-        for mod in layer.module_outputs:
+    for i, (label, pass_num, short, module_outputs) in enumerate(rows):
+        label_keys.setdefault(label, []).append(i)
+        label_keys.setdefault(f"{label}:{pass_num}", []).append(i)
+        short_keys.setdefault(short, []).append(i)
+        short_keys.setdefault(f"{short}:{pass_num}", []).append(i)
+        for mod in module_outputs:
             address = mod.rsplit(":", 1)[0]
             module_keys.setdefault(mod, []).append(i)
             module_keys.setdefault(address, []).append(i)
@@ -36,6 +44,48 @@ def build_key_map(layers: Sequence[Any]) -> KeyMap:
             uniq = tuple(dict.fromkeys(idx))
             keys[key] = uniq[0] if len(uniq) == 1 else uniq
     return keys
+
+
+class LayerKeys:
+    """The lookup keys of one log's passes, worked out on first use (most captures are never searched).
+
+    It keeps what the keys are made of, not the layers, so a layer that outlives its log
+    still knows its keys, and no reference cycle keeps a log's tensors alive.
+
+    Example:
+        >>> import torch, lens_train as lt
+        >>> log = lt.log_forward_pass(torch.nn.Sequential(torch.nn.ReLU()), torch.ones(2))
+        >>> keys = LayerKeys(log.layers)
+        >>> keys.map["0"], keys.of(1)
+        (1, ['0:1', '0', 'relu_1', 'relu_1:1', 'relu_1_1', 'relu_1_1:1', 1, -2])
+    """
+
+    __slots__ = ("_rows", "_map", "_per_layer")
+
+    def __init__(self, layers: Sequence[Any]) -> None:
+        self._rows = [_key_row(layer) for layer in layers]
+        self._map: KeyMap | None = None
+        self._per_layer: list[list[str | int]] | None = None
+
+    @property
+    def map(self) -> KeyMap:
+        """Key -> pass index (or indices, for a key that names several passes)."""
+        if self._map is None:
+            self._map = _key_map(self._rows)
+        return self._map
+
+    def of(self, position: int) -> list[str | int]:
+        """The keys that name the pass at ``position``, ints last (a new list)."""
+        if self._per_layer is None:
+            n = len(self._rows)
+            per_layer: list[list[str | int]] = [[] for _ in range(n)]
+            for key, idx in self.map.items():
+                if not isinstance(idx, tuple):
+                    per_layer[idx].append(key)
+            for i, keys in enumerate(per_layer):
+                keys += (i, i - n)
+            self._per_layer = per_layer
+        return list(self._per_layer[position])
 
 
 def resolve(keys: KeyMap, layers: Sequence[Any], key: Any) -> int:

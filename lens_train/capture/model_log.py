@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import LayerNotFoundError, suggestion_text
 from .layer_log import LayerLog
-from .lookup import KeyMap, build_key_map, resolve, select
+from .lookup import KeyMap, LayerKeys, resolve, select
 from .outlets import export_table
 from .printing import format_model_log
 
@@ -84,13 +84,13 @@ class ModelLog:
         self.num_param_tensors: int = meta.get("num_param_tensors", 0)
         self.param_bytes_total: int = meta.get("param_bytes_total", 0)
         self.structure: dict[str, Any] = meta.get("structure", {})
-        self._keys: KeyMap = build_key_map(layers)
-        per_layer: list[list[str]] = [[] for _ in layers]
-        for key, idx in self._keys.items():
-            if not isinstance(idx, tuple):
-                per_layer[idx].append(key)
+        self._key_index = LayerKeys(layers)
         for i, layer in enumerate(layers):
-            layer.lookup_keys = [*per_layer[i], i, i - len(layers)]
+            layer._key_index, layer._key_pos, layer._lookup_keys = self._key_index, i, None
+
+    @property
+    def _keys(self) -> KeyMap:
+        return self._key_index.map
 
     # -- lookup -----------------------------------------------------------------------
     def __getitem__(self, key: str | int) -> LayerLog:

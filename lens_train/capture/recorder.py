@@ -48,7 +48,7 @@ from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
-from .scoping import remove_mode
+from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
@@ -129,6 +129,7 @@ class Recorder(TorchFunctionMode):
 
     def __exit__(self, *exc: Any) -> None:
         try:
+            release_mode_frames(exc[2] if len(exc) > 2 else None)
             self._uninstall()
         finally:
             self._above.clear()  # frames of calls an exception left open

@@ -10,6 +10,8 @@ global stack wherever it is, as often as it is there, so cleanup is idempotent.
 
 from __future__ import annotations
 
+import contextlib
+
 import signal
 import threading
 from collections.abc import Iterator
@@ -114,3 +116,33 @@ def remove_mode(mode: Any) -> None:
             kept.append(top)
     for other in reversed(kept):
         _push(other)
+
+
+_OVERRIDES_FILE = torch.overrides.__file__
+_CM_EXIT = contextlib._GeneratorContextManager.__exit__.__code__
+
+
+def release_mode_frames(tb: Any) -> None:
+    """Finish torch's pending "pop the mode for a moment" blocks in a traceback, now.
+
+    ``handle_torch_function`` pops the active mode around its handler and pushes it
+    back in a generator's ``finally``. An interrupt that lands between the handler's
+    return and the generator's resumption leaves the generator suspended in the
+    traceback's frames: when those frames are freed, later, it pushes the mode back,
+    after the capture removed it. Clearing those (torch-internal) frames runs that push
+    now, so a :func:`remove_mode` that follows removes the mode for good. User frames
+    keep their locals for post-mortem debugging.
+    """
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is _CM_EXIT:  # interrupted inside the block's __exit__: finish the generator itself
+            gen = getattr(frame.f_locals.get("self"), "gen", None)
+            code = getattr(gen, "gi_code", None)
+            if code is not None and code.co_filename == _OVERRIDES_FILE and not gen.gi_running:
+                gen.close()
+        elif frame.f_code.co_filename == _OVERRIDES_FILE:  # interrupted before __exit__ was called
+            try:
+                frame.clear()
+            except RuntimeError:  # still executing: not a finished block
+                pass
+        tb = tb.tb_next

@@ -12,7 +12,7 @@ from torch import nn
 from ..arguments import check_bool
 from ..capture.api import get_model_metadata, preserved_buffers
 from ..capture.inputs import normalize_inputs
-from ..capture.scoping import interrupt_guard
+from ..capture.scoping import interrupt_guard, release_mode_frames
 from ..errors import (
     InvalidArgumentError,
     LayerNotFoundError,
@@ -163,6 +163,7 @@ class Taps:
             return
         hooks.active = False
         with interrupt_guard():  # a Ctrl-C must not leave a scope's function mode on torch's stack
+            release_mode_frames(exc[2] if len(exc) > 2 else None)
             for scope in hooks.scopes.values():
                 scope.reset()
         for i, spec in enumerate(hooks.selection.specs):

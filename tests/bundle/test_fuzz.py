@@ -68,7 +68,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def _layer_values(layer: Any) -> dict[str, Any]:
     layer.materialize_activation()  # a lazy layer reads its tensors (all of them) first
-    return {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer) if f.name != "_materialize"}
+    values = {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer) if not f.name.startswith("_")}
+    return {**values, "lookup_keys": layer.lookup_keys}
 
 
 def _log_values(log: lt.ModelLog) -> dict[str, Any]:

@@ -76,6 +76,7 @@ def _layers(log: Any) -> list[dict[str, Any]]:
         fields = {n: _plain(getattr(layer, n)) for n in layer.__dataclass_fields__
                   if not n.startswith("_") and n not in _VOLATILE}
         fields["func_call_stack"] = _plain(layer.func_call_stack)
+        fields["lookup_keys"] = _plain(layer.lookup_keys)
         out.append(fields)
     return out
 

@@ -146,5 +146,52 @@ def test_interrupt_at_any_line_leaves_nothing_installed(name):
     assert not result["buffers_changed"]
 
 
+def check_pop_mode_window() -> dict:
+    """Interrupt torch's ``handle_torch_function`` just before it pushes the popped mode back."""
+    import contextlib
+    import gc
+
+    torch.manual_seed(0)
+    model, x = Net().train(), torch.randn(4, 6)
+    fired = []
+
+    def pops_the_mode(frame) -> bool:  # (a helper, so no frame of the trace function holds the generator)
+        gen = getattr(frame.f_locals.get("self"), "gen", None)
+        return getattr(gen, "gi_code", None) is not None and gen.gi_code.co_name == "_pop_mode_temporarily"
+
+    def local(frame, event, arg):
+        if event == "line" and not fired and pops_the_mode(frame):
+            fired.append(frame.f_lineno)
+            sys.settrace(None)
+            signal.raise_signal(signal.SIGINT)
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is contextlib._GeneratorContextManager.__exit__.__code__ else None
+
+    results = {}
+    for name in ("capture", "tapped step"):
+        fired.clear()
+        sys.settrace(tracer)
+        try:
+            SCENARIOS[name](model, x)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        gc.collect()  # frees the traceback's frames, where torch's suspended block would push the mode back
+        results[name] = {"fired": bool(fired), "left": _installed(model)}
+    return results
+
+
+@pytest.mark.slow
+def test_interrupt_while_torch_pops_the_mode_leaves_no_mode_behind():
+    proc = subprocess.run([sys.executable, __file__, "--pop-mode-window"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, result in results.items():
+        assert result["fired"] and not result["left"], (name, result)
+
+
 if __name__ == "__main__":
-    print(json.dumps(check(sys.argv[1])))
+    print(json.dumps(check_pop_mode_window() if sys.argv[1] == "--pop-mode-window" else check(sys.argv[1])))

@@ -31,11 +31,10 @@ def bit_equal(a: Any, b: Any) -> bool:
 
 def assert_same_layer(a: LayerLog, b: LayerLog) -> None:
     """Every LayerLog field equal; call stacks compared as (file, line, function)."""
-    for f in dataclasses.fields(LayerLog):
-        if f.name in ("_materialize", "raw_frames"):
-            continue
-        va, vb = getattr(a, f.name), getattr(b, f.name)
-        assert bit_equal(va, vb), f"{a.layer_label}.{f.name}: {va!r} != {vb!r}"
+    names = [f.name for f in dataclasses.fields(LayerLog) if not f.name.startswith("_") and f.name != "raw_frames"]
+    for name in [*names, "lookup_keys"]:
+        va, vb = getattr(a, name), getattr(b, name)
+        assert bit_equal(va, vb), f"{a.layer_label}.{name}: {va!r} != {vb!r}"
     assert a.func_call_stack == b.func_call_stack, a.layer_label
     assert len(a.func_call_stack) == len(a.raw_frames)
 
