@@ -131,6 +131,7 @@ class _Texts:
         self._calls: dict[tuple, list[str]] = {}
         self._params: dict[tuple[int, ...], tuple[list, int, int, list]] = {}
         self._devices: dict[Any, str] = {}
+        self._short: dict[int, str] = {}  # by id: the groups live as long as this object
 
     def calls(self, stack: tuple) -> list[str]:
         """``["blocks.0:1", ...]`` for a module stack (a new list each time: layers own theirs)."""
@@ -148,6 +149,13 @@ class _Texts:
                                                [p[0] for p in info])
         return list(found[0]), found[1], found[2], list(found[3])
 
+    def short_label(self, group: LayerGroup) -> str:
+        """``conv2d_3`` for a group (one string per layer, shared by its passes)."""
+        text = self._short.get(id(group))
+        if text is None:
+            text = self._short[id(group)] = f"{group.layer_type}_{group.type_index}"
+        return text
+
     def device(self, device: Any) -> str:
         text = self._devices.get(device)
         if text is None:
@@ -157,51 +165,28 @@ class _Texts:
 
 def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
            texts: _Texts, pass_labels: list[str], op_index_in_call: int) -> LayerLog:
-    arg_locs: dict[str, list[Any]] = {}
-    for parent, pos in rec.parents:
-        arg_locs.setdefault(labels[parent], []).append(pos)
+    # the hottest loop after the forward pass: LayerLog's fields positionally, in declaration
+    # order (tests/capture/test_output_identity.py holds every field to the pre-existing output)
+    parents = rec.parents
+    if len(parents) == 1:
+        label = labels[parents[0][0]]
+        parent_layers, arg_locs = [label], {label: [parents[0][1]]}
+    else:
+        arg_locs = {}
+        for parent, pos in parents:
+            arg_locs.setdefault(labels[parent], []).append(pos)
+        parent_layers = list(arg_locs)
     shapes, num_params, param_bytes, addresses = texts.params(rec.param_ids)
+    outputs = rec.output_of_modules
     return LayerLog(
-        layer_label=labels[rec.index],
-        layer_label_no_pass=group.label,
-        layer_label_short=f"{group.layer_type}_{group.type_index}",
-        layer_type=group.layer_type,
-        layer_type_num=group.type_index,
-        layer_index=group.layer_index,
-        operation_index=rec.index,
-        pass_num=pass_num,
-        num_passes=len(group.members),
-        func_name=rec.func_name,
-        grad_fn_name=rec.grad_fn_name,
-        tensor_shape=rec.shape,
-        tensor_dtype=rec.dtype,
-        tensor_fsize=rec.nbytes,
-        device=texts.device(rec.device),
-        requires_grad=rec.requires_grad,
-        tensor_contents=rec.activation,
-        transformed_activation=rec.transformed_activation,
-        parent_layers=list(dict.fromkeys(labels[p] for p, _ in rec.parents)),
-        parent_layer_arg_locs=arg_locs,
-        child_layers=[labels[c] for c in children[rec.index]],
-        containing_modules=texts.calls(rec.module_stack),
-        module_outputs=[f"{a}:{n}" for a, n in rec.output_of_modules],
-        parent_params=shapes,
-        num_params=num_params,
-        param_bytes=param_bytes,
-        param_addresses=addresses,
-        time_s=rec.time_s,
-        is_input=rec.is_input,
-        is_output=rec.is_output,
-        is_buffer=rec.is_buffer,
-        buffer_address=rec.buffer_address,
-        is_internally_generated=rec.is_internally_generated,
-        is_inplace=rec.is_inplace,
-        output_index=rec.output_index,
-        bool_values=list(rec.bool_values),
-        branch_start_layers=[labels[i] for i in rec.branch_starts],
-        pass_labels=pass_labels,
-        raw_frames=rec.frames,
-        op_index_in_call=op_index_in_call,
+        labels[rec.index], group.label, texts.short_label(group), group.layer_type, group.type_index,
+        group.layer_index, rec.index, pass_num, len(group.members), rec.func_name, rec.grad_fn_name,
+        rec.shape, rec.dtype, rec.nbytes, texts.device(rec.device), rec.requires_grad, rec.activation,
+        rec.transformed_activation, parent_layers, arg_locs, [labels[c] for c in children[rec.index]],
+        texts.calls(rec.module_stack), [f"{a}:{n}" for a, n in outputs] if outputs else [], shapes, num_params,
+        param_bytes, addresses, rec.time_s, rec.is_input, rec.is_output, rec.is_buffer, rec.buffer_address,
+        rec.is_internally_generated, rec.is_inplace, rec.output_index, list(rec.bool_values),
+        [labels[i] for i in rec.branch_starts] if rec.branch_starts else [], pass_labels, rec.frames, op_index_in_call,
     )
 
 

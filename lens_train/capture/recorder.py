@@ -19,6 +19,7 @@ operations.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,7 @@ from .bookkeeping import own_data_freedom
 from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
-from .records import OpRecord, TensorArg, ViewBaseTemplate, make_ref
+from .records import OpRecord, TensorArg, ViewBaseTemplate
 from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -55,6 +56,7 @@ _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter
 _perf = time.perf_counter
+_weakref = weakref.ref
 # Ops that update running-statistics buffers inside the kernel without bumping their version.
 _HIDDEN_BUFFER_WRITERS = frozenset({"batchnorm", "instancenorm"})
 
@@ -106,6 +108,8 @@ class Recorder(TorchFunctionMode):
         self._pending_branch: list[OpRecord] = []
         self._free: dict[int, bool] = {}
         self._op_count = 0
+        self._save_all = plan.save == "all"
+        self._save_some = not self._save_all and plan.save != "none"
         self._type_cache: dict[Any, tuple[str, str]] = {}
         self._clones: dict[Any, Any] = {}
         self._saved_from_numpy: Any = None
@@ -297,13 +301,14 @@ class Recorder(TorchFunctionMode):
         rec.dtype = t.dtype
         rec.device = t.device
         rec.nbytes = t.nelement() * t.element_size()
-        rec.requires_grad = t.requires_grad
-        rec.grad_fn_name = _grad_fn_name(t)
+        if t.requires_grad:
+            rec.requires_grad = True
+            rec.grad_fn_name = _grad_fn_name(t)
         rec.version = t._version
-        rec.tensor_ref = make_ref(t)
+        rec.tensor_ref = _weakref(t)
         self.records.append(rec)
         self._owner[id(t)] = rec
-        if self.plan.saves(rec.index):
+        if self._save_all or (self._save_some and rec.index in self.plan.save):
             self._save(rec, t, clone)
         if self.plan.sink is not None:
             self.plan.sink(rec)
