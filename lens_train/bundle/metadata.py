@@ -23,7 +23,8 @@ from ..capture.model_log import ModelLog, ModuleLog, ModuleTable
 from ..errors import BundleError
 
 # LayerLog fields that hold tensors (stored in shards, read lazily); their names in the bundle.
-TENSOR_FIELDS = {"tensor_contents": "activation", "transformed_activation": "transformed", "gradient": "gradient"}
+TENSOR_FIELDS = {"tensor_contents": "activation", "transformed_activation": "transformed", "gradient": "gradient",
+                 "original_activation": "original"}
 _PLAIN = (str, int, bool, type(None))
 
 

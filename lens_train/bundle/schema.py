@@ -80,7 +80,7 @@ LAYER_COLUMNS: dict[str, str] = {
     "param_addresses": "strs", "time_s": "seconds", "is_input": "bool", "is_output": "bool", "is_buffer": "bool",
     "buffer_address": "str?", "is_internally_generated": "bool", "is_inplace": "bool", "output_index": "int>=0",
     "bool_values": "bools", "branch_start_layers": "strs", "raw_frames": "frames", "gradient": "tensor?",
-    "op_index_in_call": "int>=-1",
+    "op_index_in_call": "int>=-1", "edit": "str?", "original_activation": "tensor?",
 }
 _CALL_KEYS = {"address": "str", "pass_num": "int>=1", "depth": "int>=0", "parent": "str?", "inputs": "strs", "outputs": "strs"}
 _MODULE_KEYS = {"address": "str", "module_type": "str", "depth": "int>=0", "num_params": "int>=0"}

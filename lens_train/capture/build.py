@@ -187,6 +187,7 @@ def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, childr
         param_bytes, addresses, rec.time_s, rec.is_input, rec.is_output, rec.is_buffer, rec.buffer_address,
         rec.is_internally_generated, rec.is_inplace, rec.output_index, list(rec.bool_values),
         [labels[i] for i in rec.branch_starts] if rec.branch_starts else [], pass_labels, rec.frames, op_index_in_call,
+        None, rec.edit, rec.original,
     )
 
 

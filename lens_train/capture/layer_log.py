@@ -82,6 +82,9 @@ class LayerLog:
     # included: what lt.Taps counts at run time (-1: not an op)
     op_index_in_call: int = -1
     gradient: torch.Tensor | None = None
+    # set by an intervention (lt.intervene, log.replay_with): what changed this value, and the value before
+    edit: str | None = None
+    original_activation: torch.Tensor | None = None
     _materialize: Any = None
     # lookup keys: given, or read from the log's LayerKeys at this position on first use
     _lookup_keys: list[str | int] | None = None

@@ -53,8 +53,10 @@ class ModuleCalls:
     """
 
     def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord],
-                 modules: tuple[tuple[str, nn.Module], ...] | None = None, open_calls: Any = None) -> None:
+                 modules: tuple[tuple[str, nn.Module], ...] | None = None, open_calls: Any = None,
+                 edit_output: Callable[[tuple[str, int], Any], Any] | None = None) -> None:
         self.model = model
+        self.edit_output = edit_output  # (call key, output) -> replacement output or None (interventions)
         self.open_calls = open_calls  # told the frame of each call (lens_train.capture.callsites.OpenCalls)
         self.calls: list[ModuleCall] = []
         self.stack: tuple[tuple[str, int], ...] = ()
@@ -102,7 +104,7 @@ class ModuleCalls:
         if self.open_calls is not None:
             self.open_calls.enter(sys._getframe(1))  # torch's frame that runs this call's hooks and forward
 
-    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if self._addresses.get(id(module)) is None or not self._open:
             return
         call = self._open.pop()
@@ -117,6 +119,9 @@ class ModuleCalls:
                 if key not in rec.output_of_modules:
                     rec.output_of_modules += (key,)
                 call.output_records.append(rec.index)
+        if self.edit_output is not None:
+            return self.edit_output(key, output)
+        return None
 
 
 def first_names(named: Any) -> dict[int, str]:

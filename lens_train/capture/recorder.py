@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import UnsupportedModelError
+from ..errors import InvalidArgumentError, UnsupportedModelError
 from .calls import (
     _THIN_FUNCTIONS,
     BOOL,
@@ -72,6 +72,11 @@ class CapturePlan:
     record_rng: bool = False
     keep_templates: bool = False
     sink: Callable[[OpRecord], None] | None = None
+    # interventions: record index -> edit of that op's output; (module address, call) -> edit of
+    # that call's output. Each edit is ``fn(value) -> value`` and is run with interception off.
+    edits: Mapping[int, Callable[[Any], Any]] | None = None
+    module_edits: Mapping[tuple[str, int], Callable[[Any], Any]] | None = None
+    read_values: bool = False  # note the Python reads of tensors (.item(), int()...): replayable captures
 
     def saves(self, index: int) -> bool:
         s = self.save
@@ -93,7 +98,8 @@ class Recorder(TorchFunctionMode):
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._open_calls = OpenCalls(stop_code, self._codes)
         self._above = self._open_calls.above
-        self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules, self._open_calls)
+        self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules, self._open_calls,
+                                          self._edit_module_output if plan.module_edits else None)
         self.module_calls: list[ModuleCall] = self.module_tracker.calls
         # (exception, the record its op would have had): the op that raised, for the error note
         self.failure: tuple[BaseException, OpRecord] | None = None
@@ -108,6 +114,7 @@ class Recorder(TorchFunctionMode):
         self._pending_branch: list[OpRecord] = []
         self._free: dict[int, bool] = {}
         self._op_count = 0
+        self._read_values = plan.read_values
         self._save_all = plan.save == "all"
         self._save_some = not self._save_all and plan.save != "none"
         self._type_cache: dict[Any, tuple[str, str]] = {}
@@ -167,6 +174,8 @@ class Recorder(TorchFunctionMode):
             names = self._classify(func)
         kind = names[2]
         if kind == METADATA:
+            if self._read_values and names[0] in _VALUE_READS:
+                return self._note_read(func, names[0], args, kwargs)
             return func(*args, **kwargs)
         if kind == COMPOSITE:
             return self._run_python_function(func, args, kwargs)
@@ -197,6 +206,8 @@ class Recorder(TorchFunctionMode):
             if context is not None:
                 for rec in self.records[first:]:
                     rec.replay_context = context
+            if plan.edits is not None:
+                result = self._edit_op(first, result)
         if names[1] in _HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
         return result
@@ -485,6 +496,71 @@ class Recorder(TorchFunctionMode):
 
         return tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
 
+    # -- interventions --------------------------------------------------------------------
+    def _edit_op(self, first: int, result: Any) -> Any:
+        """Replace the outputs of the op just recorded (records ``first``...) that the plan edits."""
+        edits = self.plan.edits
+        for rec in self.records[first:]:
+            fn = edits.get(rec.index)
+            if fn is None:
+                continue
+            if rec.is_inplace:
+                raise InvalidArgumentError(
+                    f"{rec.func_name} (record {rec.index}) writes into its input in place, so its output cannot be "
+                    "replaced: edit the layer that produced the input, or the module that runs this op."
+                )
+            old = rec.live_tensor()
+            new = fn(old)
+            self._substitute(rec, old, new, getattr(fn, "description", "an edit"))
+            result = _swap_tensor(result, old, new)
+        return result
+
+    def _edit_module_output(self, key: tuple[str, int], output: Any) -> Any:
+        """A module call's edited output (or None), from the module's forward hook."""
+        fn = self.plan.module_edits.get(key)
+        if fn is None:
+            return None
+        with torch._C.DisableTorchFunction():
+            new = fn(output)
+            old_leaves, new_leaves = _flatten_output(output), _flatten_output(new)
+            for old, value in zip(old_leaves, new_leaves):
+                rec = self._lookup(old)
+                if rec is None or value is old:
+                    continue
+                self._substitute(rec, old, value, getattr(fn, "description", "an edit"), key)
+        return new
+
+    def _substitute(self, rec: OpRecord, old: torch.Tensor, new: torch.Tensor, what: str, module: Any = None) -> None:
+        """Make ``rec`` describe the edited tensor ``new``; keep the value before the first edit as the original.
+
+        A second edit of the same value (an outer module returning an edited inner output)
+        applies to the edited value.
+        """
+        where = f"{what} on the output of {module[0]}:{module[1]}" if module is not None else what
+        if rec.edit is None:
+            rec.original = rec.activation if rec.activation is not None else old.detach()
+            rec.edit = where
+        else:
+            rec.edit = f"{rec.edit}, then {where}"
+        self._owner.pop(id(old), None)
+        rec.activation = None
+        rec.shape, rec.dtype, rec.requires_grad = tuple(new.shape), new.dtype, new.requires_grad
+        rec.grad_fn_name = _grad_fn_name(new) if new.requires_grad else None
+        rec.version = new._version
+        rec.tensor_ref = _weakref(new)
+        self._owner[id(new)] = rec
+        if self._save_all or (self._save_some and rec.index in self.plan.save):
+            self._save(rec, new)
+
+    def _note_read(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """Run a Python read of a tensor's values (``.item()``...), and note the value on its record."""
+        value = func(*args, **kwargs)
+        t = args[0] if args else None
+        rec = self._lookup(t) if isinstance(t, _Tensor) else None
+        if rec is not None:
+            rec.value_reads += ((name, value),)
+        return value
+
     # -- special calls ------------------------------------------------------------------
     def _note_condition(self, t: Any, value: Any) -> None:
         rec = self._lookup(t) if isinstance(t, _Tensor) else None
@@ -540,6 +616,22 @@ class Recorder(TorchFunctionMode):
 
 
 _AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+# Tensor methods that hand a tensor's values to Python: the recorded path depends on them
+_VALUE_READS = frozenset({"item", "tolist", "__int__", "__float__", "__index__", "__complex__"})
+
+
+def _swap_tensor(result: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
+    """``result`` with the tensor ``old`` replaced by ``new`` (a tensor, or a tuple/list/structseq of them)."""
+    if result is old:
+        return new
+    if isinstance(result, (tuple, list)):
+        items = [new if r is old else _swap_tensor(r, old, new) if isinstance(r, (tuple, list)) else r for r in result]
+        if type(result) in (tuple, list):
+            return type(result)(items)
+        return type(result)(items)  # torch.return_types structseqs take one sequence
+    return result
 
 
 def _replay_context() -> tuple[bool, tuple[tuple[str, torch.dtype], ...]]:

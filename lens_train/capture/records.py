@@ -53,6 +53,9 @@ class OpRecord:
     rng_state: Any = None
     call_template: Any = None
     replay_context: Any = None  # (grad enabled, ((device type, autocast dtype), ...)) with call templates
+    value_reads: tuple[tuple[str, Any], ...] = ()  # (method, value) Python read from it (.item()...), replayable only
+    edit: str | None = None  # the intervention that replaced this tensor's value (lt.intervene)
+    original: Any = None  # the value before that intervention
 
     def live_tensor(self) -> Any:
         """The tensor this record describes, if it is still alive."""
