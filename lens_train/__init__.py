@@ -10,6 +10,7 @@ from .lens_module import LensModule
 from .bundle import load_snapshots
 from .train import AuxiliaryLoss, Distillation, Inspect, Probes, Taps, get_layers, get_nodes, losses
 from .viz import show_model_graph
+from .interventions import PatchResult, intervene, patch
 
 from ._version import __version__
 
@@ -27,6 +28,7 @@ __all__ = [
     "get_model_metadata",
     "get_nodes",
     "Inspect",
+    "intervene",
     "LayerLog",
     "LayerNotFoundError",
     "LensModule",
@@ -37,6 +39,8 @@ __all__ = [
     "losses",
     "ModelLog",
     "ModuleLog",
+    "patch",
+    "PatchResult",
     "Probes",
     "save",
     "show_model_graph",

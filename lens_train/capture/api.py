@@ -39,6 +39,7 @@ def log_forward_pass(
     save_gradients: bool = False,
     save_activations_to: str | os.PathLike | None = None,
     keep_activations_in_memory: bool = True,
+    replayable: bool = False,
     **options: Any,
 ) -> ModelLog:
     """Run one forward pass of ``model`` and log every tensor operation.
@@ -62,6 +63,10 @@ def log_forward_pass(
             it is produced (``lt.load(path)`` reads it back; see :mod:`lens_train.bundle.streaming`).
         keep_activations_in_memory: with ``False`` (needs ``save_activations_to``) the log
             keeps no activation in memory; ``layer.materialize_activation()`` reads it from disk.
+        replayable: also keep what :meth:`ModelLog.replay_with` needs to recompute the log
+            under edits from the saved values (every activation, each op's call template,
+            the random-number state before each op, the values Python read from tensors).
+            Costs memory and time; needs ``layers_to_save="all"``.
 
     Returns:
         The :class:`ModelLog` of the pass.
@@ -77,6 +82,8 @@ def log_forward_pass(
     vis_kwargs = {k: options.pop(k) for k in list(options) if k.startswith("vis_")}
     keep_templates = bool(options.pop("keep_call_templates", False))
     record_rng = bool(options.pop("record_rng", False))
+    # set by lens_train.interventions.intervene: record index / (module, call) -> edit
+    edits, module_edits = options.pop("intervention_edits", None), options.pop("intervention_module_edits", None)
     if options:
         known = [*inspect.signature(log_forward_pass).parameters, *_VIS_OPTIONS, "vis_mode"]
         name = sorted(options)[0]
@@ -97,10 +104,12 @@ def log_forward_pass(
     check_supported(model)
     check_capture_arguments(input_kwargs, layers_to_save, train_mode, activation_postfunc, save_raw_activation,
                             random_seed, save_gradients, save_activations_to, keep_activations_in_memory)
+    check_replayable(replayable, layers_to_save, save_raw_activation, keep_activations_in_memory)
     seed = random.randrange(2**31) if random_seed is None else int(random_seed)
     grads = GradientHooks() if save_gradients else None
     base = dict(train_mode=train_mode or save_gradients, postfunc=activation_postfunc, save_raw=save_raw_activation,
-                keep_templates=keep_templates, record_rng=record_rng, sink=grads.sink if grads else None)
+                keep_templates=keep_templates or replayable, record_rng=record_rng or replayable, read_values=replayable,
+                sink=grads.sink if grads else None, edits=edits, module_edits=module_edits)
     if layers_to_save == "all" or layers_to_save is None:
         plan = CapturePlan(save="all" if layers_to_save == "all" else "none", **base)
     else:
@@ -185,7 +194,25 @@ def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, An
         meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
         log = build_log(recorder, model, meta)
     log.output = output
+    if plan.read_values:
+        from .replay_edits import ReplayState  # replay builds on validation, which builds on this module
+
+        log.replay_state = ReplayState.of(recorder.records, log.layers, model, input_args, input_kwargs, seed,
+                                          recorder.index.unique_params())
     return log
+
+
+def check_replayable(replayable: Any, layers_to_save: Any, save_raw_activation: Any, keep_in_memory: Any) -> None:
+    """Raise when ``replayable=True`` comes with options that drop values a replay needs."""
+    if replayable is not True and replayable is not False:
+        raise InvalidArgumentError(f"replayable must be True or False, got {replayable!r}. "
+                                   "Example: lt.log_forward_pass(model, x, replayable=True).")
+    if replayable and (layers_to_save != "all" or not save_raw_activation or not keep_in_memory):
+        raise InvalidArgumentError(
+            "replayable=True keeps every activation in memory: use it with layers_to_save='all', "
+            "save_raw_activation=True and keep_activations_in_memory=True (the defaults), e.g. "
+            "lt.log_forward_pass(model, x, replayable=True)."
+        )
 
 
 def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -84,6 +84,7 @@ class ModelLog:
         self.num_param_tensors: int = meta.get("num_param_tensors", 0)
         self.param_bytes_total: int = meta.get("param_bytes_total", 0)
         self.structure: dict[str, Any] = meta.get("structure", {})
+        self.replay_state: Any = None  # set by log_forward_pass(..., replayable=True)
         self._key_index = LayerKeys(layers)
         for i, layer in enumerate(layers):
             layer._key_index, layer._key_pos, layer._lookup_keys = self._key_index, i, None
@@ -274,6 +275,21 @@ class ModelLog:
         from .replay import save_new_activations
 
         return save_new_activations(self, model, input_args, input_kwargs, random_seed)
+
+    # -- interventions (lens_train.interventions builds on capture, so it is imported when used)
+    def replay_with(self, edits: Mapping[Any, Any], fallback: str = "error") -> ModelLog:
+        """This pass recomputed with ``edits`` from the saved values; see :func:`lens_train.interventions.replay_with`.
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+            >>> log = lt.log_forward_pass(model, torch.ones(1, 2), replayable=True)
+            >>> log.replay_with({"0": "zero"})["relu_1_2"].activation
+            tensor([[0., 0.]])
+        """
+        from ..interventions import replay_with
+
+        return replay_with(self, edits, fallback=fallback)
 
     def __str__(self) -> str:
         return format_model_log(self)

@@ -58,7 +58,7 @@ _Parameter = nn.Parameter
 _perf = time.perf_counter
 _weakref = weakref.ref
 # Ops that update running-statistics buffers inside the kernel without bumping their version.
-_HIDDEN_BUFFER_WRITERS = frozenset({"batchnorm", "instancenorm"})
+HIDDEN_BUFFER_WRITERS = frozenset({"batchnorm", "instancenorm"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ class Recorder(TorchFunctionMode):
                     rec.replay_context = context
             if plan.edits is not None:
                 result = self._edit_op(first, result)
-        if names[1] in _HIDDEN_BUFFER_WRITERS:
+        if names[1] in HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
         return result
 
@@ -602,7 +602,8 @@ class Recorder(TorchFunctionMode):
                        self._op_count, 0, [], self.module_tracker.stack, callsite, frames)
         self._op_count += 1
         rec.is_internally_generated = True
-        self._finish(rec, t)
+        with torch._C.DisableTorchFunction():  # called from user code with the mode on: saving is not an op
+            self._finish(rec, t)
         return t
 
     def _note_failure(self, exc: BaseException, func: Any, names: tuple, parents: list, params: tuple) -> None:

@@ -140,14 +140,16 @@ def _validate(model: nn.Module, args: tuple, kwargs: dict, seed: int, restore: A
     report = _Report()
     versions = [p._version for p in model.parameters()]
     with forked_rng(seed):
-        expected = model(*_cloned(args), **_cloned(kwargs))
+        copied = _cloned((args, kwargs))
+        expected = model(*copied[0], **copied[1])
     if [p._version for p in model.parameters()] != versions:
         report.failures.append((-1, "the forward pass changes parameters in place, so no two passes compute the same "
                                     "values; validate a model whose forward leaves its parameters unchanged"))
         return report
     restore()
     plan = CapturePlan(save="all", keep_templates=True, record_rng=True)
-    recorder, output, _ = record_forward(model, _cloned(args), _cloned(kwargs), plan, seed)
+    copied = _cloned((args, kwargs))
+    recorder, output, _ = record_forward(model, copied[0], copied[1], plan, seed)
     recorder.resolve_callsites()
     records = recorder.records
     groups = group_passes(records, frozenset(module_param_counts(model)))
@@ -220,10 +222,15 @@ def _perturb_parent(rec: OpRecord, records: list[OpRecord], parent: int, positio
 
 
 # -- replay ---------------------------------------------------------------------------
-def _replay(rec: OpRecord, records: list[OpRecord], swap: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """Re-run ``rec``'s op on copies of its parents' saved values; return its output."""
+def _replay(rec: OpRecord, records: list[OpRecord], swap: dict[int, torch.Tensor] | None = None,
+            copies: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Re-run ``rec``'s op on copies of its parents' saved values; return its output.
+
+    ``copies`` (filled here: parent record index -> the tensor the op got) shows the caller
+    what an op wrote into its arguments (BatchNorm's running statistics).
+    """
     template = rec.call_template
-    copies: dict[int, torch.Tensor] = {}
+    copies = {} if copies is None else copies
     pure = rec.func_name in _PURE and not rec.is_inplace and not isinstance(template, ViewBaseTemplate)
 
     def value_of(arg: TensorArg) -> Any:
@@ -382,15 +389,22 @@ def _leaves(value: Any, depth: int = 0) -> list[torch.Tensor]:
     return [t for v in items for t in _leaves(v, depth + 1)]
 
 
-def _cloned(value: Any) -> Any:
-    """The inputs with every tensor copied, so a model that edits its inputs sees fresh ones each pass."""
+def _cloned(value: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
+    """The inputs with every tensor copied, so a model that edits its inputs sees fresh ones each pass.
+
+    A tensor passed twice stays one tensor (``mha(x, x, x)`` takes the self-attention path
+    because ``query is key``).
+    """
+    memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        copy = value.detach().clone()
-        return copy.requires_grad_(value.requires_grad) if copy.is_leaf and value.requires_grad else copy
+        if id(value) not in memo:
+            copy = value.detach().clone()
+            memo[id(value)] = copy.requires_grad_(value.requires_grad) if copy.is_leaf and value.requires_grad else copy
+        return memo[id(value)]
     if isinstance(value, dict):
-        return {k: _cloned(v) for k, v in value.items()}
+        return {k: _cloned(v, memo) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(_cloned(v) for v in value)
+        return type(value)(_cloned(v, memo) for v in value)
     return value
 
 

@@ -71,3 +71,14 @@ def test_zoo_labels_identical_in_train_and_eval_mode(name: str) -> None:
         assert _layout(train) != _layout(evaluated), f"{name} is listed as mode-dependent: {MODE_DEPENDENT[name]}"
     else:
         assert _layout(train) == _layout(evaluated)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_labels_do_not_depend_on_what_is_saved(name: str) -> None:
+    """Saving values (``detach``, clones) is the engine's work, never an op of the log."""
+    logs = []
+    for save in ("all", None, "replayable"):
+        model, args, kwargs = build(name)
+        options = {"replayable": True} if save == "replayable" else {"layers_to_save": save}
+        logs.append(lt.log_forward_pass(model, args, kwargs, random_seed=0, **options))
+    assert logs[0].layer_labels == logs[1].layer_labels == logs[2].layer_labels
