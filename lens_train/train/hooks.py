@@ -10,9 +10,12 @@ step). Outside ``with taps:`` a hook returns after one attribute read. Roles:
 * a pauser: the module is called inside an op scope's module, so the scope
   pauses while it runs (its ops are not the scope's).
 
+With edits (:mod:`lens_train.train.tap_edits`), a module's forward hook returns the
+edited output and an op scope returns the op's result with the edited tensor in it.
+
 A forward recomputed by activation checkpointing runs inside the backward pass
 (``torch._C._current_graph_task_id() != -1``); the hooks ignore it, so taps are
-neither duplicated nor overwritten. Under ``nn.DataParallel`` the replicas' outputs
+neither duplicated nor overwritten, except that module edits are applied again. Under ``nn.DataParallel`` the replicas' outputs
 of one call are gathered into one pass (:mod:`lens_train.train.replicas`).
 """
 

@@ -37,7 +37,8 @@ class Taps:
         model: the model being trained (DDP / DataParallel / ``torch.compile`` wrappers welcome;
             under ``nn.DataParallel`` a module tap is the replicas' outputs gathered along
             the batch dim, one value per call).
-        layers: a name, a predicate ``(address, module) -> bool``, or a list of them. Names
+        layers: a name, a predicate ``(address, module) -> bool``, or a list of them (may be
+            left out when ``edits`` names the layers). Names
             are module addresses (``"layer2"``, a unique suffix, ``"fc:2"`` for one call),
             op labels from :func:`lens_train.log_forward_pass` (``"relu_5_12"``, ``"relu_5"``,
             ``"linear_1_1:2"``) or globs (``"blocks.*.attn"``: ``taps[glob]`` is a dict).
