@@ -292,3 +292,25 @@ def test_activation_checkpointing_recomputes_module_edits() -> None:
     with taps:
         got = _step(edited, x)
     assert _same(got, _step(reference, x))
+
+
+def test_a_module_with_a_tuple_output_gets_builtins_per_tensor_and_callables_whole() -> None:
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, (h, c) = self.lstm(x)
+            return self.head(out[:, -1] + h[0] + c[0])
+
+    x = torch.randn(2, 5, 3)
+    for spec, expression in [("mean", lambda o: (o[0] * 0 + o[0].mean(0, keepdim=True),
+                                                 tuple(t * 0 + t.mean(0, keepdim=True) for t in o[1]))),
+                             (lambda o: (o[0] * 2, o[1]), lambda o: (o[0] * 2, o[1]))]:
+        edited, reference = _pair(Recurrent)
+        reference.lstm.register_forward_hook(lambda m, i, o, f=expression: f(o))
+        with lt.Taps(edited, edits={"lstm": spec}):
+            got = _step(edited, x)
+        assert _same(got, _step(reference, x))
