@@ -142,7 +142,8 @@ class CausalImportanceCallback(LensCallback):
 
     def _metric_name(self) -> str:
         name = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "metric")
-        return f"{name} drop when ablated ({getattr(self._edit, 'name', 'edit')})"
+        change = "drop" if resolve_metric(self.metric, self.higher_is_better)[1] else "rise"
+        return f"{name} {change} when ablated ({getattr(self._edit, 'name', 'edit')})"
 
     def _reference_batch(self, trainer: pl.Trainer) -> tuple[Any, Any]:
         if self._reference is not None:
@@ -189,10 +190,12 @@ def plot_importance(history: Sequence[dict[str, Any]], path: str | Path, label: 
     ax.set_xticks(range(len(history)), [str(entry["epoch"]) for entry in history])
     ax.set(xlabel="epoch", ylabel="layer", title="Causal layer importance")
     fig.colorbar(image, ax=ax, label=label)
+    low, high = image.get_clim()
     for row, values in enumerate(grid):
         for col, value in enumerate(values):
-            if len(history) <= 20 and not math.isnan(value):
-                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+            if len(history) <= 20 and not math.isnan(value):  # dark text on the bright end of viridis
+                color = "black" if value > (low + high) / 2 else "white"
+                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

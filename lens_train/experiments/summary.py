@@ -178,7 +178,7 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
         lines += ["", f"probe accuracy per layer ({when}):", *(indent + p for p in probes)]
     importance = importance_lines(result.history)
     if importance:
-        lines += ["", "causal importance per layer (metric drop when ablated; baseline: the metric):",
+        lines += ["", "causal importance per layer (how much worse the metric gets when ablated; baseline: the metric):",
                   *(indent + p for p in importance)]
     lines += ["", f"{'run dir':<12} {_rel(result.run_dir, base)}"]
     for name, (path, count) in result.artifact_dirs().items():
