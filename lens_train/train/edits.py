@@ -183,7 +183,7 @@ def mean(reference: torch.Tensor | None = None) -> Edit:
     if reference is None:
         return Mean()
     if not isinstance(reference, _Tensor):
-        raise EditError(f"mean(reference=...) takes a tensor, got {type(reference).__name__}. "
+        raise EditError(f"mean(reference=...) takes a tensor, got {type(reference).__name__} {reference!r:.40}. "
                         "Example: lt.edits.mean(reference=activations.mean(0)).")
     return Replace(reference, name="mean")
 
@@ -208,7 +208,8 @@ def noise(std: float = 1.0, relative: bool = False) -> Edit:
     if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
         raise EditError(f"noise(std=...) must be a number >= 0, got {std!r}. Example: lt.edits.noise(0.1).")
     if not isinstance(relative, bool):
-        raise EditError(f"noise(relative=...) must be True or False, got {relative!r}.")
+        raise EditError(f"noise(relative=...) must be True or False, got {relative!r}. "
+                        "Example: lt.edits.noise(0.1, relative=True).")
     return Noise(float(std), relative)
 
 
