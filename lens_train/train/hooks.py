@@ -15,7 +15,8 @@ edited output and an op scope returns the op's result with the edited tensor in 
 
 A forward recomputed by activation checkpointing runs inside the backward pass
 (``torch._C._current_graph_task_id() != -1``); the hooks ignore it, so taps are
-neither duplicated nor overwritten, except that module edits are applied again. Under ``nn.DataParallel`` the replicas' outputs
+neither duplicated nor overwritten, except that module edits are applied again when the
+forward being recomputed was edited (also when backward runs after the ``with taps:`` block). Under ``nn.DataParallel`` the replicas' outputs
 of one call are gathered into one pass (:mod:`lens_train.train.replicas`).
 """
 
@@ -141,11 +142,13 @@ class TapHooks:
         resumers = pausers[::-1]
 
         def pre(module: nn.Module, args: Any) -> None:
-            if not self.active:
+            if not self.active and self.editor is None:
                 return
             if not _compiling() and _task_id() != -1:
                 if scope is not None and self.editor is not None:
                     self._check_recompute(scope)
+                return
+            if not self.active:
                 return
             for s in pausers:
                 s.pause()
@@ -153,10 +156,14 @@ class TapHooks:
                 scope.enter()
 
         def post(module: nn.Module, args: Any, output: Any) -> Any:
-            if not self.active:
+            if not self.active and self.editor is None:
                 return None
             if not _compiling() and _task_id() != -1:
                 return self._recomputed(taps, output) if taps and output is not None else None
+            if not self.active:
+                if taps and self.editor.has_edits(taps):
+                    self.editor.replay = False  # an unedited forward: its recomputation must stay unedited
+                return None
             result = None
             if output is not None:  # None: the forward raised (this hook still runs to pop scopes)
                 if self.editor is not None and taps:
@@ -172,11 +179,10 @@ class TapHooks:
 
         return pre, post
 
-
     def _recomputed(self, taps: list[int], output: Any) -> Any:
         """Activation checkpointing recomputes the forward inside backward: edit it the same way."""
         editor = self.editor
-        if editor is None or not editor.has_edits(taps):
+        if editor is None or not editor.replay or not editor.has_edits(taps):
             return None
         if editor.pass_specific(taps):
             raise TapError(
@@ -184,10 +190,10 @@ class TapHooks:
                 "recomputes this module inside backward, where passes are not counted. Edit every pass (drop the "
                 "':n'), or leave this module out of checkpointing."
             )
-        return editor.apply(taps, output, 0)
+        return editor.apply(taps, output, 0, watch=False)
 
     def _check_recompute(self, scope: OpScope) -> None:
-        if self.editor.has_edits(scope.taps()):
+        if self.editor.replay and self.editor.has_edits(scope.taps()):
             raise TapError(
                 f"Op-level edits inside {scope.address or 'the model'!r} cannot be applied again when activation "
                 "checkpointing recomputes it inside backward. Edit a module's output instead (its forward hook "

@@ -49,6 +49,7 @@ class EditPlan:
         self.during = during
         self.step = 0
         self.in_step = False
+        self.replay = False
         self._written: list[tuple[str, list[torch.Tensor], list[int]]] = []
 
     def on(self) -> bool:
@@ -65,17 +66,22 @@ class EditPlan:
         """Whether an edit of ``taps`` names one pass."""
         return any(p is not None for i in taps for p, _, _ in self.entries.get(i, ()))
 
-    def apply(self, taps: Sequence[int], value: Any, passes: int) -> Any:
-        """The value the model continues with: ``value`` after every edit of ``taps`` for pass ``passes``."""
+    def apply(self, taps: Sequence[int], value: Any, passes: int, watch: bool = True) -> Any:
+        """The value the model continues with: ``value`` after every edit of ``taps`` for pass ``passes``
+        (``watch``: check at the end of the step that the original is not written in place)."""
         if not self.on():
+            if watch:
+                self.replay = False
             return value
+        if watch:
+            self.replay = True  # activation checkpointing recomputes this forward with the edits
         original = value
         for i in taps:
             for pass_num, edit, label in self.entries.get(i, ()):
                 if pass_num is None or pass_num == passes:
                     value = apply_edit(edit, value, label, self.step)
                     where = label
-        if value is not original and self.in_step:
+        if value is not original and self.in_step and watch:
             self._watch(where, original, value)
         return value
 

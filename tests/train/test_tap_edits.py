@@ -292,6 +292,14 @@ def test_activation_checkpointing_recomputes_module_edits() -> None:
     with taps:
         got = _step(edited, x)
     assert _same(got, _step(reference, x))
+    edited.zero_grad()
+    with taps:  # backward after the block, as most loops do: the recomputation is edited too
+        out = edited(x)
+    (out * torch.arange(3.0).view(3, 1)).sum().backward()
+    assert _same((out.detach(), [p.grad.clone() for p in edited.parameters()]), _step(reference, x))
+    plain = Checkpointed()
+    plain.load_state_dict(edited.state_dict())
+    assert _same(_step(edited, x), _step(plain, x))  # a forward outside the block: unedited, recomputed unedited
 
 
 def test_a_module_with_a_tuple_output_gets_builtins_per_tensor_and_callables_whole() -> None:
@@ -314,3 +322,22 @@ def test_a_module_with_a_tuple_output_gets_builtins_per_tensor_and_callables_who
         with lt.Taps(edited, edits={"lstm": spec}):
             got = _step(edited, x)
         assert _same(got, _step(reference, x))
+
+
+def test_edits_that_checkpointing_cannot_recompute_raise_with_the_fix() -> None:
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Net()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return checkpoint(self.inner, x, use_reentrant=False)
+
+    x = torch.randn(3, 4)
+    for edits, message in [({"inner.a:1": "zero"}, "names one pass"), ({"mul_1": "zero"}, "Op-level edits inside")]:
+        model = Checkpointed()
+        taps = lt.Taps(model, edits=edits, example_input=x)
+        with taps:
+            out = model(x)
+        with pytest.raises(TapError, match=message):
+            out.sum().backward()
