@@ -300,6 +300,14 @@ def test_activation_checkpointing_recomputes_module_edits() -> None:
     plain = Checkpointed()
     plain.load_state_dict(edited.state_dict())
     assert _same(_step(edited, x), _step(plain, x))  # a forward outside the block: unedited, recomputed unedited
+    noisy, noisy_reference = _pair(Checkpointed)  # the recomputation draws the same noise (RNG restored)
+    taps = lt.Taps(noisy, edits={"inner.1": lt.edits.noise(0.5)})
+    noisy_reference.inner[1].register_forward_hook(lambda m, i, o: o + 0.5 * torch.randn_like(o))
+    torch.manual_seed(1)
+    with taps:
+        out = noisy(x)
+    (out * torch.arange(3.0).view(3, 1)).sum().backward()
+    assert _same((out.detach(), [p.grad.clone() for p in noisy.parameters()]), _step(noisy_reference, x))
 
 
 def test_a_module_with_a_tuple_output_gets_builtins_per_tensor_and_callables_whole() -> None:
