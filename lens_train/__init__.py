@@ -8,7 +8,7 @@ from .extract import Extract
 from .errors import BundleError, BundleWarning, LayerNotFoundError, LensTrainError
 from .lens_module import LensModule
 from .bundle import load_snapshots
-from .train import AuxiliaryLoss, Distillation, Inspect, Probes, Taps, get_layers, get_nodes, losses
+from .train import AuxiliaryLoss, Distillation, Inspect, Probes, Taps, edits, get_layers, get_nodes, losses
 from .viz import show_model_graph
 from .interventions import PatchResult, intervene, patch
 
@@ -20,6 +20,7 @@ __all__ = [
     "BundleWarning",
     "callbacks",
     "Distillation",
+    "edits",
     "errors",
     "Extract",
     "fastlog",

@@ -59,6 +59,10 @@ class ConfigError(LensTrainError, ValueError):
     """An experiment config or ``lens-train`` command line that cannot run as written."""
 
 
+class EditError(LensTrainError, ValueError):
+    """An activation edit that cannot be applied: an unknown spec, or a result of the wrong shape or dtype."""
+
+
 class DifferentPathError(LensTrainError, ValueError):
     """An input that takes a different path through the model than the logged one."""
 

@@ -185,6 +185,15 @@ ROWS: list[tuple[str, str, Any, Callable[..., Any]]] = [
     ("callbacks.GraphLoggerCallback", "vis_nesting_depth", 0, _kw(lt.callbacks.GraphLoggerCallback, vis_nesting_depth=0)),
     ("callbacks.GraphLoggerCallback", "vis_opt", "fancy", _kw(lt.callbacks.GraphLoggerCallback, vis_opt="fancy")),
     ("callbacks.GraphLoggerCallback", "vis_fileformat", 5, _kw(lt.callbacks.GraphLoggerCallback, vis_fileformat=5)),
+    ("callbacks.CausalImportanceCallback", "every_n_epochs", 0, _kw(lt.callbacks.CausalImportanceCallback, ["0"],
+                                                                     every_n_epochs=0)),
+    ("callbacks.CausalImportanceCallback", "metric", "f1", _kw(lt.callbacks.CausalImportanceCallback, ["0"], metric="f1")),
+    ("callbacks.CausalImportanceCallback", "layers", 5, _kw(lt.callbacks.CausalImportanceCallback, 5)),
+    ("Taps", "edits", ["0"], _kw(lt.Taps, MODEL, ["0"], edits=["0"])),
+    ("Taps", "during", "training", _kw(lt.Taps, MODEL, ["0"], edits={"0": "zero"}, during="training")),
+    ("edits.noise", "std", -1, _kw(lt.edits.noise, -1)),
+    ("edits.noise", "relative", "yes", _kw(lt.edits.noise, 0.1, relative="yes")),
+    ("edits.mean", "reference", [1.0], _kw(lt.edits.mean, reference=[1.0])),
 ]
 
 # Public names that are not called with user arguments: errors, modules walked separately, data records.

@@ -167,3 +167,15 @@ def test_hparams_search_optuna_maximizes_val_acc(lens_train, tmp_path: Path, cap
     assert set(results["best_params"]) == {"model.lr", "lens.aux_loss.weight"}
     assert best["value"] == pytest.approx(results["best_value"])
     assert "sweep: 2 jobs ranked by val/acc" in capsys.readouterr().out
+
+
+def test_the_importance_lens_runs_beside_aux_loss_and_probes(lens_train, capsys: pytest.CaptureFixture) -> None:
+    run = lens_train("importance", "lens=[aux_loss,probes,importance]", "test=false", *TINY, *QUIET)
+    columns = _columns(run / "metrics.csv")
+    for layer in ("blocks.0", "blocks.1", "blocks.2"):
+        values = [v for v in columns[f"importance/{layer}"] if v == v]  # NaN: rows of other metrics
+        assert len(values) == 2 and all(abs(v) < 100 for v in values)  # the rise in loss, finite
+    assert (run / "plots" / "importance.png").stat().st_size > 1000
+    assert (run / "plots" / "probe_accuracy.png").is_file()
+    out = capsys.readouterr().out
+    assert "causal importance per layer" in out and "importance/plots/importance.png" in out

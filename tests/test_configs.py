@@ -39,7 +39,7 @@ def _targets(node: object) -> list[str]:
 def test_groups_ship_the_documented_options() -> None:
     assert group_options(CONFIGS, "data") == ["digits", "synthetic"]
     assert group_options(CONFIGS, "model") == ["cnn", "mlp", "transformer"]
-    assert group_options(CONFIGS, "lens") == ["aux_loss", "distill", "graphs", "probes", "snapshots", "stats"]
+    assert group_options(CONFIGS, "lens") == ["aux_loss", "distill", "graphs", "importance", "probes", "snapshots", "stats"]
     assert group_options(CONFIGS, "trainer") == ["cpu", "ddp", "default", "gpu"]
     assert group_options(CONFIGS, "logger") == ["csv", "mlflow", "tensorboard", "wandb"]
     assert group_options(CONFIGS, "experiment") == ["aux_loss_digits", "distill_digits", "probe_digits"]

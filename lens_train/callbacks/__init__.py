@@ -11,12 +11,14 @@ from .activation_stats import ActivationStatsCallback
 from .auxiliary_loss import AuxiliaryLossCallback
 from .distillation import DistillationCallback
 from .graph_logger import GraphLoggerCallback
+from .importance import CausalImportanceCallback
 from .probe import ProbeCallback
 
 __all__ = [
     "ActivationSnapshotCallback",
     "ActivationStatsCallback",
     "AuxiliaryLossCallback",
+    "CausalImportanceCallback",
     "DistillationCallback",
     "GraphLoggerCallback",
     "ProbeCallback",

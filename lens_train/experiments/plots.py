@@ -127,4 +127,6 @@ def write_plots(history: MetricsHistory, out_dir: str | Path) -> dict[str, Path]
     epochs, probes = probe_table(history)
     if probes:
         written["probe_accuracy"] = plot_probe_accuracy(epochs, probes, out_dir / "probe_accuracy.png")
+    if (out_dir / "importance.png").is_file():  # drawn by CausalImportanceCallback during the run
+        written["importance"] = out_dir / "importance.png"
     return written

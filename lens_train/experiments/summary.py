@@ -131,6 +131,30 @@ def probe_lines(history: MetricsHistory, test: dict[str, float] | None = None) -
     return lines
 
 
+def importance_lines(history: MetricsHistory) -> list[str]:
+    """The causal importance table (``importance/<layer>``: first and last measured epoch), as text lines.
+
+    Example:
+        >>> h = MetricsHistory()
+        >>> h.epochs = [{"epoch": 0.0, "step": 9.0, "importance/blocks.0": 0.5, "importance/baseline": 0.9},
+        ...             {"epoch": 1.0, "step": 19.0, "importance/blocks.0": 0.7, "importance/baseline": 0.95}]
+        >>> print("\\n".join(importance_lines(h)))
+        layer     first   last
+        baseline  0.900  0.950
+        blocks.0  0.500  0.700
+    """
+    keys = [k for k in history.keys() if k.startswith("importance/")]
+    keys.sort(key=lambda k: k != "importance/baseline")
+    if not keys:
+        return []
+    width = max(8, *(len(k) - len("importance/") for k in keys)) + 2
+    lines = [f"{'layer':<{width}}{'first':>5}  {'last':>5}"]
+    for key in keys:
+        values = history.series(key)[1]
+        lines.append(f"{key[len('importance/'):]:<{width}}{_fmt(values[:1]):>5}  {_fmt(values[-1:]):>5}")
+    return lines
+
+
 def _fmt(values: list[float | None]) -> str:
     value = values[0]
     return "-" if value is None or value != value else f"{value:.3f}"
@@ -152,6 +176,10 @@ def stage_lines(result: StageResult, base: Path | None = None, indent: str = "  
     if probes:
         when = "last epoch" if result.history.epochs else "tested checkpoint"
         lines += ["", f"probe accuracy per layer ({when}):", *(indent + p for p in probes)]
+    importance = importance_lines(result.history)
+    if importance:
+        lines += ["", "causal importance per layer (how much worse the metric gets when ablated; baseline: the metric):",
+                  *(indent + p for p in importance)]
     lines += ["", f"{'run dir':<12} {_rel(result.run_dir, base)}"]
     for name, (path, count) in result.artifact_dirs().items():
         extra = f"  (best: {Path(result.best_checkpoint).name})" if name == "checkpoints" and result.best_checkpoint else ""

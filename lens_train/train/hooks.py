@@ -10,9 +10,13 @@ step). Outside ``with taps:`` a hook returns after one attribute read. Roles:
 * a pauser: the module is called inside an op scope's module, so the scope
   pauses while it runs (its ops are not the scope's).
 
+With edits (:mod:`lens_train.train.tap_edits`), a module's forward hook returns the
+edited output and an op scope returns the op's result with the edited tensor in it.
+
 A forward recomputed by activation checkpointing runs inside the backward pass
 (``torch._C._current_graph_task_id() != -1``); the hooks ignore it, so taps are
-neither duplicated nor overwritten. Under ``nn.DataParallel`` the replicas' outputs
+neither duplicated nor overwritten, except that module edits are applied again when the
+forward being recomputed was edited (also when backward runs after the ``with taps:`` block). Under ``nn.DataParallel`` the replicas' outputs
 of one call are gathered into one pass (:mod:`lens_train.train.replicas`).
 """
 
@@ -27,6 +31,8 @@ from torch import nn
 from .optaps import OpScope
 from .replicas import GatheredValue, ReplicaTracker
 from .selection import Selection
+from ..errors import TapError
+from .tap_edits import EditPlan
 from .tap_values import ClonePolicy, TapValue
 
 _task_id = torch._C._current_graph_task_id
@@ -47,11 +53,24 @@ class TapHooks:
         self.values: list[list[TapValue]] = [[] for _ in selection.specs]
         self.policies = [ClonePolicy(clone) for _ in selection.specs]
         self.scopes: dict[str, OpScope] = {}
+        self.editor: EditPlan | None = None
         self._handles: list[Any] = []
 
-    def capture(self, tap: int, value: Any, module: nn.Module | None = None) -> None:
-        """Store ``value`` as the next pass of tap number ``tap`` (``module``: the one that made it)."""
-        self.values[tap].append(TapValue(value, self.policies[tap].should_clone(), self.save_gradients))
+    def capture(self, tap: int, value: Any, module: nn.Module | None = None, original: Any = None) -> None:
+        """Store ``value`` as the next pass of tap number ``tap`` (``module``: the one that made it;
+        ``original``: the value before an edit)."""
+        self.values[tap].append(TapValue(value, self.policies[tap].should_clone(), self.save_gradients, original))
+
+    def take(self, taps: list[int], value: Any, edit: bool = True) -> Any:
+        """Edit ``value`` as the plan says, store it in every tap of ``taps``; returns the value to continue with."""
+        editor = self.editor
+        original = value
+        if edit and editor is not None:
+            value = editor.apply(taps, value, len(self.values[taps[0]]) + 1)
+        kept = original if value is not original else None
+        for i in taps:
+            self.capture(i, value, None, kept)
+        return value
 
     def capture_from(self, tap: int, value: Any, module: nn.Module) -> None:
         """Like :meth:`capture`, filing a ``DataParallel`` replica's output as its part of a pass."""
@@ -68,10 +87,11 @@ class TapHooks:
                 values.append(GatheredValue(self.replicas))
             values[k].add(replica, part)
 
-    def uncapture(self, tap: int) -> None:
-        """Forget the latest pass of tap number ``tap``."""
+    def uncapture(self, tap: int) -> bool:
+        """Forget the latest pass of tap number ``tap``; returns whether that value was edited."""
         if self.values[tap]:
-            self.values[tap].pop()
+            return self.values[tap].pop().original is not None
+        return False
 
     def new_step(self) -> None:
         """Forget the previous step's values (nothing of it stays alive)."""
@@ -90,8 +110,9 @@ class TapHooks:
             else:
                 table = wanted.setdefault(spec.address, {})
                 for layer_type, index, out_index in spec.op_keys:
-                    table.setdefault((layer_type, index), []).append((out_index, i))
-        self.scopes = {a: OpScope(a, w, self.capture, self.uncapture) for a, w in wanted.items()}
+                    table.setdefault((layer_type, index), {}).setdefault(out_index, []).append(i)
+        self.scopes = {a: OpScope(a, {k: [(o, tuple(t)) for o, t in w.items()] for k, w in table.items()},
+                                  self.take, self.uncapture) for a, table in wanted.items()}
         pausers: dict[str, list[OpScope]] = {}
         for scope_address, children in pauses.items():
             for child in children:
@@ -121,25 +142,63 @@ class TapHooks:
         resumers = pausers[::-1]
 
         def pre(module: nn.Module, args: Any) -> None:
-            if not self.active or (not _compiling() and _task_id() != -1):
+            if not self.active and self.editor is None:
+                return
+            if not _compiling() and _task_id() != -1:
+                if scope is not None and self.editor is not None:
+                    self._check_recompute(scope)
+                return
+            if not self.active:
                 return
             for s in pausers:
                 s.pause()
             if scope is not None:
                 scope.enter()
 
-        def post(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.active or (not _compiling() and _task_id() != -1):
-                return
+        def post(module: nn.Module, args: Any, output: Any) -> Any:
+            if not self.active and self.editor is None:
+                return None
+            if not _compiling() and _task_id() != -1:
+                return self._recomputed(taps, output) if taps and output is not None else None
+            if not self.active:
+                if taps and self.editor.has_edits(taps):
+                    self.editor.replay = False  # an unedited forward: its recomputation must stay unedited
+                return None
+            result = None
             if output is not None:  # None: the forward raised (this hook still runs to pop scopes)
-                for i in taps:
-                    capture(i, output, module)
+                if self.editor is not None and taps:
+                    result = self.take(taps, output)
+                else:
+                    for i in taps:
+                        capture(i, output, module)
             if scope is not None:
                 scope.exit()
             for s in resumers:
                 s.resume()
+            return result
 
         return pre, post
+
+    def _recomputed(self, taps: list[int], output: Any) -> Any:
+        """Activation checkpointing recomputes the forward inside backward: edit it the same way."""
+        editor = self.editor
+        if editor is None or not editor.replay or not editor.has_edits(taps):
+            return None
+        if editor.pass_specific(taps):
+            raise TapError(
+                f"An edit of {self.selection.specs[taps[0]].label!r} names one pass, and activation checkpointing "
+                "recomputes this module inside backward, where passes are not counted. Edit every pass (drop the "
+                "':n'), or leave this module out of checkpointing."
+            )
+        return editor.apply(taps, output, 0, watch=False)
+
+    def _check_recompute(self, scope: OpScope) -> None:
+        if self.editor.replay and self.editor.has_edits(scope.taps()):
+            raise TapError(
+                f"Op-level edits inside {scope.address or 'the model'!r} cannot be applied again when activation "
+                "checkpointing recomputes it inside backward. Edit a module's output instead (its forward hook "
+                "runs again), or leave this module out of checkpointing."
+            )
 
 
 def pause_map(index_modules: dict[str, nn.Module], log: Any, scope_addresses: set[str], clean: Any) -> dict[str, list[str]]:

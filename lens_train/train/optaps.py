@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..capture.calls import _THIN_FUNCTIONS, COMPOSITE, OP, _undispatched_copy, classify_call, is_thin_wrapper, op_outputs
 from ..capture.scoping import remove_mode
+from ..errors import EditError
 
 _Tensor = torch.Tensor
 _stack_len = torch._C._len_torch_function_stack
@@ -30,9 +31,10 @@ _pop = torch._C._pop_torch_function_stack
 _KINDS: dict[Any, tuple[str, str, int]] = {}
 _CLONES: dict[Any, Any] = {}
 
-# (op type, index among ops of that type in the call) -> [(output index, tap number)]
-Wanted = dict[tuple[str, int], list[tuple[int, int]]]
-Capture = Callable[[int, torch.Tensor], None]
+# (op type, index among ops of that type in the call) -> [(output index, tap numbers)]
+Wanted = dict[tuple[str, int], list[tuple[int, tuple[int, ...]]]]
+# (tap numbers, value, edit?) -> the value the model continues with
+Take = Callable[..., Any]
 
 
 @dataclass(slots=True)
@@ -43,7 +45,7 @@ class _Frame:
     paused: int = 0
     pushed: bool = False
     ops: int = 0
-    last: tuple[str, int] | None = None  # (type, tap number or -1) of the latest op
+    last: tuple[str, tuple[int, ...]] | None = None  # (type, tap numbers) of the latest op
     last_outputs: int = 0  # its number of output tensors
 
 
@@ -70,8 +72,7 @@ class _OpMode(TorchFunctionMode):
         name, layer_type, kind = _kind(func)
         if kind == OP:
             result = func(*args, **kwargs)
-            self.scope.count(frames[-1], name, layer_type, args, kwargs, result)
-            return result
+            return self.scope.count(frames[-1], name, layer_type, args, kwargs, result)
         if kind == COMPOSITE:
             return self.scope.run_composite(frames[-1], func, args, kwargs)
         return func(*args, **kwargs)  # metadata reads and Python conditions are not ops
@@ -80,10 +81,10 @@ class _OpMode(TorchFunctionMode):
 class OpScope:
     """The op-level taps inside one module (internal to :class:`lens_train.Taps`)."""
 
-    def __init__(self, address: str, wanted: Wanted, capture: Capture, uncapture: Callable[[int], None]) -> None:
+    def __init__(self, address: str, wanted: Wanted, take: Take, uncapture: Callable[[int], bool]) -> None:
         self.address = address
         self.wanted = wanted
-        self.capture = capture
+        self.take = take
         self.uncapture = uncapture
         self.frames: list[_Frame] = []
         self.mode = _OpMode(self)
@@ -147,25 +148,34 @@ class OpScope:
             _push(mode)
 
     # -- the hot path -----------------------------------------------------------------
-    def count(self, frame: _Frame, name: str, layer_type: str, args: tuple, kwargs: dict, result: Any) -> None:
-        """Count one op; hand its output to the taps that want it."""
+    def taps(self) -> set[int]:
+        """The tap numbers of this scope."""
+        return {tap for hits in self.wanted.values() for _, taps in hits for tap in taps}
+
+    def count(self, frame: _Frame, name: str, layer_type: str, args: tuple, kwargs: dict, result: Any,
+              edit: bool = True) -> Any:
+        """Count one op; hand its output to the taps that want it. Returns the result the model continues
+        with (an edit replaces the tapped output in it)."""
         outputs = op_outputs(name, args, kwargs, result)
         if not outputs:
-            return
+            return result
         counts = frame.counts
         n = counts.get(layer_type, 0)
         counts[layer_type] = n + 1
         frame.ops += 1
-        frame.last = (layer_type, -1)
+        frame.last = (layer_type, ())
         frame.last_outputs = len(outputs)
         hits = self.wanted.get((layer_type, n))
         if hits is None:
-            return
-        for out_index, tap in hits:
+            return result
+        for out_index, taps in hits:
             t = _pick(outputs, out_index)
             if t is not None:
-                self.capture(tap, t)
-                frame.last = (layer_type, tap)
+                new = self.take(taps, t, edit)
+                frame.last = (layer_type, frame.last[1] + taps)
+                if new is not t:
+                    result = _replace(result, t, new, name, args, kwargs, layer_type)
+        return result
 
     def run_composite(self, frame: _Frame, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run a Python ``torch.nn.functional`` function with interception on inside it."""
@@ -179,20 +189,45 @@ class OpScope:
         finally:
             _pop()
         if frame.last is not None and is_thin_wrapper(frame.ops - before, frame.last_outputs, result):
-            self._as_thin(frame, func, args, kwargs, result)
+            return self._as_thin(frame, func, args, kwargs, result)
         return result
 
-    def _as_thin(self, frame: _Frame, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
+    def _as_thin(self, frame: _Frame, func: Any, args: tuple, kwargs: dict, result: Any) -> Any:
         # A wrapper around one op is one op named after the function (the engine's rule).
-        layer_type, tap = frame.last
+        layer_type, taps = frame.last
         frame.counts[layer_type] -= 1
         frame.ops -= 1
-        if tap >= 0:
-            self.uncapture(tap)
+        edited = False
+        for tap in taps:
+            edited = self.uncapture(tap) or edited
         _THIN_FUNCTIONS.add(func)
         _KINDS.pop(func, None)
         name, thin_type, _ = _kind(func)
-        self.count(frame, name, thin_type, args, kwargs, result)
+        # An edit of the one op inside already shaped ``result``: it is not applied twice.
+        return self.count(frame, name, thin_type, args, kwargs, result, edit=not edited)
+
+
+def _replace(result: Any, old: torch.Tensor, new: Any, name: str, args: tuple, kwargs: dict, layer_type: str) -> Any:
+    """``result`` with the tapped output ``old`` replaced by its edited value ``new``."""
+    in_place = name == "__setitem__" or "out" in kwargs or (name.endswith("_") and not name.startswith("__")
+                                                              and bool(args) and args[0] is old)
+    if in_place:
+        raise EditError(
+            f"Cannot edit the output of the in-place op {name!r} ({layer_type}): it writes into an existing tensor, "
+            "which the model keeps using whatever the op returns. Edit the op or module that computes that tensor, "
+            "or the next op that reads it."
+        )
+    if result is old:
+        return new
+    if isinstance(result, (tuple, list)) and any(r is old for r in result):
+        items = [new if r is old else r for r in result]
+        if type(result) is list:
+            return items
+        if type(result) is tuple:
+            return tuple(items)
+        return type(result)(*items) if hasattr(result, "_fields") else type(result)(items)
+    raise EditError(f"Cannot edit this output of {name!r} ({layer_type}): it is not one of the tensors the op "
+                    "returns (an in-place op on a view also changes its base). Edit the op that computes it.")
 
 
 def _pick(outputs: list[torch.Tensor], index: int) -> torch.Tensor | None:

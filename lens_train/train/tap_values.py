@@ -60,10 +60,11 @@ class ClonePolicy:
 class TapValue:
     """One captured value (a tensor or a module's structured output)."""
 
-    __slots__ = ("raw", "versions", "copy", "final", "grads", "device")
+    __slots__ = ("raw", "versions", "copy", "final", "grads", "device", "original")
 
-    def __init__(self, raw: Any, clone: bool, grad_box: bool) -> None:
+    def __init__(self, raw: Any, clone: bool, grad_box: bool, original: Any = None) -> None:
         self.raw = raw
+        self.original = original  # the value before an edit (None: not edited)
         leaves = [raw] if isinstance(raw, _Tensor) else tensor_leaves(raw)
         self.versions = [_version(t) for t in leaves]
         self.copy = map_tensors(raw, torch.Tensor.clone) if clone else None

@@ -25,6 +25,7 @@ from .hooks import TapHooks, pause_map
 from .replicas import ReplicaTracker, find_data_parallel
 from .selection import LISTING, ModuleIndex, Resolver, Selection, as_selector_list, clean_name, is_compiled, split_pass
 from .structures import zip_tensors
+from .tap_edits import DURING, compile_plan, normalize_edits, with_edited
 
 _PASSES = ("error", "list", "stack", "first", "last")
 
@@ -36,7 +37,8 @@ class Taps:
         model: the model being trained (DDP / DataParallel / ``torch.compile`` wrappers welcome;
             under ``nn.DataParallel`` a module tap is the replicas' outputs gathered along
             the batch dim, one value per call).
-        layers: a name, a predicate ``(address, module) -> bool``, or a list of them. Names
+        layers: a name, a predicate ``(address, module) -> bool``, or a list of them (may be
+            left out when ``edits`` names the layers). Names
             are module addresses (``"layer2"``, a unique suffix, ``"fc:2"`` for one call),
             op labels from :func:`lens_train.log_forward_pass` (``"relu_5_12"``, ``"relu_5"``,
             ``"linear_1_1:2"``) or globs (``"blocks.*.attn"``: ``taps[glob]`` is a dict).
@@ -50,6 +52,10 @@ class Taps:
         clone: ``"auto"`` (clone at tap time only for values rewritten in place later in the
             step, learned on the first step), ``"always"`` or ``"never"``.
         example_kwargs: keyword inputs for the example pass.
+        edits: ``{selector: edit}``: replace these activations inside the step (see
+            :meth:`edit`); an edited layer is tapped too, and ``taps[name]`` is its edited value.
+        during: when edits apply: ``"train"`` (the model is in training mode), ``"eval"``
+            or ``"all"``.
 
     Example:
         >>> import torch, lens_train as lt
@@ -61,17 +67,24 @@ class Taps:
         (torch.Size([3, 8]), True)
     """
 
-    def __init__(self, model: nn.Module, layers: Any, example_input: Any = None, passes: str = "error",
+    def __init__(self, model: nn.Module, layers: Any = None, example_input: Any = None, passes: str = "error",
                  missing: str = "error", save_gradients: bool = False, clone: str = "auto",
-                 example_kwargs: Mapping[str, Any] | None = None) -> None:
+                 example_kwargs: Mapping[str, Any] | None = None, edits: Mapping[Any, Any] | None = None,
+                 during: str = "train") -> None:
         _check_choice("passes", passes, _PASSES)
         _check_choice("missing", missing, ("error", "skip"))
         _check_choice("clone", clone, ("auto", "always", "never"))
+        _check_choice("during", during, DURING)
         check_bool("save_gradients", save_gradients, "lt.Taps(model, ['layer2'], save_gradients=True)")
         self.model = model
         self.passes, self.missing, self.save_gradients, self.clone = passes, missing, bool(save_gradients), clone
+        self.during = during
+        self.step = 0
         self._index = ModuleIndex(model)
-        self._selectors = as_selector_list(layers)
+        self._edits = normalize_edits(edits, model)
+        self._selectors = with_edited(None if layers is None and self._edits else layers, self._edits)
+        self._log: Any = None
+        self._trained_step = False
         self._hooks: TapHooks | None = None
         self._names: list[tuple[Any, int]] = []
         self._cache: dict[tuple[int, int | None, bool], Any] = {}
@@ -80,27 +93,33 @@ class Taps:
         self._owned: list[Any] = []  # hooks and handles to remove, also when this object is collected
         self._finalizer = weakref.finalize(self, _cleanup, self._owned)
         try:
-            needs_log = Resolver(self._index, None).needs_log(self._selectors)
-            if needs_log:
-                self._check_eager()
-            if needs_log and example_input is None and example_kwargs is None:
-                Resolver(self._index, None).check_deferrable(self._selectors)
-                with interrupt_guard():
-                    self._deferred = self._index.root.register_forward_pre_hook(_weak_method(self._first_step),
-                                                                                with_kwargs=True)
-                    self._owned.append(self._deferred)
-            else:
-                self._resolve(example_input, example_kwargs, needs_log)
+            self._setup(example_input, example_kwargs)
         except BaseException:  # an error or Ctrl-C while building leaves nothing installed
             self.remove()
             raise
 
     # -- resolution -----------------------------------------------------------------------
+    def _setup(self, example_input: Any, example_kwargs: Any) -> None:
+        needs_log = Resolver(self._index, None).needs_log(self._selectors)
+        if needs_log:
+            self._check_eager()
+        if needs_log and example_input is None and example_kwargs is None and self._log is None:
+            Resolver(self._index, None).check_deferrable(self._selectors)
+            with interrupt_guard():
+                self._deferred = self._index.root.register_forward_pre_hook(_weak_method(self._first_step),
+                                                                            with_kwargs=True)
+                self._owned.append(self._deferred)
+        else:
+            self._resolve(example_input, example_kwargs, needs_log)
+
     def _resolve(self, input_args: Any, input_kwargs: Any, needs_log: bool) -> None:
         root = self._index.root
-        log_fn = (lambda: _example_log(root, input_args, input_kwargs)) if needs_log else None
+        known = self._log
+        log_fn = (lambda: known if known is not None else _example_log(root, input_args, input_kwargs)) \
+            if needs_log else None
         resolver = Resolver(self._index, log_fn)
         selection = resolver.resolve(self._selectors)
+        self._log = resolver._log if self._edits else None  # kept to resolve new edits without an example
         scopes = {s.address for s in selection.specs if s.kind == "op"}
         pauses = pause_map(self._index.modules, resolver._log, scopes, clean_name) if scopes else {}
         wrapper = find_data_parallel(self.model)
@@ -108,6 +127,7 @@ class Taps:
         if replicas is not None:
             self._owned.append(replicas)
         hooks = TapHooks(selection, self.clone, self.save_gradients, replicas)
+        hooks.editor = compile_plan(selection, self._edits, root, self.during)
         with interrupt_guard():
             self._owned.append(hooks)
             hooks.install(self._index.modules, pauses)
@@ -128,6 +148,8 @@ class Taps:
                 "inside `with taps:`; pass example_input=x to lt.Taps to check every name when it is built.)"
             ) from None
         deferred.remove()
+        if self._hooks.editor is not None:
+            self._hooks.editor.begin(self.step)
         self._hooks.enter_root_call("")
 
     def _check_eager(self) -> None:
@@ -150,14 +172,19 @@ class Taps:
         if self._active:
             raise TapError("This Taps is already active; `with taps:` blocks cannot be nested.")
         self._cache.clear()
+        self._trained_step = self._index.root.training
         if self._hooks is not None:
             self._hooks.new_step()
             self._hooks.active = True
+            if self._hooks.editor is not None:
+                self._hooks.editor.begin(self.step)
         self._active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._active = False
+        if self._trained_step:
+            self.step += 1
         hooks = self._hooks
         if hooks is None:
             return
@@ -172,6 +199,81 @@ class Taps:
                     value.resolve(hooks.policies[i], spec.label)
                 except TapError:
                     pass
+        if hooks.editor is not None:
+            hooks.editor.finish(check=exc[0] is None)
+
+    # -- edits ----------------------------------------------------------------------------
+    def edit(self, edits: Mapping[Any, Any], during: str | None = None) -> None:
+        """Replace the edits: ``{selector: edit}`` from now on (``{}`` removes them all).
+
+        Inside ``with taps:`` the model continues with the edited value, graph-connected:
+        outputs and gradients are those of a forward hook returning the edited value
+        (module selectors) or of the model's code computing it (op labels). A selector
+        is anything ``lt.Taps`` accepts (``"layer2"``, ``"fc:2"`` for one pass, op labels,
+        globs); an edit is anything :func:`lt.edits.as_edit <lens_train.train.edits.as_edit>`
+        takes: ``"zero"``, ``"mean"``, ``"noise"``, ``"detach"``, an ``lt.edits`` object, a tensor
+        (the replacement value) or a callable ``x -> x`` / ``(x, step) -> x``, where ``step`` is
+        :attr:`step`. ``taps[name]`` gives the edited value, :meth:`original` the value before.
+
+        Args:
+            edits: the new edits.
+            during: change when edits apply (``"train"``, ``"eval"``, ``"all"``).
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+            >>> taps = lt.Taps(model, ["1"])
+            >>> taps.edit({"0": "zero"})
+            >>> with taps:
+            ...     out = model(torch.ones(3, 2))
+            >>> torch.equal(out, model[1](torch.zeros(3, 2))), taps["0"].abs().sum().item()
+            (True, 0.0)
+        """
+        if self._active:
+            raise TapError("Change edits between steps, not inside `with taps:`: call taps.edit({...}) before the block.")
+        if during is not None:
+            _check_choice("during", during, DURING)
+            self.during = during
+        self._edits = normalize_edits(edits, self.model)
+        selectors = with_edited(self._selectors, self._edits)
+        if selectors != self._selectors or self._deferred is not None:
+            self._selectors = selectors
+            self._reinstall()
+        elif self._hooks is not None:
+            self._hooks.editor = compile_plan(self._hooks.selection, self._edits, self._index.root, self.during)
+
+    def clear_edits(self) -> None:
+        """Remove every edit (the layers stay tapped)."""
+        self.edit({})
+
+    @property
+    def edits(self) -> dict[Any, Any]:
+        """The current edits, normalised (``{selector: Edit}``)."""
+        return dict(self._edits)
+
+    def original(self, key: Any) -> Any:
+        """The value of an edited layer before its edit, in this step (the value itself if not edited).
+
+        Example:
+            >>> import torch, lens_train as lt
+            >>> taps = lt.Taps(torch.nn.Linear(2, 2), edits={"": "zero"}, during="all")
+            >>> with taps:
+            ...     _ = taps.model(torch.ones(1, 2))
+            >>> taps[""].abs().sum().item() == 0, taps.original("").abs().sum().item() > 0
+            (True, True)
+        """
+        return self._read(key, grad=False, original=True)
+
+    def _reinstall(self) -> None:
+        with interrupt_guard():
+            self._cache.clear()
+            _cleanup(self._owned)
+            self._hooks, self._deferred = None, None
+        try:
+            self._setup(None, None)
+        except BaseException:
+            self.remove()
+            raise
 
     def clear(self) -> None:
         """Drop the values of the last step now (they are dropped at the next step anyway)."""
@@ -244,14 +346,16 @@ class Taps:
 
     def __repr__(self) -> str:
         names = [n for n, _ in self._names] if self._hooks is not None else self._selectors
-        return f"Taps({names!r}, passes={self.passes!r}, missing={self.missing!r})"
+        edits = f", edits={self._edits!r}, during={self.during!r}" if self._edits else ""
+        return f"Taps({names!r}, passes={self.passes!r}, missing={self.missing!r}{edits})"
 
-    def _read(self, key: Any, grad: bool, quiet: bool = False) -> Any:
+    def _read(self, key: Any, grad: bool, quiet: bool = False, original: bool = False) -> Any:
         specs, grouped, pass_num = self._lookup(key)
         if grouped:
-            found = {self._hooks.selection.specs[i].label: self._value(i, pass_num, grad, quiet) for i in specs}
+            found = {self._hooks.selection.specs[i].label: self._value(i, pass_num, grad, quiet, original)
+                     for i in specs}
             return {k: v for k, v in found.items() if v is not None}
-        return self._value(specs[0], pass_num, grad, quiet)
+        return self._value(specs[0], pass_num, grad, quiet, original)
 
     def _require_resolved(self) -> None:
         if self._hooks is None:
@@ -273,8 +377,8 @@ class Taps:
         known = [k for k in sel.keys if isinstance(k, str)]
         raise LayerNotFoundError(f"{key!r} is not tapped." + suggestion_text(str(key), known, "taps.keys()"))
 
-    def _value(self, i: int, pass_num: int | None, grad: bool, quiet: bool = False) -> Any:
-        cache_key = (i, pass_num, grad)
+    def _value(self, i: int, pass_num: int | None, grad: bool, quiet: bool = False, original: bool = False) -> Any:
+        cache_key = (i, pass_num, grad, original)
         if cache_key in self._cache:
             return self._cache[cache_key]
         hooks = self._hooks
@@ -287,6 +391,8 @@ class Taps:
                 raise TapError(_missing_text(spec.label, pass_num, len(values), self._active))
             return None
         read = (lambda v: v.gradient()) if grad else (lambda v: v.resolve(hooks.policies[i], spec.label))
+        if original:
+            read = (lambda v, value=read: v.original if v.original is not None else value(v))
         result = [read(v) for v in chosen] if isinstance(chosen, list) else read(chosen)
         if isinstance(chosen, list) and self.passes == "stack":
             result = zip_tensors(result, torch.stack)
