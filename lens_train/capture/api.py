@@ -193,12 +193,14 @@ def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, An
         recorder, output, elapsed = record_forward(model, input_args, input_kwargs, plan, seed)
         meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
         log = build_log(recorder, model, meta)
-    log.output = output
-    if plan.read_values:
-        from .replay_edits import ReplayState  # replay builds on validation, which builds on this module
+        if plan.read_values:
+            from .replay_edits import ReplayState  # replay builds on validation, which builds on this module
 
-        log.replay_state = ReplayState.of(recorder.records, log.layers, model, input_args, input_kwargs, seed,
-                                          recorder.index.unique_params())
+            log.replay_state = ReplayState.of(recorder.records, log.layers, model, input_args, input_kwargs, seed,
+                                              recorder.index.unique_params())
+        # freed here, while the collector is paused, so it never walks the raw records
+        del recorder
+    log.output = output
     return log
 
 

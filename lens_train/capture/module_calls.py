@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .calls import _flatten_output, _tensors_in
 from .records import OpRecord
@@ -64,25 +65,41 @@ class ModuleCalls:
         self._records = records
         self._open: list[ModuleCall] = []
         self._count: dict[str, int] = {}
-        self._handles: list[Any] = []
+        self._hooked: list[nn.Module] = []
+        self._hook_id = -1
         self._modules = modules if modules is not None else tuple(model.named_modules(remove_duplicate=False))
         self._addresses = first_names(self._modules)
         self._types = {id(m): type(m).__name__ for _, m in self._modules}
 
     def attach(self) -> None:
-        """Install the hooks on every submodule (once per module, also when it is shared)."""
+        """Install the hooks on every submodule (once per module, also when it is shared).
+
+        The hooks go into each module's hook dicts exactly where ``register_forward_pre_hook``
+        and ``register_forward_hook(always_call=True)`` put them (last, so they see what
+        the model's own hooks did), under one fresh handle id for the whole model: a
+        capture does not pay for a ``RemovableHandle`` per hook.
+        """
+        hook_id = self._hook_id = RemovableHandle.next_id
+        RemovableHandle.next_id += 1
+        pre, post = self._pre_hook, self._post_hook
         seen = {id(self.model)}
+        hooked = self._hooked
         for _, module in self._modules:
             if id(module) not in seen:
                 seen.add(id(module))
-                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-                self._handles.append(module.register_forward_hook(self._post_hook, always_call=True))
+                hooked.append(module)  # before installing: detach() also undoes a half-finished attach()
+                module._forward_pre_hooks[hook_id] = pre
+                module._forward_hooks[hook_id] = post
+                module._forward_hooks_always_called[hook_id] = True
 
     def detach(self) -> None:
         """Remove every hook :meth:`attach` installed."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        hook_id = self._hook_id
+        for module in self._hooked:
+            module._forward_pre_hooks.pop(hook_id, None)
+            module._forward_hooks.pop(hook_id, None)
+            module._forward_hooks_always_called.pop(hook_id, None)
+        self._hooked.clear()
 
     def _pre_hook(self, module: nn.Module, args: tuple) -> None:
         address = self._addresses.get(id(module))

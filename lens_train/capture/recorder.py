@@ -98,13 +98,16 @@ class Recorder(TorchFunctionMode):
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._open_calls = OpenCalls(stop_code, self._codes)
         self._above = self._open_calls.above
+        self._owner: dict[int, OpRecord] = {}
+        # a lookup that holds the owner map, not the recorder: no reference cycle, so a
+        # capture's records (and the tensors they hold) are freed as soon as it is dropped
+        self._lookup = owner_lookup(self._owner)
         self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules, self._open_calls,
                                           self._edit_module_output if plan.module_edits else None)
         self.module_calls: list[ModuleCall] = self.module_tracker.calls
         # (exception, the record its op would have had): the op that raised, for the error note
         self.failure: tuple[BaseException, OpRecord] | None = None
         self._stop_code = stop_code
-        self._owner: dict[int, OpRecord] = {}
         self._by_storage: dict[int, list[OpRecord]] = {}
         self._unindexed: list[OpRecord] = []  # saved values not yet in _by_storage (indexed when first needed)
         # parameters by storage: one changed in place by forward is backed up first and
@@ -145,6 +148,7 @@ class Recorder(TorchFunctionMode):
         finally:
             self._above.clear()  # frames of calls an exception left open
             self._owner.clear()
+            self.module_tracker.edit_output = None  # a bound method of this recorder: a cycle once the pass is over
             self._restore_parameters()
 
     def _uninstall(self) -> None:
@@ -362,12 +366,6 @@ class Recorder(TorchFunctionMode):
                 rec.activation = rec.activation.clone()
 
     # -- parents, sources, call sites -------------------------------------------------
-    def _lookup(self, t: torch.Tensor) -> OpRecord | None:
-        rec = self._owner.get(id(t))
-        if rec is not None and rec.tensor_ref() is t:
-            return rec
-        return None
-
     def _parents(self, args: tuple, kwargs: dict) -> tuple[list, tuple]:
         parents: list[tuple[int, Any]] = []
         params: list[int] = []
@@ -652,6 +650,28 @@ def _argument_positions(args: tuple, kwargs: dict) -> dict[int, Any]:
                 if isinstance(b, _Tensor):
                     where.setdefault(id(b), (pos, j))
     return where
+
+
+def owner_lookup(owner: dict[int, OpRecord]) -> Callable[[torch.Tensor], OpRecord | None]:
+    """``lookup(tensor)``: the record in ``owner`` (by ``id``) that describes that very tensor, or None.
+
+    Example:
+        >>> t = torch.ones(1)
+        >>> rec = OpRecord(0, "ones", "ones", None, 0, 0, [], (), (), ())
+        >>> rec.tensor_ref = weakref.ref(t)
+        >>> lookup = owner_lookup({id(t): rec})
+        >>> lookup(t) is rec, lookup(torch.ones(1))
+        (True, None)
+    """
+    get = owner.get
+
+    def lookup(t: torch.Tensor) -> OpRecord | None:
+        rec = get(id(t))
+        if rec is not None and rec.tensor_ref() is t:
+            return rec
+        return None
+
+    return lookup
 
 
 def _storage_key(t: torch.Tensor) -> int:
