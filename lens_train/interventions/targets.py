@@ -94,9 +94,7 @@ def _module_targets(log: ModelLog, address: str, call: int | None, name: str, ed
 
 
 def _layer_targets(log: ModelLog, key: str, name: str, edit: Edit) -> list[Target]:
-    if ":" in key:
-        layers = [log[key]]
-    else:
-        layers = log.layer_passes(log[key].layer_label_no_pass) if log[key].num_passes > 1 and \
-            key in (log[key].layer_label_no_pass, log[key].layer_label_short) else [log[key]]
+    """A label names one pass (``"linear_1_1:2"``) or every pass of its layer (``"linear_1_1"``)."""
+    hit = log._keys[key]
+    layers = [log.layers[i] for i in (hit if isinstance(hit, tuple) else (hit,))]
     return [Target(name, layer.layer_label, edit, record=layer.operation_index) for layer in layers]
