@@ -131,3 +131,23 @@ def test_patch_refuses_inputs_that_take_different_paths() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
     with pytest.raises(DifferentPathError, match="different paths"):
         lt.patch(model, torch.randn(2, 4), torch.randn(3, 4), ["0"], lambda out: out.sum().item())
+
+
+def test_replay_leaves_the_callers_random_stream_alone() -> None:
+    x = torch.randn(3, 4)
+    log = lt.log_forward_pass(_gate(), x, random_seed=3, replayable=True)
+    torch.manual_seed(5)
+    want = torch.rand(4)
+    torch.manual_seed(5)
+    log.replay_with({"fc": lambda t: t * 1.5})
+    assert torch.equal(torch.rand(4), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_replay_with_dropout_on_cuda_equals_a_full_rerun() -> None:
+    model, x = _gate().cuda(), torch.randn(64, 4, device="cuda")
+    log = lt.log_forward_pass(model, x, random_seed=3, replayable=True)
+    assert log.replay_state.records[-1].rng_state[1], "the CUDA random states are recorded"
+    edit = {"out": lambda t: t * 2}
+    full = lt.intervene(model, x, edits=edit, random_seed=3)
+    assert torch.equal(log.replay_with(edit).output, full.output.detach())
