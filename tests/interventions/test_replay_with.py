@@ -133,14 +133,17 @@ def test_patch_refuses_inputs_that_take_different_paths() -> None:
         lt.patch(model, torch.randn(2, 4), torch.randn(3, 4), ["0"], lambda out: out.sum().item())
 
 
-def test_replay_leaves_the_callers_random_stream_alone() -> None:
-    x = torch.randn(3, 4)
-    log = lt.log_forward_pass(_gate(), x, random_seed=3, replayable=True)
+def test_replayed_dropout_draws_its_recorded_mask_and_leaves_the_callers_random_stream_alone() -> None:
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)).train(), torch.randn(16, 4)
+    log = lt.log_forward_pass(model, x, random_seed=3, replayable=True)
     torch.manual_seed(5)
     want = torch.rand(4)
     torch.manual_seed(5)
-    log.replay_with({"fc": lambda t: t * 1.5})
+    replayed = log.replay_with({"0": lambda t: t * 1.5})
     assert torch.equal(torch.rand(4), want)
+    full = lt.intervene(model, x, edits={"0": lambda t: t * 1.5}, random_seed=3)
+    assert torch.equal(replayed.output, full.output.detach())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
