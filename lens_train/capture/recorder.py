@@ -515,11 +515,20 @@ class Recorder(TorchFunctionMode):
             result = _swap_tensor(result, old, new)
         return result
 
-    def _edit_module_output(self, key: tuple[str, int], output: Any) -> Any:
+    def _edit_module_output(self, call: ModuleCall, output: Any) -> Any:
         """A module call's edited output (or None), from the module's forward hook."""
+        key = (call.address, call.pass_num)
         fn = self.plan.module_edits.get(key)
         if fn is None:
             return None
+        for t in _flatten_output(output):
+            rec = self._lookup(t)
+            if rec is not None and rec.index < call.first_op:
+                raise InvalidArgumentError(
+                    f"Module {call.address!r} (call {call.pass_num}) returns a tensor it was given, unchanged, so its "
+                    f"output is the value of an earlier layer ({rec.func_name}, used elsewhere too). Edit a module "
+                    "that contains it, or the op that made the value (its label in lt.log_forward_pass(model, x))."
+                )
         with torch._C.DisableTorchFunction():
             new = fn(output)
             old_leaves, new_leaves = _flatten_output(output), _flatten_output(new)

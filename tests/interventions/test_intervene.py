@@ -192,3 +192,9 @@ def test_an_edited_log_round_trips_through_a_bundle(tmp_path) -> None:
     assert layer.edit == log["blocks.0.act"].edit
     assert torch.equal(layer.original_activation, log["blocks.0.act"].original_activation)
     assert "Edited" in str(log["blocks.0.act"])
+
+
+def test_a_module_that_returns_its_input_unchanged_cannot_be_edited_alone() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Identity(), nn.ReLU())
+    with pytest.raises(InvalidArgumentError, match="returns a tensor it was given"):
+        lt.intervene(model, torch.randn(1, 2), edits={"1": "zero"})
