@@ -154,3 +154,13 @@ def test_replay_with_dropout_on_cuda_equals_a_full_rerun() -> None:
     edit = {"out": lambda t: t * 2}
     full = lt.intervene(model, x, edits=edit, random_seed=3)
     assert torch.equal(log.replay_with(edit).output, full.output.detach())
+
+
+def test_a_replayable_log_refreshed_with_new_input_replays_from_the_new_values() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).eval()
+    log = lt.log_forward_pass(model, torch.randn(2, 4), replayable=True)
+    new = torch.randn(3, 4)
+    log.save_new_activations(model, new)
+    edit = {"1": lambda t: t * 0.5}
+    assert torch.equal(log.replay_with(edit).output, lt.intervene(model, new, edits=edit).output.detach())
