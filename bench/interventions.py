@@ -19,7 +19,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lens_train as lt  # noqa: E402
 from models import CNN, Encoder  # noqa: E402
+from timing import interleaved_times  # noqa: E402
 from train_step import step_fn  # noqa: E402
 
 TARGET = 1.05
@@ -73,16 +73,7 @@ def measure(model, x, layer, spec, hook, repeats: int) -> tuple[float, float, fl
         raise SystemExit(f"taps.edit and the hook disagree on {layer}")
     cases = {"edit": with_edit(copy.deepcopy(model), x, y, layer, spec),
              "hook": with_hook(copy.deepcopy(model), x, y, layer, hook)}
-    for fn in cases.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    order = list(cases)
-    for r in range(repeats):
-        for k in order[r % 2:] + order[:r % 2]:
-            t0 = time.perf_counter()
-            cases[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times(cases, repeats)
     ratios = sorted(e / h for e, h in zip(times["edit"], times["hook"]))
     q = statistics.quantiles(ratios, n=4)
     return statistics.median(times["hook"]) * 1e3, statistics.median(ratios), q[0], q[2]

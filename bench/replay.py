@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import lens_train as lt  # noqa: E402
 from models import issue15_models  # noqa: E402
+from timing import interleaved_times  # noqa: E402
 
 TARGET = 0.3
 EDITS = {
@@ -44,14 +44,9 @@ def main() -> None:
         replayed = log.replay_with({selector: edit})
         full = lt.intervene(model, x, edits={selector: edit}, random_seed=0)
         assert torch.allclose(replayed.output, full.output.detach(), rtol=1e-5, atol=1e-6), name
-        times: dict[str, list[float]] = {"plain": [], "replay": [], "rerun": []}
-        for _ in range(args.repeats):
-            for key, fn in (("plain", lambda: model(x)),
-                            ("replay", lambda: log.replay_with({selector: edit})),
-                            ("rerun", lambda: lt.intervene(model, x, edits={selector: edit}, random_seed=0))):
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
+        times = interleaved_times({"plain": lambda: model(x), "replay": lambda: log.replay_with({selector: edit}),
+                                   "rerun": lambda: lt.intervene(model, x, edits={selector: edit}, random_seed=0)},
+                                  args.repeats)
         plain, replay, rerun = (statistics.median(times[k]) for k in ("plain", "replay", "rerun"))
         verdict = "OK" if replay / plain <= TARGET else "MISS"
         print(f"{name:22s} {plain * 1e3:9.2f} {replay * 1e3:10.2f} {replay / plain:9.2f} {rerun / plain:8.2f} "

@@ -23,7 +23,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lens_train as lt  # noqa: E402
 from models import CNN, Encoder  # noqa: E402
+from timing import interleaved_times  # noqa: E402
 
 TARGETS = {"a": 1.10, "b": 1.5, "c": 1.2}
 MODULES = {"transformer4": [f"blocks.{i}" for i in range(4)], "cnn5": ["features.2", "features.6", "features.9", "features.13"]}
@@ -106,16 +106,7 @@ def measure(name: str, model, x, repeats: int) -> dict[str, tuple[float, float, 
         "c": with_probes(copy.deepcopy(model), x, y, MODULES[name]),
         "d": with_hooks(copy.deepcopy(model), x, y, MODULES[name]),
     }
-    for fn in cases.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    order = list(cases)
-    for r in range(repeats):
-        for k in order[r % len(order):] + order[:r % len(order)]:
-            t0 = time.perf_counter()
-            cases[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times(cases, repeats)
     out = {"plain": (statistics.median(times["plain"]) * 1e3, 0.0, 0.0)}
     for k in ("a", "b", "c", "d"):
         ratios = sorted(t / p for t, p in zip(times[k], times["plain"]))
