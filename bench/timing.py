@@ -31,3 +31,24 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
             fns[name]()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def ratio_stats(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of the per-round ratios of two interleaved timings."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator))
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q[0], q[2]
+
+
+def setup(default_repeats: int = 40) -> int:
+    """Parse ``--repeats``, run torch on one thread, seed 0; the repeats."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=default_repeats)
+    repeats = parser.parse_args().repeats
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return repeats
