@@ -15,11 +15,9 @@ before timing). Target: <= 1.05x.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lens_train as lt  # noqa: E402
 from models import CNN, Encoder  # noqa: E402
+from timing import interleaved_times, ratio_stats, setup  # noqa: E402
 from train_step import step_fn  # noqa: E402
 
 TARGET = 1.05
@@ -73,33 +72,18 @@ def measure(model, x, layer, spec, hook, repeats: int) -> tuple[float, float, fl
         raise SystemExit(f"taps.edit and the hook disagree on {layer}")
     cases = {"edit": with_edit(copy.deepcopy(model), x, y, layer, spec),
              "hook": with_hook(copy.deepcopy(model), x, y, layer, hook)}
-    for fn in cases.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    order = list(cases)
-    for r in range(repeats):
-        for k in order[r % 2:] + order[:r % 2]:
-            t0 = time.perf_counter()
-            cases[k]()
-            times[k].append(time.perf_counter() - t0)
-    ratios = sorted(e / h for e, h in zip(times["edit"], times["hook"]))
-    q = statistics.quantiles(ratios, n=4)
-    return statistics.median(times["hook"]) * 1e3, statistics.median(ratios), q[0], q[2]
+    times = interleaved_times(cases, repeats)
+    return statistics.median(times["hook"]) * 1e3, *ratio_stats(times["edit"], times["hook"])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=40)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    repeats = setup()
     models = {"transformer4": (Encoder(64, 4), torch.randn(8, 32, 64), 64),
               "cnn5": (CNN(), torch.randn(8, 3, 32, 32), 1)}
     for name, (model, x, width) in models.items():
         model.train()
         for kind, (spec, hook) in edits(width).items():
-            hook_ms, med, lo, hi = measure(model, x, LAYER[name], spec, hook, args.repeats)
+            hook_ms, med, lo, hi = measure(model, x, LAYER[name], spec, hook, repeats)
             verdict = "OK" if med <= TARGET else "MISS"
             print(f"{name} {LAYER[name]} {kind:5s}: hook step {hook_ms:6.2f} ms, taps.edit {med:5.3f}x "
                   f"[IQR {lo:.3f}-{hi:.3f}]  target <= {TARGET}x {verdict}")

@@ -19,11 +19,9 @@ step) in paired, interleaved rounds; the reported number is the median over roun
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lens_train as lt  # noqa: E402
 from models import CNN, Encoder  # noqa: E402
+from timing import interleaved_times, ratio_stats, setup  # noqa: E402
 
 TARGETS = {"a": 1.10, "b": 1.5, "c": 1.2}
 MODULES = {"transformer4": [f"blocks.{i}" for i in range(4)], "cnn5": ["features.2", "features.6", "features.9", "features.13"]}
@@ -106,36 +105,20 @@ def measure(name: str, model, x, repeats: int) -> dict[str, tuple[float, float, 
         "c": with_probes(copy.deepcopy(model), x, y, MODULES[name]),
         "d": with_hooks(copy.deepcopy(model), x, y, MODULES[name]),
     }
-    for fn in cases.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    order = list(cases)
-    for r in range(repeats):
-        for k in order[r % len(order):] + order[:r % len(order)]:
-            t0 = time.perf_counter()
-            cases[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times(cases, repeats)
     out = {"plain": (statistics.median(times["plain"]) * 1e3, 0.0, 0.0)}
     for k in ("a", "b", "c", "d"):
-        ratios = sorted(t / p for t, p in zip(times[k], times["plain"]))
-        q = statistics.quantiles(ratios, n=4)
-        out[k] = (statistics.median(ratios), q[0], q[2])
-    a_vs_d = sorted(a / d for a, d in zip(times["a"], times["d"]))
-    out["a/d"] = (statistics.median(a_vs_d), *statistics.quantiles(a_vs_d, n=4)[::2])
+        out[k] = ratio_stats(times[k], times["plain"])
+    out["a/d"] = ratio_stats(times["a"], times["d"])
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=40)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    repeats = setup()
     models = {"transformer4": (Encoder(64, 4), torch.randn(8, 32, 64)),
               "cnn5": (FunctionalPoolCNN(), torch.randn(8, 3, 32, 32))}
     for name, (model, x) in models.items():
-        res = measure(name, model, x, args.repeats)
+        res = measure(name, model, x, repeats)
         print(f"{name}: plain step {res['plain'][0]:.2f} ms")
         for k, label in [("a", "4 module taps + aux"), ("b", "2 op taps + aux"), ("c", "probes on 4 layers"),
                          ("d", "hand-written hooks (floor)"), ("a/d", "(a) vs (d)")]:

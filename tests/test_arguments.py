@@ -194,11 +194,25 @@ ROWS: list[tuple[str, str, Any, Callable[..., Any]]] = [
     ("edits.noise", "std", -1, _kw(lt.edits.noise, -1)),
     ("edits.noise", "relative", "yes", _kw(lt.edits.noise, 0.1, relative="yes")),
     ("edits.mean", "reference", [1.0], _kw(lt.edits.mean, reference=[1.0])),
+    ("intervene", "edits", ["0"], _kw(lt.intervene, MODEL, X, edits=["0"])),
+    ("intervene", "edits", "nope", _kw(lt.intervene, MODEL, X, edits={"nope": "zero"})),
+    ("intervene", "edits", 5, _kw(lt.intervene, MODEL, X, edits={5: "zero"})),
+    ("intervene", "params", "0.wieght", _kw(lt.intervene, MODEL, X, params={"0.wieght": torch.zeros(4, 3)})),
+    ("intervene", "params", 1.5, _kw(lt.intervene, MODEL, X, params={"0.weight": 1.5})),
+    ("intervene", "modules", "9", _kw(lt.intervene, MODEL, X, modules={"9": nn.Tanh()})),
+    ("intervene", "modules", 7, _kw(lt.intervene, MODEL, X, modules={"1": 7})),
+    ("patch", "seq_dim", "1", _kw(lt.patch, MODEL, X, X, ["0"], lambda o: 0.0, seq_dim="1")),
+    ("patch", "layers", 3, _kw(lt.patch, MODEL, X, X, 3, lambda o: 0.0)),
+    ("patch", "layers", "nope", _kw(lt.patch, MODEL, X, X, ["nope"], lambda o: 0.0)),
+    ("patch", "metric", "acc", _kw(lt.patch, MODEL, X, X, ["0"], "acc")),
+    ("log_forward_pass", "replayable", "yes", _kw(lt.log_forward_pass, MODEL, X, replayable="yes")),
+    ("ModelLog.replay_with", "fallback", "retry",
+     lambda: lt.log_forward_pass(MODEL, X, replayable=True).replay_with({"0": "zero"}, fallback="retry")),
 ]
 
 # Public names that are not called with user arguments: errors, modules walked separately, data records.
 NOT_CALLED = {"BundleError", "BundleWarning", "LayerNotFoundError", "LensTrainError", "errors", "callbacks", "fastlog",
-              "losses", "LayerLog", "ModuleLog", "ModelLog", "__version__"}
+              "losses", "LayerLog", "ModuleLog", "ModelLog", "__version__", "PatchResult"}
 
 
 def _public_names() -> set[str]:

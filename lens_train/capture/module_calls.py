@@ -55,9 +55,9 @@ class ModuleCalls:
 
     def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord],
                  modules: tuple[tuple[str, nn.Module], ...] | None = None, open_calls: Any = None,
-                 edit_output: Callable[[tuple[str, int], Any], Any] | None = None) -> None:
+                 edit_output: Callable[[ModuleCall, Any], Any] | None = None) -> None:
         self.model = model
-        self.edit_output = edit_output  # (call key, output) -> replacement output or None (interventions)
+        self.edit_output = edit_output  # (call, output) -> replacement output or None (interventions)
         self.open_calls = open_calls  # told the frame of each call (lens_train.capture.callsites.OpenCalls)
         self.calls: list[ModuleCall] = []
         self.stack: tuple[tuple[str, int], ...] = ()
@@ -137,7 +137,7 @@ class ModuleCalls:
                     rec.output_of_modules += (key,)
                 call.output_records.append(rec.index)
         if self.edit_output is not None:
-            return self.edit_output(key, output)
+            return self.edit_output(call, output)
         return None
 
 

@@ -36,6 +36,9 @@ def format_layer(layer: LayerLog) -> str:
         f"\tOutput tensor: shape={layer.tensor_shape}, dtype={layer.tensor_dtype}, size={human_bytes(layer.tensor_fsize)}, device={layer.device}",
         f"\t\t{_saved_text(layer)}",
     ]
+    if layer.edit is not None:
+        original = layer.original_activation
+        lines.append(f"\tEdited: {layer.edit}; before the edit: {_preview(original) if original is not None else '(not kept)'}")
     if layer.gradient is not None:
         g = layer.gradient
         lines.append(f"\tGradient: shape={tuple(g.shape)}, dtype={g.dtype}, size={human_bytes(g.nelement() * g.element_size())}")
@@ -135,7 +138,8 @@ def format_model_log(log: ModelLog) -> str:
     for i, layer in enumerate(log):
         passes = f" ({layer.pass_num}/{layer.num_passes} passes)" if layer.num_passes > 1 else ""
         saved = "" if layer.is_saved else " (not saved)"
-        lines.append(f"\t\t({i}) {layer.layer_label}{passes} {shape_text(layer.tensor_shape)}{saved}")
+        edited = f" [edited: {layer.edit}]" if layer.edit is not None else ""
+        lines.append(f"\t\t({i}) {layer.layer_label}{passes} {shape_text(layer.tensor_shape)}{saved}{edited}")
     if log.meta.get("sharding_ops"):
         lines.append(f"\t{log.meta['sharding_ops']} ops run inside FSDP's hooks (all-gathers, parameter views) "
                      "are not numbered.")

@@ -193,7 +193,7 @@ class Recorder(TorchFunctionMode):
         plan = self.plan
         template = self._template(args, kwargs) if plan.keep_templates else None
         context = _replay_context() if plan.keep_templates else None
-        rng = torch.get_rng_state() if plan.record_rng else None
+        rng = rng_states() if plan.record_rng else None
         if inplace:
             self.copy_on_write(inplace_target(args, kwargs))
         start = _perf()
@@ -513,11 +513,20 @@ class Recorder(TorchFunctionMode):
             result = _swap_tensor(result, old, new)
         return result
 
-    def _edit_module_output(self, key: tuple[str, int], output: Any) -> Any:
+    def _edit_module_output(self, call: ModuleCall, output: Any) -> Any:
         """A module call's edited output (or None), from the module's forward hook."""
+        key = (call.address, call.pass_num)
         fn = self.plan.module_edits.get(key)
         if fn is None:
             return None
+        for t in _flatten_output(output):
+            rec = self._lookup(t)
+            if rec is not None and rec.index < call.first_op:
+                raise InvalidArgumentError(
+                    f"Module {call.address!r} (call {call.pass_num}) returns a tensor it was given, unchanged, so its "
+                    f"output is the value of an earlier layer ({rec.func_name}, used elsewhere too). Edit a module "
+                    "that contains it, or the op that made the value (its label in lt.log_forward_pass(model, x))."
+                )
         with torch._C.DisableTorchFunction():
             new = fn(output)
             old_leaves, new_leaves = _flatten_output(output), _flatten_output(new)
@@ -619,6 +628,26 @@ _AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 # Tensor methods that hand a tensor's values to Python: the recorded path depends on them
 _VALUE_READS = frozenset({"item", "tolist", "__int__", "__float__", "__index__", "__complex__"})
+
+
+def rng_states() -> Any:
+    """The CPU random-number state, with every CUDA device's when CUDA is in use: ``(cpu, (cuda0, ...))``.
+
+    Example:
+        >>> cpu, cuda = rng_states()
+        >>> cpu.dtype, cuda if not torch.cuda.is_initialized() else ()
+        (torch.uint8, ())
+    """
+    cuda = tuple(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() and torch.cuda.is_initialized() else ()
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_states(state: Any) -> None:
+    """Restore what :func:`rng_states` returned."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for device, value in enumerate(cuda):
+        torch.cuda.set_rng_state(value, device)
 
 
 def _swap_tensor(result: Any, old: torch.Tensor, new: torch.Tensor) -> Any:

@@ -66,6 +66,7 @@ def save_new_activations(log: ModelLog, model: nn.Module, input_args: Any, input
     if grads is not None:
         grads.bind(log)
     log.output = fresh.output
+    log.replay_state = fresh.replay_state  # a replayable log replays from the new values
     log.random_seed = fresh.random_seed
     log.elapsed_s = fresh.elapsed_s
     log.meta.update(random_seed=fresh.random_seed, elapsed_s=fresh.elapsed_s)

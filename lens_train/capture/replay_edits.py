@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import DifferentPathError, InvalidArgumentError
 from .records import OpRecord
 from .recorder import HIDDEN_BUFFER_WRITERS
-from .validation import REPLAY_EXEMPTIONS, _replay
+from .validation import REPLAY_EXEMPTIONS, _cuda_devices, _replay
 
 
 @dataclass
@@ -74,7 +74,8 @@ def replay_records(state: ReplayState, edits: Mapping[int, Callable[[torch.Tenso
     if not edits:
         return new, before
     buffers: dict[str, torch.Tensor] = {}  # buffer address -> its value after a recomputed in-kernel update
-    with torch.no_grad():
+    # ops replay with their recorded random states: the caller's random streams are put back after
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices()):
         for rec in records[min(edits):]:
             reached = any(p in new for p, _ in rec.parents)
             fn = edits.get(rec.index)

@@ -42,7 +42,7 @@ from .build import module_param_counts
 from .inputs import normalize_inputs
 from .passes import group_passes, pass_labels
 from .records import OpRecord, TensorArg, ViewBaseTemplate
-from .recorder import CapturePlan
+from .recorder import CapturePlan, set_rng_states
 
 
 #: Ops whose output is not a function of their inputs, so a replay cannot reproduce it.
@@ -158,7 +158,7 @@ def _validate(model: nn.Module, args: tuple, kwargs: dict, seed: int, restore: A
     del expected, output
     if reason:
         report.failures.append((-1, reason))
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices()):
         for rec in reversed(records):
             _check_record(rec, records, report)
             rec.activation = None  # every later op (the ones that read it) is checked already
@@ -264,7 +264,7 @@ def _replay(rec: OpRecord, records: list[OpRecord], swap: dict[int, torch.Tensor
 
 def _run(rec: OpRecord, args: tuple, kwargs: dict) -> Any:
     if rec.rng_state is not None:
-        torch.set_rng_state(rec.rng_state)
+        set_rng_states(rec.rng_state)
     grad, autocast = rec.replay_context if rec.replay_context is not None else (False, ())
     with torch.set_grad_enabled(grad), ExitStack() as stack:
         for device_type, dtype in autocast:
@@ -408,3 +408,8 @@ def _cloned(value: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
     return value
 
 
+def _cuda_devices() -> list[int]:
+    """Every initialized CUDA device: a replay sets their random states, which must be put back."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []

@@ -107,7 +107,8 @@ def replay_with(log: ModelLog, edits: Mapping[str, Any], fallback: str = "error"
         (tensor([[0., 0.]]), True)
     """
     if fallback not in ("error", "rerun"):
-        raise InvalidArgumentError(f"fallback must be 'error' or 'rerun', got {fallback!r}.")
+        raise InvalidArgumentError(f"fallback must be 'error' or 'rerun', got {fallback!r}; "
+                                   "e.g. log.replay_with(edits, fallback='rerun').")
     state = log.replay_state
     if state is None:
         raise InvalidArgumentError(

@@ -105,13 +105,22 @@ def patch(model: nn.Module, clean: Any, corrupt: Any, layers: str | Sequence[str
         >>> [round(r["recovered"], 3) for r in result.rows]
         [1.0, 1.0]
     """
-    if seq_dim is not None and not isinstance(seq_dim, int):
-        raise InvalidArgumentError(f"seq_dim must be an int (the dim of positions) or None, got {seq_dim!r}.")
+    if seq_dim is not None and (not isinstance(seq_dim, int) or isinstance(seq_dim, bool)):
+        raise InvalidArgumentError(f"seq_dim must be an int (the dim of positions) or None, got {seq_dim!r}; "
+                                   "e.g. seq_dim=1 for (batch, tokens, features) activations.")
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(s, str) for s in layers):
+        raise InvalidArgumentError(f"layers must be a selector or a list of selectors, got {layers!r:.60}; "
+                                   "e.g. layers=['blocks.*.attn', 'blocks.*.mlp'].")
+    if not callable(metric):
+        raise InvalidArgumentError(f"metric must be a function output -> float, got {metric!r:.40}; "
+                                   "e.g. metric=lambda out: out[0, 3].item().")
     clean_log = log_forward_pass(model, clean, random_seed=random_seed)
     corrupt_log = log_forward_pass(model, corrupt, random_seed=random_seed, replayable=True)
     _check_same_path(clean_log, corrupt_log)
     result = PatchResult(_score(metric, clean_log.output), _score(metric, corrupt_log.output))
-    for label in _patched_labels(corrupt_log, [layers] if isinstance(layers, str) else list(layers)):
+    for label in _patched_labels(corrupt_log, list(layers)):
         source = clean_log[label].activation
         for position, edit in _edits(source, seq_dim, label):
             value = _score(metric, replay_with(corrupt_log, {label: edit}).output)
@@ -124,7 +133,7 @@ def patch(model: nn.Module, clean: Any, corrupt: Any, layers: str | Sequence[str
 
 def _patched_labels(log: ModelLog, selectors: list[str]) -> list[str]:
     labels: list[str] = []
-    for t in resolve_targets(log, {s: "detach" for s in selectors}):
+    for t in resolve_targets(log, {s: "detach" for s in selectors}, "layers"):
         if t.record is not None:
             labels.append(t.label)
         else:

@@ -55,10 +55,10 @@ def _param_swaps(model: nn.Module, params: Mapping[str, Any]) -> list[tuple[dict
     for address, value in params.items():
         old = named.get(address)
         if old is None:
-            raise LayerNotFoundError(f"The model has no parameter {address!r}."
+            raise LayerNotFoundError(f"params: the model has no parameter {address!r}."
                                      + suggestion_text(str(address), named, "[n for n, _ in model.named_parameters()]"))
         if not isinstance(value, torch.Tensor):
-            raise ArgumentTypeError(f"params[{address!r}] must be a tensor, got {type(value).__name__}. "
+            raise ArgumentTypeError(f"params[{address!r}] must be a tensor, got {type(value).__name__} {value!r:.40}. "
                                     f"Example: params={{{address!r}: torch.zeros{tuple(old.shape)}}}.")
         if value.shape != old.shape or value.dtype != old.dtype:
             raise InvalidArgumentError(
@@ -75,10 +75,10 @@ def _module_swaps(model: nn.Module, modules: Mapping[str, Any]) -> list[tuple[di
     swaps = []
     for address, value in modules.items():
         if address not in named or address == "":
-            raise LayerNotFoundError(f"The model has no submodule {address!r}."
+            raise LayerNotFoundError(f"modules: the model has no submodule {address!r}."
                                      + suggestion_text(str(address), [a for a in named if a], "dict(model.named_modules())"))
         if not isinstance(value, nn.Module):
-            raise ArgumentTypeError(f"modules[{address!r}] must be an nn.Module, got {type(value).__name__}. "
+            raise ArgumentTypeError(f"modules[{address!r}] must be an nn.Module, got {type(value).__name__} {value!r:.40}. "
                                     f"Example: modules={{{address!r}: torch.nn.GELU()}}.")
         parent, _, attr = address.rpartition(".")
         swaps.append((named[parent]._modules, attr, value))

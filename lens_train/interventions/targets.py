@@ -48,21 +48,21 @@ def describe(edit: Edit) -> str:
     return f"{edit.name}()" if edit.name.isidentifier() else edit.name
 
 
-def resolve_targets(log: ModelLog, edits: Any) -> list[Target]:
-    """Every target of ``{selector: edit}`` in ``log`` (errors name the closest selectors)."""
+def resolve_targets(log: ModelLog, edits: Any, argument: str = "edits") -> list[Target]:
+    """Every target of ``{selector: edit}`` in ``log`` (errors name ``argument`` and the closest selectors)."""
     if not hasattr(edits, "items"):
-        raise ArgumentTypeError(f"edits must be a dict {{selector: edit}}, got {type(edits).__name__}. "
+        raise ArgumentTypeError(f"{argument} must be a dict {{selector: edit}}, got {type(edits).__name__} {edits!r:.40}. "
                                 "Example: edits={'blocks.1.act': 'zero', 'relu_5': lt.edits.noise(0.1)}.")
     targets: list[Target] = []
     for selector, spec in edits.items():
         if not isinstance(selector, str):
-            raise ArgumentTypeError(f"Edit selectors are strings, got {type(selector).__name__} {selector!r}. "
+            raise ArgumentTypeError(f"{argument}: selectors are strings, got {type(selector).__name__} {selector!r}. "
                                     "Example: edits={'fc': 'zero', 'relu_1_2': 'mean'}.")
         edit = as_edit(spec)
         found = _targets(log, selector, edit)
         if not found:
             names = [*log.modules, *log.layer_labels_no_pass]
-            raise LayerNotFoundError(f"The edit selector {selector!r} names no module or layer of this model."
+            raise LayerNotFoundError(f"{argument}: {selector!r} names no module or layer of this model."
                                      + suggestion_text(selector, names, "log.modules and log.layer_labels"))
         targets.extend(found)
     return targets
@@ -94,9 +94,7 @@ def _module_targets(log: ModelLog, address: str, call: int | None, name: str, ed
 
 
 def _layer_targets(log: ModelLog, key: str, name: str, edit: Edit) -> list[Target]:
-    if ":" in key:
-        layers = [log[key]]
-    else:
-        layers = log.layer_passes(log[key].layer_label_no_pass) if log[key].num_passes > 1 and \
-            key in (log[key].layer_label_no_pass, log[key].layer_label_short) else [log[key]]
+    """A label names one pass (``"linear_1_1:2"``) or every pass of its layer (``"linear_1_1"``)."""
+    hit = log._keys[key]
+    layers = [log.layers[i] for i in (hit if isinstance(hit, tuple) else (hit,))]
     return [Target(name, layer.layer_label, edit, record=layer.operation_index) for layer in layers]
