@@ -18,6 +18,7 @@ operations.
 
 from __future__ import annotations
 
+import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -56,6 +57,7 @@ _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter
 _perf = time.perf_counter
+_getframe = sys._getframe
 _weakref = weakref.ref
 # Ops that update running-statistics buffers inside the kernel without bumping their version.
 HIDDEN_BUFFER_WRITERS = frozenset({"batchnorm", "instancenorm"})
@@ -120,6 +122,8 @@ class Recorder(TorchFunctionMode):
         self._read_values = plan.read_values
         self._save_all = plan.save == "all"
         self._save_some = not self._save_all and plan.save != "none"
+        self._extras = plan.keep_templates or plan.record_rng or plan.edits is not None  # off the fast path
+        self._sink = plan.sink
         self._type_cache: dict[Any, tuple[str, str]] = {}
         self._clones: dict[Any, Any] = {}
         self._saved_from_numpy: Any = None
@@ -188,8 +192,26 @@ class Recorder(TorchFunctionMode):
             self._note_condition(args[0], result)
             return result
         name = names[0]
-        inplace = _is_inplace(name, kwargs)
+        # in place by name (add_, __setitem__) or by keyword (out=, inplace=True)
+        inplace = _is_inplace(name, kwargs) if kwargs or name[-1] == "_" else False
         parents, params = self._parents(args, kwargs)
+        if not (inplace or self._extras):
+            start = _perf()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                self._note_failure(exc, func, names, parents, params)
+                raise
+            elapsed = _perf() - start
+            if isinstance(result, _Tensor) and name != "__setitem__" and "out" not in kwargs:
+                self._record_one(func, names, result, parents, params, elapsed)
+            else:
+                outputs = op_outputs(name, args, kwargs, result)
+                if outputs:
+                    self._record_op(func, names, outputs, parents, params, elapsed, False, None, None)
+            if names[1] in HIDDEN_BUFFER_WRITERS:
+                self._forget_buffers(args, kwargs)
+            return result
         plan = self.plan
         template = self._template(args, kwargs) if plan.keep_templates else None
         context = _replay_context() if plan.keep_templates else None
@@ -215,6 +237,38 @@ class Recorder(TorchFunctionMode):
         if names[1] in HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
         return result
+
+    def _record_one(self, func, names, t, parents, params, elapsed) -> None:  # noqa: ANN001
+        """:meth:`_record_op` for the common op: one output, not in place, no templates, RNG states or edits."""
+        records = self.records
+        # the walk starts at the frame that called __torch_function__ (the frames below are ours: no key part)
+        callsite = find_callsite(self._stop_code, self._codes, self._above, _getframe(2))[0]
+        rec = OpRecord(len(records), names[0], names[1], func, self._op_count, 0, parents, self.module_tracker.stack,
+                       callsite, None, params, tuple(t.shape), t.dtype, t.device, t.nelement() * t.element_size())
+        self._op_count += 1
+        rec.time_s = elapsed
+        if not parents:
+            rec.is_internally_generated = True
+        if self._sharded:
+            rec.framework = inside_sharding_hooks(self._stop_code)
+        if self._pending_branch:
+            self._start_branches(rec.index)
+        if t.requires_grad:
+            rec.requires_grad = True
+            try:
+                grad_fn = t.grad_fn
+            except RuntimeError:  # a no_grad view of a tensor changed in place: autograd refuses to describe it
+                grad_fn = None
+            if grad_fn is not None:
+                rec.grad_fn_name = type(grad_fn).__name__
+        rec.version = t._version
+        rec.tensor_ref = _weakref(t)
+        records.append(rec)
+        self._owner[id(t)] = rec
+        if self._save_all or (self._save_some and rec.index in self.plan.save):
+            self._save(rec, t)
+        if self._sink is not None:
+            self._sink(rec)
 
     def _forget_buffers(self, args: tuple, kwargs: dict) -> None:
         """Buffers an op updated inside its kernel (no version bump): their next read is a new value."""
@@ -305,10 +359,14 @@ class Recorder(TorchFunctionMode):
         rec = OpRecord(len(self.records), names[0], names[1], func, op_id, out_index, list(parents),
                        self.module_tracker.stack, callsite, frames)
         if self._pending_branch:
-            for cond in self._pending_branch:
-                cond.branch_starts += (rec.index,)
-            self._pending_branch = []
+            self._start_branches(rec.index)
         return rec
+
+    def _start_branches(self, index: int) -> None:
+        """Record ``index`` is the first op after the pending Python conditions: it starts their branches."""
+        for cond in self._pending_branch:
+            cond.branch_starts += (index,)
+        self._pending_branch = []
 
     def _finish(self, rec: OpRecord, t: torch.Tensor, clone: bool = False) -> None:
         """Describe ``t`` on ``rec``, save it if planned, and make ``rec`` its owner."""
@@ -369,17 +427,24 @@ class Recorder(TorchFunctionMode):
     def _parents(self, args: tuple, kwargs: dict) -> tuple[list, tuple]:
         parents: list[tuple[int, Any]] = []
         params: list[int] = []
+        owner = self._owner
         for pos, a in enumerate(args):
             if isinstance(a, _Tensor):
-                self._link(a, pos, parents, params)
+                rec = owner.get(id(a))
+                # the common case inline: the current value of a tensor recorded here
+                if rec is not None and rec.tensor_ref() is a and rec.version == a._version and not rec.framework:
+                    parents.append((rec.index, pos))
+                else:
+                    self._link(a, pos, parents, params)
             elif isinstance(a, (list, tuple)):
                 for j, b in enumerate(a):
                     if isinstance(b, _Tensor):
                         self._link(b, (pos, j), parents, params)
-        for key, a in kwargs.items():
-            if isinstance(a, _Tensor) and key != "out":
-                self._link(a, key, parents, params)
-        return parents, tuple(params)
+        if kwargs:
+            for key, a in kwargs.items():
+                if isinstance(a, _Tensor) and key != "out":
+                    self._link(a, key, parents, params)
+        return parents, tuple(params) if params else ()
 
     def _link(self, t: torch.Tensor, pos: Any, parents: list, params: list) -> None:
         rec = self._owner.get(id(t))

@@ -72,6 +72,7 @@ class _Report:
     proven: int = 0
     flat: dict[str, int] = field(default_factory=dict)  # op name -> links whose values did not matter
     skipped: dict[str, int] = field(default_factory=dict)
+    noise: _Noise = field(default_factory=lambda: _Noise(), repr=False)  # shared by the perturbations of one validation
 
     @property
     def ok(self) -> bool:
@@ -209,7 +210,7 @@ def _perturb_parent(rec: OpRecord, records: list[OpRecord], parent: int, positio
     if value is None:
         return
     if value.numel() > 0:
-        for other in _perturbations(value):
+        for other in _perturbations(value, report.noise, parent):
             try:
                 out = _replay(rec, records, {parent: other})
             except Exception:  # noqa: BLE001 - the op rejects other values: its output depends on them
@@ -266,6 +267,8 @@ def _run(rec: OpRecord, args: tuple, kwargs: dict) -> Any:
     if rec.rng_state is not None:
         set_rng_states(rec.rng_state)
     grad, autocast = rec.replay_context if rec.replay_context is not None else (False, ())
+    if grad == torch.is_grad_enabled() and not autocast:  # the common case, without entering contexts
+        return rec.func(*args, **kwargs)
     with torch.set_grad_enabled(grad), ExitStack() as stack:
         for device_type, dtype in autocast:
             stack.enter_context(torch.autocast(device_type, dtype=dtype))
@@ -306,10 +309,19 @@ def _tensor_args(value: Any) -> Iterator[TensorArg]:
             yield from _tensor_args(v)
 
 
-def _perturbations(v: torch.Tensor) -> Iterator[torch.Tensor]:
+def _perturbations(v: torch.Tensor, noise: _Noise | None = None, key: Any = None) -> Iterator[torch.Tensor]:
     """Up to three different stand-ins for ``v``, made only as needed: far above it, far below it, random.
 
     The shifts vary per element: a uniform shift would leave softmax or layer_norm unchanged.
+    ``noise`` shares the random patterns, and the scale of the value saved under ``key``,
+    across one validation; the stand-ins are the same with or without it.
+
+    Example:
+        >>> v = torch.tensor([1.0, -2.0])
+        >>> [bool((p - v).abs().min() > 0) for p in _perturbations(v)]
+        [True, True, True]
+        >>> all(torch.equal(a, b) for a, b in zip(_perturbations(v), _perturbations(v, _Noise(), 0)))
+        True
     """
     if v.dtype == torch.bool:
         yield ~v
@@ -320,13 +332,50 @@ def _perturbations(v: torch.Tensor) -> Iterator[torch.Tensor]:
         yield v - 1
         yield torch.zeros_like(v) if bool(v.any()) else torch.ones_like(v)
         return
-    scale = float(v.abs().max()) if v.numel() else 0.0
-    scale = 1.0 if scale != scale or scale in (float("inf"), 0.0) else scale + 1.0
-    gen = torch.Generator().manual_seed(v.numel())
-    for sign in (1.0, -1.0):
-        noise = torch.rand(v.shape, generator=gen).to(v.device)
-        yield v + (sign * 2.0 * scale * (noise + 1.0)).to(v.dtype)
-    yield (torch.randn(v.shape, generator=gen).to(v.device) * 4.0 * scale).to(v.dtype)
+    noise = _Noise() if noise is None else noise
+    scale = noise.scale(v, key)
+    for i, sign in enumerate((1.0, -1.0)):
+        yield v + (sign * 2.0 * scale * (noise.pattern(v, i) + 1.0)).to(v.dtype)
+    yield (noise.pattern(v, 2) * 4.0 * scale).to(v.dtype)
+
+
+class _Noise:
+    """The random patterns of :func:`_perturbations`, drawn once per shape and device in one validation.
+
+    A pattern depends only on the shape (a generator seeded with the element count draws
+    uniform, uniform, then normal values), so the parents of one shape share it: drawing
+    it was most of the link check's time. Patterns past ``budget`` bytes are drawn anew.
+    """
+
+    def __init__(self, budget: int = 64 * 2**20) -> None:
+        self._drawn: dict[tuple, tuple[torch.Generator, list[torch.Tensor]]] = {}
+        self._scales: dict[Any, float] = {}
+        self._left = budget
+
+    def scale(self, v: torch.Tensor, key: Any = None) -> float:
+        """How far the stand-ins move from ``v`` (its largest magnitude + 1; 1 when that is 0 or not finite)."""
+        found = self._scales.get(key) if key is not None else None
+        if found is None:
+            scale = float(v.abs().max()) if v.numel() else 0.0
+            found = 1.0 if scale != scale or scale in (float("inf"), 0.0) else scale + 1.0
+            if key is not None:
+                self._scales[key] = found
+        return found
+
+    def pattern(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        """The ``i``-th pattern (0, 1: uniform in [0, 1); 2: standard normal) for ``v``'s shape, on its device."""
+        key = (tuple(v.shape), v.device)
+        entry = self._drawn.get(key)
+        if entry is None:
+            entry = (torch.Generator().manual_seed(v.numel()), [])
+            if self._left > 0:
+                self._drawn[key] = entry
+                self._left -= 3 * v.numel() * 4
+        gen, drawn = entry
+        while len(drawn) <= i:
+            t = torch.rand(v.shape, generator=gen) if len(drawn) < 2 else torch.randn(v.shape, generator=gen)
+            drawn.append(t.to(v.device))
+        return drawn[i]
 
 
 # -- values -----------------------------------------------------------------------------
