@@ -14,13 +14,27 @@ from .recorder import Recorder
 
 
 def module_param_counts(model: nn.Module, params: list[tuple[str, nn.Parameter]] | None = None) -> dict[str, int]:
-    """Parameter count of every module that owns parameters (directly or in submodules)."""
-    counts: dict[str, int] = {}
+    """Parameter count of every module that owns parameters (directly or in submodules).
+
+    Example:
+        >>> model = nn.Sequential(nn.Sequential(nn.Linear(2, 3)), nn.Linear(3, 1))
+        >>> sorted(module_param_counts(model).items())
+        [('0', 9), ('0.0', 9), ('1', 4)]
+    """
+    own: dict[str, int] = {}  # summed per owning module first: a module's parameters share its prefixes
     for address, p in params if params is not None else model.named_parameters():
-        parts = address.split(".")[:-1]
-        for i in range(1, len(parts) + 1):
-            prefix = ".".join(parts[:i])
-            counts[prefix] = counts.get(prefix, 0) + p.numel()
+        cut = address.rfind(".")
+        if cut > 0:
+            owner = address[:cut]
+            own[owner] = own.get(owner, 0) + p.numel()
+    counts: dict[str, int] = {}
+    for prefix, n in own.items():
+        while True:
+            counts[prefix] = counts.get(prefix, 0) + n
+            cut = prefix.rfind(".")
+            if cut < 0:
+                break
+            prefix = prefix[:cut]
     return counts
 
 
@@ -44,15 +58,8 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     param_info: dict[int, tuple] = {}
     for a, p in recorder.index.params:
         param_info.setdefault(id(p), (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()))
-    group_labels = [[pass_label[m] for m in g.members] for g in groups]
     data = [rec for rec in records if not side[rec.index]]
-    in_call = _op_index_in_call(records)
-    texts = _Texts(param_info)
-    layers = [
-        _layer(rec, groups[group_of[rec.index]], pass_label, pass_num[rec.index], children, texts,
-               group_labels[group_of[rec.index]], in_call[rec.index])
-        for rec in data
-    ]
+    layers = _layers(data, groups, group_of, pass_label, pass_num, children, _op_index_in_call(records), _Texts(param_info))
     meta = dict(meta)
     meta["structure"] = _structure(records, data, children, [g for g in groups if not g.bookkeeping])
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
@@ -163,32 +170,49 @@ class _Texts:
         return text
 
 
-def _layer(rec: Any, group: LayerGroup, labels: list[str], pass_num: int, children: list[list[int]],
-           texts: _Texts, pass_labels: list[str], op_index_in_call: int) -> LayerLog:
-    # the hottest loop after the forward pass: LayerLog's fields positionally, in declaration
-    # order (tests/capture/test_output_identity.py holds every field to the pre-existing output)
-    parents = rec.parents
-    if len(parents) == 1:
-        label = labels[parents[0][0]]
-        parent_layers, arg_locs = [label], {label: [parents[0][1]]}
-    else:
-        arg_locs = {}
-        for parent, pos in parents:
-            arg_locs.setdefault(labels[parent], []).append(pos)
-        parent_layers = list(arg_locs)
-    shapes, num_params, param_bytes, addresses = texts.params(rec.param_ids)
-    outputs = rec.output_of_modules
-    return LayerLog(
-        labels[rec.index], group.label, texts.short_label(group), group.layer_type, group.type_index,
-        group.layer_index, rec.index, pass_num, len(group.members), rec.func_name, rec.grad_fn_name,
-        rec.shape, rec.dtype, rec.nbytes, texts.device(rec.device), rec.requires_grad, rec.activation,
-        rec.transformed_activation, parent_layers, arg_locs, [labels[c] for c in children[rec.index]],
-        texts.calls(rec.module_stack), [f"{a}:{n}" for a, n in outputs] if outputs else [], shapes, num_params,
-        param_bytes, addresses, rec.time_s, rec.is_input, rec.is_output, rec.is_buffer, rec.buffer_address,
-        rec.is_internally_generated, rec.is_inplace, rec.output_index, list(rec.bool_values),
-        [labels[i] for i in rec.branch_starts] if rec.branch_starts else [], pass_labels, rec.frames, op_index_in_call,
-        None, rec.edit, rec.original,
-    )
+def _layers(data: list[Any], groups: list[LayerGroup], group_of: list[int], labels: list[str], pass_num: list[int],
+            children: list[list[int]], in_call: list[int], texts: _Texts) -> list[LayerLog]:
+    """One :class:`LayerLog` per data-path record: the hottest loop after the forward pass.
+
+    LayerLog's fields are passed positionally, in declaration order
+    (tests/capture/test_output_identity.py holds every field to the pre-existing output);
+    what many layers share (short labels, pass lists, module-call texts) is made once.
+    """
+    short = [texts.short_label(g) for g in groups]
+    group_labels = [[labels[m] for m in g.members] for g in groups]
+    calls, device_text, params_of = texts.calls, texts.device, texts.params
+    out = []
+    append = out.append
+    for rec in data:
+        index = rec.index
+        gi = group_of[index]
+        group = groups[gi]
+        parents = rec.parents
+        if len(parents) == 1:
+            label = labels[parents[0][0]]
+            parent_layers, arg_locs = [label], {label: [parents[0][1]]}
+        else:
+            arg_locs = {}
+            for parent, pos in parents:
+                arg_locs.setdefault(labels[parent], []).append(pos)
+            parent_layers = list(arg_locs)
+        if rec.param_ids:
+            shapes, num_params, param_bytes, addresses = params_of(rec.param_ids)
+        else:
+            shapes, num_params, param_bytes, addresses = [], 0, 0, []
+        outputs = rec.output_of_modules
+        append(LayerLog(
+            labels[index], group.label, short[gi], group.layer_type, group.type_index,
+            group.layer_index, index, pass_num[index], len(group.members), rec.func_name, rec.grad_fn_name,
+            rec.shape, rec.dtype, rec.nbytes, device_text(rec.device), rec.requires_grad, rec.activation,
+            rec.transformed_activation, parent_layers, arg_locs, [labels[c] for c in children[index]],
+            calls(rec.module_stack), [f"{a}:{n}" for a, n in outputs] if outputs else [], shapes, num_params,
+            param_bytes, addresses, rec.time_s, rec.is_input, rec.is_output, rec.is_buffer, rec.buffer_address,
+            rec.is_internally_generated, rec.is_inplace, rec.output_index, list(rec.bool_values),
+            [labels[i] for i in rec.branch_starts] if rec.branch_starts else [], group_labels[gi], rec.frames,
+            in_call[index], None, rec.edit, rec.original,
+        ))
+    return out
 
 
 def _structure(records: list[Any], data: list[Any], children: list[list[int]], groups: list[LayerGroup]) -> dict[str, Any]:

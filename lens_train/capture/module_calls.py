@@ -108,13 +108,9 @@ class ModuleCalls:
         n = self._count.get(address, 0) + 1
         self._count[address] = n
         stack = self.stack
+        inputs = [rec.index for rec in map(self._lookup, _tensors_in(args)) if rec is not None]
         call = ModuleCall(address, self._types.get(id(module), type(module).__name__), n, len(stack) + 1,
-                          stack[-1] if stack else None)
-        call.first_op = len(self._records)
-        for t in _tensors_in(args):
-            rec = self._lookup(t)
-            if rec is not None:
-                call.input_records.append(rec.index)
+                          stack[-1] if stack else None, inputs, [], len(self._records))
         self.calls.append(call)
         self._open.append(call)
         self.stack = stack + ((address, n),)
@@ -130,7 +126,7 @@ class ModuleCalls:
             self.open_calls.exit(sys._getframe(1))
         call.last_op = len(self._records) - 1
         key = (call.address, call.pass_num)
-        for t in _flatten_output(output):
+        for t in (output,) if isinstance(output, torch.Tensor) else _flatten_output(output):
             rec = self._lookup(t)
             if rec is not None:
                 if key not in rec.output_of_modules:

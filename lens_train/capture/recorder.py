@@ -114,7 +114,7 @@ class Recorder(TorchFunctionMode):
         self._unindexed: list[OpRecord] = []  # saved values not yet in _by_storage (indexed when first needed)
         # parameters by storage: one changed in place by forward is backed up first and
         # put back on exit, so a capture never changes parameter values
-        self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
+        self._param_storage: dict[int, nn.Parameter] | None = None  # filed on the first in-place op
         self._param_backups: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_branch: list[OpRecord] = []
         self._free: dict[int, bool] = {}
@@ -130,6 +130,8 @@ class Recorder(TorchFunctionMode):
         self.buffer_addresses = first_names(self.index.buffers)
         # FSDP runs ops of its own in its hooks; only a sharded model pays for finding them
         self._sharded = any(type(m).__name__.startswith("FSDP") for _, m in self.index.modules)
+        if self._sharded:  # FSDP swaps parameter storages during forward: file them as they are now
+            self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
 
     # -- entering and leaving ---------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -412,6 +414,8 @@ class Recorder(TorchFunctionMode):
         if not isinstance(target, _Tensor):
             return
         key = _storage_key(target)
+        if self._param_storage is None:
+            self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
         param = self._param_storage.pop(key, None) if self._param_storage else None
         if param is not None:
             self._param_backups.append((param, param.detach().clone()))
@@ -646,11 +650,14 @@ class Recorder(TorchFunctionMode):
         if clone is None:
             clone = self._clones[func] = _undispatched_copy(func)
         start = len(self.records)
+        frame = _getframe()
+        self._open_calls.enter(frame)  # the ops inside walk their call sites up to this frame only
         TorchFunctionMode.__enter__(self)
         try:
             result = clone(*args, **kwargs)
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
+            self._open_calls.exit(frame)
         new = [r for r in self.records[start:] if r.func is not None]  # inputs/buffers first seen inside do not count
         outputs = sum(1 for r in new if r.source_name != "view-base")
         if new and is_thin_wrapper(len({r.op_id for r in new}), outputs, result):
