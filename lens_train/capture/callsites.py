@@ -72,7 +72,8 @@ def find_callsite(stop: Any, codes: dict[int, Any], above: dict[int, tuple[Any, 
     raw site into the grouping key and the user frames afterwards, once per distinct
     site. ``codes`` collects the code objects by id (the caller keeps them alive).
     ``above`` (see :class:`OpenCalls`) holds the finished walk above each open module
-    call, so an op's walk stops at its module's frame.
+    call, so an op's walk stops at its module's frame; the raw site is then
+    ``(frames walked, that shared walk)``, not a copy of both.
 
     Example:
         >>> codes = {}
@@ -94,7 +95,7 @@ def find_callsite(stop: Any, codes: dict[int, Any], above: dict[int, tuple[Any, 
         if above:
             known = above.get(id(f))
             if known is not None and known[0] is f:
-                return tuple(out) + known[1], None
+                return (tuple(out), known[1]), None
         f = f.f_back
     return tuple(out), None
 
@@ -119,7 +120,7 @@ class OpenCalls:
         ...     finally:
         ...         calls.exit(sys._getframe())
         >>> cached, walked = call()
-        >>> cached == walked, calls.above
+        >>> resolve_callsite(cached, codes) == resolve_callsite(walked, codes), calls.above
         (True, {})
     """
 
@@ -140,13 +141,31 @@ class OpenCalls:
             del self.above[id(frame)]
 
 
-def resolve_callsite(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
+def resolve_callsite(raw: tuple, codes: dict[int, Any], memo: dict[int, Any] | None = None) -> tuple[tuple, tuple]:
     """(call-site key, user frames innermost first) of a raw site from :func:`find_callsite`.
 
     The key holds (code, canonical instruction offset) of every frame, library frames
     included, so two statements never share a key while a loop body always does.
-    Only user-code frames are kept for display, as (code, line).
+    Only user-code frames are kept for display, as (code, line). A raw site that ends in
+    a shared walk (``(frames, walk above)``) resolves to the same key as the flat walk;
+    ``memo`` resolves each shared walk once.
     """
+    if not raw or type(raw[0]) is not tuple:
+        return _resolve_walk(raw, codes)
+    own, above = raw
+    if memo is None:
+        rest = resolve_callsite(above, codes)
+    else:
+        found = memo.get(id(above))
+        if found is None or found[0] is not above:
+            found = memo[id(above)] = (above, resolve_callsite(above, codes, memo))
+        rest = found[1]
+    key, frames = _resolve_walk(own, codes)
+    return key + rest[0], frames + rest[1]
+
+
+def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
+    """:func:`resolve_callsite` of a flat walk: (code id, instruction offset) pairs."""
     key = []
     frames = []
     info = _CODE_INFO
@@ -172,12 +191,16 @@ def resolve_callsite(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
 
 def resolve_callsites(records: Any, codes: dict[int, Any]) -> None:
     """Give every record whose call site is still raw its key and user frames (once per distinct site)."""
-    done: dict[tuple, tuple[tuple, tuple]] = {}
+    done: dict[Any, tuple[tuple, tuple]] = {}
+    memo: dict[int, Any] = {}
     for rec in records:
         if rec.frames is None:
-            found = done.get(rec.callsite)
+            raw = rec.callsite
+            # a shared walk is named by identity (hashing it would walk it again); the records hold it alive
+            seen = (raw[0], id(raw[1])) if raw and type(raw[0]) is tuple else raw
+            found = done.get(seen)
             if found is None:
-                found = done[rec.callsite] = resolve_callsite(rec.callsite, codes)
+                found = done[seen] = resolve_callsite(raw, codes, memo)
             rec.callsite, rec.frames = found
 
 

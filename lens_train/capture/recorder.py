@@ -553,15 +553,8 @@ class Recorder(TorchFunctionMode):
                 out.activation = rec.activation
 
     def _template(self, args: tuple, kwargs: dict) -> tuple:
-        def conv(v: Any) -> Any:
-            if isinstance(v, _Tensor):
-                rec = self._lookup(v)
-                return TensorArg(rec.index) if rec is not None else TensorArg(None, v)
-            if isinstance(v, (list, tuple)) and any(isinstance(x, _Tensor) for x in v):
-                return type(v)(conv(x) for x in v) if type(v) in (list, tuple) else list(map(conv, v))
-            return v
-
-        return tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
+        lookup = self._lookup
+        return tuple(_template_value(a, lookup) for a in args), {k: _template_value(v, lookup) for k, v in kwargs.items()}
 
     # -- interventions --------------------------------------------------------------------
     def _edit_op(self, first: int, result: Any) -> Any:
@@ -650,14 +643,14 @@ class Recorder(TorchFunctionMode):
         if clone is None:
             clone = self._clones[func] = _undispatched_copy(func)
         start = len(self.records)
-        frame = _getframe()
-        self._open_calls.enter(frame)  # the ops inside walk their call sites up to this frame only
+        # the ops inside walk their call sites up to this frame only (no local holds the frame: that would be a cycle)
+        self._open_calls.enter(_getframe())
         TorchFunctionMode.__enter__(self)
         try:
             result = clone(*args, **kwargs)
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
-            self._open_calls.exit(frame)
+            self._open_calls.exit(_getframe())
         new = [r for r in self.records[start:] if r.func is not None]  # inputs/buffers first seen inside do not count
         outputs = sum(1 for r in new if r.source_name != "view-base")
         if new and is_thin_wrapper(len({r.op_id for r in new}), outputs, result):
@@ -720,6 +713,18 @@ def set_rng_states(state: Any) -> None:
     torch.set_rng_state(cpu)
     for device, value in enumerate(cuda):
         torch.cuda.set_rng_state(value, device)
+
+
+def _template_value(v: Any, lookup: Callable[[torch.Tensor], OpRecord | None]) -> Any:
+    """One argument of a call template: tensors become :class:`TensorArg` (a plain function: a
+    nested closure would refer to itself, a cycle that kept every recorder alive until a full collection)."""
+    if isinstance(v, _Tensor):
+        rec = lookup(v)
+        return TensorArg(rec.index) if rec is not None else TensorArg(None, v)
+    if isinstance(v, (list, tuple)) and any(isinstance(x, _Tensor) for x in v):
+        items = (_template_value(x, lookup) for x in v)
+        return type(v)(items) if type(v) in (list, tuple) else list(items)
+    return v
 
 
 def _swap_tensor(result: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
