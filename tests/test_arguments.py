@@ -201,6 +201,7 @@ ROWS: list[tuple[str, str, Any, Callable[..., Any]]] = [
     ("intervene", "params", 1.5, _kw(lt.intervene, MODEL, X, params={"0.weight": 1.5})),
     ("intervene", "modules", "9", _kw(lt.intervene, MODEL, X, modules={"9": nn.Tanh()})),
     ("intervene", "modules", 7, _kw(lt.intervene, MODEL, X, modules={"1": 7})),
+    ("intervene", "save_activations_to", "b", _kw(lt.intervene, MODEL, X, edits={"0": "zero"}, save_activations_to="b")),
     ("patch", "seq_dim", "1", _kw(lt.patch, MODEL, X, X, ["0"], lambda o: 0.0, seq_dim="1")),
     ("patch", "layers", 3, _kw(lt.patch, MODEL, X, X, 3, lambda o: 0.0)),
     ("patch", "layers", "nope", _kw(lt.patch, MODEL, X, X, ["nope"], lambda o: 0.0)),

@@ -47,6 +47,7 @@ class GradientHooks:
         self.layers: dict[int, LayerLog] = {}
         self.num_hooks = 0
         self._inplace_views: dict[int, tuple[int, Any, tuple]] = {}  # op id -> (record, hook handle, geometry)
+        self._handles: dict[int, Any] = {}  # record index -> its hook (an edited record moves to the new tensor)
 
     def sink(self, rec: OpRecord) -> None:
         """Register a gradient hook on ``rec``'s tensor if it was saved and needs grad."""
@@ -58,7 +59,11 @@ class GradientHooks:
         if t is None or not t.requires_grad:
             return
         index = rec.index
-        handle = t.register_hook(lambda grad: self._store(index, grad))
+        old = self._handles.pop(index, None)
+        if old is not None:  # the record now describes another tensor (an intervention's edited value)
+            old.remove()
+            self.num_hooks -= 1
+        handle = self._handles[index] = t.register_hook(lambda grad: self._store(index, grad))
         self.num_hooks += 1
         base = t._base
         if rec.is_inplace and base is not None:

@@ -620,6 +620,8 @@ class Recorder(TorchFunctionMode):
         self._owner[id(new)] = rec
         if self._save_all or (self._save_some and rec.index in self.plan.save):
             self._save(rec, new)
+        if self.plan.sink is not None:  # gradients: of the edited value, the one the model went on with
+            self.plan.sink(rec)
 
     def _note_read(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
         """Run a Python read of a tensor's values (``.item()``...), and note the value on its record."""

@@ -54,6 +54,11 @@ def intervene(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any]
         >>> bool((log.output == model[2].bias).all())
         True
     """
+    if edits and log_options.get("save_activations_to") is not None:
+        raise InvalidArgumentError(
+            "save_activations_to streams each value as it is computed, before an edit replaces it: save the edited "
+            "log afterwards instead, e.g. log = lt.intervene(model, x, edits=...); lt.save(log, 'run/bundle')."
+        )
     seed = log_options.pop("random_seed", None)
     seed = random.randrange(2**31) if seed is None else seed
     with substituted(model, params, modules):

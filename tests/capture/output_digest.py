@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,15 @@ def _strip(value: Any) -> Any:
     return value
 
 
+# Printed call stacks name files of the checkout and of installed packages (transformers):
+# the digests must not depend on where either lives.
+ROOT = str(Path(__file__).resolve().parents[2])
+SITE = sysconfig.get_paths()["purelib"]
+
+
 def _hash(value: Any) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    text = json.dumps(value, sort_keys=True, default=str).replace(SITE, "<site>").replace(ROOT, "<root>")
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
 def _layers(log: Any) -> list[dict[str, Any]]:

@@ -198,3 +198,21 @@ def test_a_module_that_returns_its_input_unchanged_cannot_be_edited_alone() -> N
     model = nn.Sequential(nn.Linear(2, 2), nn.Identity(), nn.ReLU())
     with pytest.raises(InvalidArgumentError, match="returns a tensor it was given"):
         lt.intervene(model, torch.randn(1, 2), edits={"1": "zero"})
+
+
+def test_gradients_of_an_edited_layer_are_those_of_the_edited_value() -> None:
+    x = torch.randn(3, 4)
+    model = _net().train()
+    kept = {}
+
+    def hook(module, inputs, output):
+        kept["edited"] = edited = output * 2
+        edited.retain_grad()
+        return edited
+
+    handle = model.blocks[1].act.register_forward_hook(hook)
+    model(x).square().sum().backward()
+    handle.remove()
+    log = lt.intervene(_net().train(), x, edits={"blocks.1.act": lambda t: t * 2}, save_gradients=True)
+    log.output.square().sum().backward()
+    assert torch.allclose(log["blocks.1.act"].gradient, kept["edited"].grad)
