@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import InvalidArgumentError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .calls import (
     _THIN_FUNCTIONS,
     BOOL,
@@ -49,6 +49,7 @@ from .bookkeeping import own_data_freedom
 from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites
 from .model_index import index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
+from .recorder_edits import _VALUE_READS, InterventionHooks, _grad_fn_name, rng_states
 from .records import OpRecord, TensorArg, ViewBaseTemplate
 from .scoping import release_mode_frames, remove_mode
 
@@ -85,7 +86,7 @@ class CapturePlan:
         return s == "all" or (s != "none" and index in s)
 
 
-class Recorder(TorchFunctionMode):
+class Recorder(InterventionHooks, TorchFunctionMode):
     """Records every torch operation of one forward pass of ``model``.
 
     Use through :func:`lens_train.log_forward_pass`; the recorder itself is internal.
@@ -556,82 +557,6 @@ class Recorder(TorchFunctionMode):
         lookup = self._lookup
         return tuple(_template_value(a, lookup) for a in args), {k: _template_value(v, lookup) for k, v in kwargs.items()}
 
-    # -- interventions --------------------------------------------------------------------
-    def _edit_op(self, first: int, result: Any) -> Any:
-        """Replace the outputs of the op just recorded (records ``first``...) that the plan edits."""
-        edits = self.plan.edits
-        for rec in self.records[first:]:
-            fn = edits.get(rec.index)
-            if fn is None:
-                continue
-            if rec.is_inplace:
-                raise InvalidArgumentError(
-                    f"{rec.func_name} (record {rec.index}) writes into its input in place, so its output cannot be "
-                    "replaced: edit the layer that produced the input, or the module that runs this op."
-                )
-            old = rec.live_tensor()
-            new = fn(old)
-            self._substitute(rec, old, new, getattr(fn, "description", "an edit"))
-            result = _swap_tensor(result, old, new)
-        return result
-
-    def _edit_module_output(self, call: ModuleCall, output: Any) -> Any:
-        """A module call's edited output (or None), from the module's forward hook."""
-        key = (call.address, call.pass_num)
-        fn = self.plan.module_edits.get(key)
-        if fn is None:
-            return None
-        for t in _flatten_output(output):
-            rec = self._lookup(t)
-            if rec is not None and rec.index < call.first_op:
-                raise InvalidArgumentError(
-                    f"Module {call.address!r} (call {call.pass_num}) returns a tensor it was given, unchanged, so its "
-                    f"output is the value of an earlier layer ({rec.func_name}, used elsewhere too). Edit a module "
-                    "that contains it, or the op that made the value (its label in lt.log_forward_pass(model, x))."
-                )
-        with torch._C.DisableTorchFunction():
-            new = fn(output)
-            old_leaves, new_leaves = _flatten_output(output), _flatten_output(new)
-            for old, value in zip(old_leaves, new_leaves):
-                rec = self._lookup(old)
-                if rec is None or value is old:
-                    continue
-                self._substitute(rec, old, value, getattr(fn, "description", "an edit"), key)
-        return new
-
-    def _substitute(self, rec: OpRecord, old: torch.Tensor, new: torch.Tensor, what: str, module: Any = None) -> None:
-        """Make ``rec`` describe the edited tensor ``new``; keep the value before the first edit as the original.
-
-        A second edit of the same value (an outer module returning an edited inner output)
-        applies to the edited value.
-        """
-        where = f"{what} on the output of {module[0]}:{module[1]}" if module is not None else what
-        if rec.edit is None:
-            rec.original = rec.activation if rec.activation is not None else old.detach()
-            rec.edit = where
-        else:
-            rec.edit = f"{rec.edit}, then {where}"
-        self._owner.pop(id(old), None)
-        rec.activation = None
-        rec.shape, rec.dtype, rec.requires_grad = tuple(new.shape), new.dtype, new.requires_grad
-        rec.grad_fn_name = _grad_fn_name(new) if new.requires_grad else None
-        rec.version = new._version
-        rec.tensor_ref = _weakref(new)
-        self._owner[id(new)] = rec
-        if self._save_all or (self._save_some and rec.index in self.plan.save):
-            self._save(rec, new)
-        if self.plan.sink is not None:  # gradients: of the edited value, the one the model went on with
-            self.plan.sink(rec)
-
-    def _note_read(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
-        """Run a Python read of a tensor's values (``.item()``...), and note the value on its record."""
-        value = func(*args, **kwargs)
-        t = args[0] if args else None
-        rec = self._lookup(t) if isinstance(t, _Tensor) else None
-        if rec is not None:
-            rec.value_reads += ((name, value),)
-        return value
-
     # -- special calls ------------------------------------------------------------------
     def _note_condition(self, t: Any, value: Any) -> None:
         rec = self._lookup(t) if isinstance(t, _Tensor) else None
@@ -693,30 +618,6 @@ class Recorder(TorchFunctionMode):
 _AUTOCAST_DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
-# Tensor methods that hand a tensor's values to Python: the recorded path depends on them
-_VALUE_READS = frozenset({"item", "tolist", "__int__", "__float__", "__index__", "__complex__"})
-
-
-def rng_states() -> Any:
-    """The CPU random-number state, with every CUDA device's when CUDA is in use: ``(cpu, (cuda0, ...))``.
-
-    Example:
-        >>> cpu, cuda = rng_states()
-        >>> cpu.dtype, cuda if not torch.cuda.is_initialized() else ()
-        (torch.uint8, ())
-    """
-    cuda = tuple(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() and torch.cuda.is_initialized() else ()
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_states(state: Any) -> None:
-    """Restore what :func:`rng_states` returned."""
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    for device, value in enumerate(cuda):
-        torch.cuda.set_rng_state(value, device)
-
-
 def _template_value(v: Any, lookup: Callable[[torch.Tensor], OpRecord | None]) -> Any:
     """One argument of a call template: tensors become :class:`TensorArg` (a plain function: a
     nested closure would refer to itself, a cycle that kept every recorder alive until a full collection)."""
@@ -727,18 +628,6 @@ def _template_value(v: Any, lookup: Callable[[torch.Tensor], OpRecord | None]) -
         items = (_template_value(x, lookup) for x in v)
         return type(v)(items) if type(v) in (list, tuple) else list(items)
     return v
-
-
-def _swap_tensor(result: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
-    """``result`` with the tensor ``old`` replaced by ``new`` (a tensor, or a tuple/list/structseq of them)."""
-    if result is old:
-        return new
-    if isinstance(result, (tuple, list)):
-        items = [new if r is old else _swap_tensor(r, old, new) if isinstance(r, (tuple, list)) else r for r in result]
-        if type(result) in (tuple, list):
-            return type(result)(items)
-        return type(result)(items)  # torch.return_types structseqs take one sequence
-    return result
 
 
 def _replay_context() -> tuple[bool, tuple[tuple[str, torch.dtype], ...]]:
@@ -787,12 +676,3 @@ def _storage_key(t: torch.Tensor) -> int:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return id(t)
-
-
-def _grad_fn_name(t: torch.Tensor) -> str | None:
-    try:
-        gf = t.grad_fn
-    except RuntimeError:
-        # a no_grad view of a tensor changed in place: autograd refuses to describe it
-        return None
-    return type(gf).__name__ if gf is not None else None

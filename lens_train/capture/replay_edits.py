@@ -15,7 +15,6 @@ another branch, read another scalar or routed to other experts, and
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ class ReplayState:
     records: list[OpRecord]
     positions: dict[int, int]  # record index -> position in log.layers (data-path records)
     params: list[tuple[str, torch.Tensor, int]]  # (address, parameter, version at capture)
-    model: Any  # weak reference to the model
+    model: nn.Module  # for fallback="rerun"; held strongly (the model does not refer to its logs: no cycle)
     input_args: Any
     input_kwargs: Any
     seed: int
@@ -46,7 +45,7 @@ class ReplayState:
            seed: int, params: list[tuple[str, nn.Parameter]]) -> ReplayState:
         """The state of a capture just built (``layers`` are its LayerLogs)."""
         positions = {layer.operation_index: i for i, layer in enumerate(layers)}
-        return cls(records, positions, [(a, p, p._version) for a, p in params], weakref.ref(model), input_args,
+        return cls(records, positions, [(a, p, p._version) for a, p in params], model, input_args,
                    input_kwargs, seed)
 
     def check_parameters(self) -> None:

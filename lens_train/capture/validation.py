@@ -42,7 +42,8 @@ from .build import module_param_counts
 from .inputs import normalize_inputs
 from .passes import group_passes, pass_labels
 from .records import OpRecord, TensorArg, ViewBaseTemplate
-from .recorder import CapturePlan, set_rng_states
+from .recorder import CapturePlan
+from .recorder_edits import set_rng_states
 
 
 #: Ops whose output is not a function of their inputs, so a replay cannot reproduce it.

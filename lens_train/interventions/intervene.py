@@ -125,10 +125,9 @@ def replay_with(log: ModelLog, edits: Mapping[str, Any], fallback: str = "error"
     try:
         new, before = replay_records(state, fns)
     except DifferentPathError:
-        model = state.model()
-        if fallback != "rerun" or model is None:
+        if fallback != "rerun":
             raise
-        return intervene(model, state.input_args, state.input_kwargs, edits=edits, random_seed=state.seed,
+        return intervene(state.model, state.input_args, state.input_kwargs, edits=edits, random_seed=state.seed,
                          **_options_of(log))
     return _replayed_log(log, new, before, fns)
 

@@ -50,8 +50,7 @@ def test_values_equal_a_full_rerun_with_dropout_and_share_the_unreached_layers()
 
 def test_an_edit_that_changes_a_branch_or_a_read_scalar_raises_unless_rerun_is_allowed() -> None:
     x = torch.randn(3, 4)
-    model = _gate()  # a log refers to its model weakly: the rerun needs the model alive
-    log = lt.log_forward_pass(model, x, random_seed=3, replayable=True)
+    log = lt.log_forward_pass(_gate(), x, random_seed=3, replayable=True)  # the log keeps its model for a rerun
     with pytest.raises(DifferentPathError, match="item"):
         log.replay_with({"relu_1_2": lambda t: t + 1})  # .item() reads another mean
     rerun = log.replay_with({"relu_1_2": lambda t: t + 1}, fallback="rerun")
@@ -67,8 +66,7 @@ class Branch(nn.Module):
 
 def test_a_condition_that_flips_raises_and_one_that_holds_keeps_the_recorded_path() -> None:
     x = torch.ones(2, 3)
-    model = Branch()  # kept alive for the rerun (a log refers to its model weakly)
-    log = lt.log_forward_pass(model, x, replayable=True)
+    log = lt.log_forward_pass(Branch(), x, replayable=True)
     assert torch.equal(log.replay_with({"mul_1_1": lambda t: t * 3}).output, torch.full((2, 3), 7.0))
     with pytest.raises(DifferentPathError, match="condition on it becomes False"):
         log.replay_with({"mul_1_1": lambda t: -t})

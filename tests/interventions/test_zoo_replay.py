@@ -37,7 +37,6 @@ def test_replay_with_equals_a_full_rerun(name: str) -> None:
     if target is None:
         pytest.skip("no floating-point op to edit")
     before = [layer.tensor_contents for layer in log.layers]
-    captured = model  # noqa: F841 - a log refers to its model weakly: the rerun below needs it alive
     model, args, kwargs = build(name)
     full = lt.intervene(model, args, kwargs, edits={target: _scale}, random_seed=0)
     try:
