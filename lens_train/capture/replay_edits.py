@@ -93,10 +93,17 @@ def replay_records(state: ReplayState, edits: Mapping[int, Callable[[torch.Tenso
     return new, before
 
 
+# Ops whose output values do not depend on their inputs' values (only on shapes, which a replay
+# checks): a reached one gives a copy of its recorded value (MoE layers fill an empty_like in place).
+_SHAPE_ONLY = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
+
+
 def _recompute(rec: OpRecord, records: list[OpRecord], new: dict[int, torch.Tensor],
                buffers: dict[str, torch.Tensor]) -> torch.Tensor:
     if rec.is_output:
         return new[rec.parents[0][0]]
+    if rec.func_name in _SHAPE_ONLY and rec.activation is not None:
+        return rec.activation.clone()
     if rec.func is None or rec.call_template is None or rec.func_name in REPLAY_EXEMPTIONS:
         raise DifferentPathError(
             f"An edited value reaches {rec.func_name} (record {rec.index}), which cannot be re-run from saved values "

@@ -164,3 +164,17 @@ def test_a_replayable_log_refreshed_with_new_input_replays_from_the_new_values()
     log.save_new_activations(model, new)
     edit = {"1": lambda t: t * 0.5}
     assert torch.equal(log.replay_with(edit).output, lt.intervene(model, new, edits=edit).output.detach())
+
+
+def test_an_uninitialized_buffer_filled_in_place_replays_like_the_model() -> None:
+    class Fill(nn.Module):  # the shape of an MoE layer's output buffer (empty_like, then filled)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x * 2
+            out = torch.empty_like(h)
+            out[:] = h + 1
+            return out * 3
+
+    x = torch.randn(2, 3)
+    log = lt.log_forward_pass(Fill(), x, replayable=True)
+    edited = log.replay_with({"mul_1_1": lambda t: t - 5})
+    assert torch.equal(edited.output, lt.intervene(Fill(), x, edits={"mul_1_1": lambda t: t - 5}).output)
