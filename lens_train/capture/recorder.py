@@ -199,13 +199,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         inplace = _is_inplace(name, kwargs) if kwargs or name[-1] == "_" else False
         parents, params = self._parents(args, kwargs)
         if not (inplace or self._extras):
-            start = _perf()
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                self._note_failure(exc, func, names, parents, params)
-                raise
-            elapsed = _perf() - start
+            result, elapsed = self._timed(func, args, kwargs, names, parents, params)
             if isinstance(result, _Tensor) and name != "__setitem__" and "out" not in kwargs:
                 self._record_one(func, names, result, parents, params, elapsed)
             else:
@@ -221,13 +215,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         rng = rng_states() if plan.record_rng else None
         if inplace:
             self.copy_on_write(inplace_target(args, kwargs))
-        start = _perf()
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            self._note_failure(exc, func, names, parents, params)
-            raise
-        elapsed = _perf() - start
+        result, elapsed = self._timed(func, args, kwargs, names, parents, params)
         outputs = op_outputs(name, args, kwargs, result)
         if outputs:
             first = len(self.records)
@@ -240,6 +228,16 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         if names[1] in HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
         return result
+
+    def _timed(self, func, args, kwargs, names, parents, params) -> tuple[Any, float]:  # noqa: ANN001
+        """(result, seconds) of the op; a raising op leaves its would-be record for the error note."""
+        start = _perf()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            self._note_failure(exc, func, names, parents, params)
+            raise
+        return result, _perf() - start
 
     def _record_one(self, func, names, t, parents, params, elapsed) -> None:  # noqa: ANN001
         """:meth:`_record_op` for the common op: one output, not in place, no templates, RNG states or edits."""
