@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -60,11 +59,6 @@ class OpRecord:
     def live_tensor(self) -> Any:
         """The tensor this record describes, if it is still alive."""
         return self.tensor_ref() if self.tensor_ref is not None else None
-
-
-def make_ref(tensor: Any) -> Any:
-    """A weak reference to ``tensor`` (tensors are weak-referenceable)."""
-    return weakref.ref(tensor)
 
 
 @dataclass(frozen=True, slots=True)

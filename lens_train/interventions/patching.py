@@ -32,6 +32,13 @@ class PatchResult:
 
     ``rows`` hold ``layer``, ``position`` (None without ``seq_dim``), ``metric`` and
     ``recovered``; ``clean`` and ``corrupt`` are the metric of the two unpatched runs.
+
+    Example:
+        >>> result = PatchResult(clean=1.0, corrupt=0.0, rows=[
+        ...     {"layer": "relu_1_2", "position": 0, "metric": 0.25, "recovered": 0.25},
+        ...     {"layer": "relu_1_2", "position": 1, "metric": 0.75, "recovered": 0.75}])
+        >>> result.layers, result.positions, result.matrix()
+        (['relu_1_2'], [0, 1], [[0.25, 0.75]])
     """
 
     clean: float
