@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
 
 from .bookkeeping import bookkeeping_flags
-from .layer_log import LayerLog
+from .layer_log import PENDING_FIELDS, LayerLog, PendingLayerLog
+from .lookup import LayerKeys
 from .model_log import ModelLog, ModuleLog, ModuleTable
 from .passes import LayerGroup, group_passes, pass_labels
 from .recorder import Recorder
@@ -39,7 +41,11 @@ def module_param_counts(model: nn.Module, params: list[tuple[str, nn.Parameter]]
 
 
 def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> ModelLog:
-    """Label, group and link the recorder's records into a :class:`ModelLog`."""
+    """Label, group and link the recorder's records into a :class:`ModelLog`.
+
+    Labels and the structure are worked out here; each layer's other fields are filled
+    from a :class:`LayerSource` when first read (:class:`~lens_train.capture.layer_log.PendingLayerLog`).
+    """
     recorder.resolve_callsites()
     records = recorder.records
     unique = recorder.index.unique_params()
@@ -47,27 +53,36 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     side = bookkeeping_flags(records)
     groups = group_passes(records, frozenset(counts), side)
     pass_label, group_of, pass_num = pass_labels(groups, len(records))
-    children: list[list[int]] = [[] for _ in records]
-    for rec in records:
-        if side[rec.index]:
-            continue  # bookkeeping is listed apart, never as a data-path layer's child
-        for parent, _pos in rec.parents:
-            kids = children[parent]
-            if not kids or kids[-1] != rec.index:  # records come in order: repeats are adjacent
-                kids.append(rec.index)
-    param_info: dict[int, tuple] = {}
-    for a, p in recorder.index.params:
-        param_info.setdefault(id(p), (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()))
     data = [rec for rec in records if not side[rec.index]]
-    layers = _layers(data, groups, group_of, pass_label, pass_num, children, _op_index_in_call(records), _Texts(param_info))
+    source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, recorder.index.params)
+    keys = LayerKeys(source=source)
+    layers = _pending_layers(data, pass_label, keys)
     meta = dict(meta)
-    meta["structure"] = _structure(records, data, children, [g for g in groups if not g.bookkeeping])
+    meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping])
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
     meta["sharding_ops"] = sum(1 for rec in records if side[rec.index] and rec.framework)
     params = [p for _, p in unique]
     meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
                 param_bytes_total=sum(p.numel() * p.element_size() for p in params))
-    return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label, side), meta)
+    return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label, side), meta, keys)
+
+
+def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys) -> list[LayerLog]:
+    """One :class:`PendingLayerLog` per data-path record: its label, values and position (the hot loop)."""
+    new = PendingLayerLog.__new__
+    out = []
+    append = out.append
+    for pos, rec in enumerate(data):
+        layer = new(PendingLayerLog)
+        layer.layer_label = labels[rec.index]
+        layer.tensor_contents = rec.activation
+        layer.transformed_activation = rec.transformed_activation
+        layer.original_activation = rec.original
+        layer.gradient = layer._materialize = layer._lookup_keys = None
+        layer._key_index = keys
+        layer._key_pos = pos
+        append(layer)
+    return out
 
 
 def failure_note(recorder: Recorder, model: nn.Module, exc: BaseException) -> str:
@@ -170,56 +185,127 @@ class _Texts:
         return text
 
 
-def _layers(data: list[Any], groups: list[LayerGroup], group_of: list[int], labels: list[str], pass_num: list[int],
-            children: list[list[int]], in_call: list[int], texts: _Texts) -> list[LayerLog]:
-    """One :class:`LayerLog` per data-path record: the hottest loop after the forward pass.
+class LayerSource:
+    """What the layers of one capture are made of; :meth:`fill` gives a pending layer all its fields.
 
-    LayerLog's fields are passed positionally, in declaration order
-    (tests/capture/test_output_identity.py holds every field to the pre-existing output);
-    what many layers share (short labels, pass lists, module-call texts) is made once.
+    It holds the records (never the layers or the log: no reference cycle). The parts
+    every layer shares (children, module-call texts, parameter summaries) are made on
+    the first fill; a capture whose layers are never read never makes them.
     """
-    short = [texts.short_label(g) for g in groups]
-    group_labels = [[labels[m] for m in g.members] for g in groups]
-    calls, device_text, params_of = texts.calls, texts.device, texts.params
-    out = []
-    append = out.append
-    for rec in data:
+
+    __slots__ = ("records", "data", "groups", "group_of", "labels", "pass_num", "side", "params", "_parts")
+
+    def __init__(self, records: list[Any], data: list[Any], groups: list[LayerGroup], group_of: list[int],
+                 labels: list[str], pass_num: list[int], side: bytearray, params: Any) -> None:
+        self.records, self.data, self.groups, self.group_of = records, data, groups, group_of
+        self.labels, self.pass_num, self.side, self.params = labels, pass_num, side, params
+        self._parts: tuple | None = None
+
+    def key_rows(self) -> list[tuple[str, int, str, list[str]]]:
+        """The rows of :class:`~lens_train.capture.lookup.LayerKeys`, without filling any layer."""
+        groups, group_of, pass_num = self.groups, self.group_of, self.pass_num
+        short = self._shared()[2]
+        rows = []
+        for rec in self.data:
+            gi = group_of[rec.index]
+            outputs = rec.output_of_modules
+            rows.append((groups[gi].label, pass_num[rec.index], short[gi],
+                         [f"{a}:{n}" for a, n in outputs] if outputs else []))
+        return rows
+
+    def _shared(self) -> tuple:
+        if self._parts is None:
+            records, labels = self.records, self.labels
+            param_info: dict[int, tuple] = {}
+            for a, p in self.params:
+                param_info.setdefault(id(p), (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()))
+            texts = _Texts(param_info)
+            self._parts = (_children(records, self.side), _op_index_in_call(records),
+                           [texts.short_label(g) for g in self.groups],
+                           [[labels[m] for m in g.members] for g in self.groups], texts)
+        return self._parts
+
+    def fill(self, layer: Any) -> None:
+        """Give a pending layer every field and make it a plain :class:`LayerLog`.
+
+        The fields its capture set (or the user wrote since) are kept as they are.
+        """
+        children, in_call, short, group_labels, texts = self._shared()
+        labels = self.labels
+        pos = layer._key_pos
+        rec = self.data[pos]
         index = rec.index
-        gi = group_of[index]
-        group = groups[gi]
+        gi = self.group_of[index]
+        group = self.groups[gi]
         parents = rec.parents
         if len(parents) == 1:
             label = labels[parents[0][0]]
             parent_layers, arg_locs = [label], {label: [parents[0][1]]}
         else:
             arg_locs = {}
-            for parent, pos in parents:
-                arg_locs.setdefault(labels[parent], []).append(pos)
+            for parent, p in parents:
+                arg_locs.setdefault(labels[parent], []).append(p)
             parent_layers = list(arg_locs)
         if rec.param_ids:
-            shapes, num_params, param_bytes, addresses = params_of(rec.param_ids)
+            shapes, num_params, param_bytes, addresses = texts.params(rec.param_ids)
         else:
             shapes, num_params, param_bytes, addresses = [], 0, 0, []
         outputs = rec.output_of_modules
-        append(LayerLog(
+        layer.__class__ = LayerLog  # before reading what is set: a plain layer has no __getattr__ to recurse into
+        given = object.__getstate__(layer)[1]
+        values = [
             labels[index], group.label, short[gi], group.layer_type, group.type_index,
-            group.layer_index, index, pass_num[index], len(group.members), rec.func_name, rec.grad_fn_name,
-            rec.shape, rec.dtype, rec.nbytes, device_text(rec.device), rec.requires_grad, rec.activation,
-            rec.transformed_activation, parent_layers, arg_locs, [labels[c] for c in children[index]],
-            calls(rec.module_stack), [f"{a}:{n}" for a, n in outputs] if outputs else [], shapes, num_params,
+            group.layer_index, index, self.pass_num[index], len(group.members), rec.func_name, rec.grad_fn_name,
+            rec.shape, rec.dtype, rec.nbytes, texts.device(rec.device), rec.requires_grad, layer.tensor_contents,
+            layer.transformed_activation, parent_layers, arg_locs, [labels[c] for c in children[index]],
+            texts.calls(rec.module_stack), [f"{a}:{n}" for a, n in outputs] if outputs else [], shapes, num_params,
             param_bytes, addresses, rec.time_s, rec.is_input, rec.is_output, rec.is_buffer, rec.buffer_address,
             rec.is_internally_generated, rec.is_inplace, rec.output_index, list(rec.bool_values),
             [labels[i] for i in rec.branch_starts] if rec.branch_starts else [], group_labels[gi], rec.frames,
-            in_call[index], None, rec.edit, rec.original,
-        ))
-    return out
+            in_call[index], layer.gradient, rec.edit, layer.original_activation, layer._materialize,
+            layer._lookup_keys, layer._key_index, pos,
+        ]
+        if len(given) != len(PENDING_FIELDS):  # fields written before this first read win
+            for i, name in enumerate(_FIELD_NAMES):
+                if name in given:
+                    values[i] = given[name]
+        LayerLog.__init__(layer, *values)
 
 
-def _structure(records: list[Any], data: list[Any], children: list[list[int]], groups: list[LayerGroup]) -> dict[str, Any]:
+_FIELD_NAMES = [f.name for f in dataclasses.fields(LayerLog)]
+
+
+def _children(records: list[Any], side: bytearray) -> list[list[int]]:
+    """Record index -> its data-path consumers, in order (bookkeeping is never a child)."""
+    children: list[list[int]] = [[] for _ in records]
+    for rec in records:
+        if side[rec.index]:
+            continue
+        for parent, _pos in rec.parents:
+            kids = children[parent]
+            if not kids or kids[-1] != rec.index:  # records come in order: repeats are adjacent
+                kids.append(rec.index)
+    return children
+
+
+def _structure(records: list[Any], data: list[Any], groups: list[LayerGroup]) -> dict[str, Any]:
     max_passes = max((len(g.members) for g in groups), default=1)
-    branching = any(
-        len({records[c].op_id for c in kids if not records[c].is_output}) > 1 for kids in children
-    )
+    # branching: some record feeds the data-path ops of two distinct ops (outputs aside)
+    first_op = [-1] * len(records)
+    branching = False
+    for rec in data:
+        if rec.is_output:
+            continue
+        op = rec.op_id
+        for parent, _pos in rec.parents:
+            seen = first_op[parent]
+            if seen < 0:
+                first_op[parent] = op
+            elif seen != op:
+                branching = True
+                break
+        if branching:
+            break
     return {
         "is_recurrent": max_passes > 1,
         "max_passes": max_passes,

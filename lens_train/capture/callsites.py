@@ -154,14 +154,18 @@ def resolve_callsite(raw: tuple, codes: dict[int, Any], memo: dict[int, Any] | N
         return _resolve_walk(raw, codes)
     own, above = raw
     if memo is None:
-        rest = resolve_callsite(above, codes)
-    else:
-        found = memo.get(id(above))
-        if found is None or found[0] is not above:
-            found = memo[id(above)] = (above, resolve_callsite(above, codes, memo))
-        rest = found[1]
-    key, frames = _resolve_walk(own, codes)
-    return key + rest[0], frames + rest[1]
+        return _join(_resolve_walk(own, codes), resolve_callsite(above, codes))
+    found = memo.get(id(above))
+    if found is None or found[0] is not above:
+        found = memo[id(above)] = (above, resolve_callsite(above, codes, memo))
+    mine = memo.get(own)  # flat walks by value (a tuple key), shared walks by id (an int key)
+    if mine is None:
+        mine = memo[own] = _resolve_walk(own, codes)
+    return _join(mine, found[1])
+
+
+def _join(inner: tuple[tuple, tuple], outer: tuple[tuple, tuple]) -> tuple[tuple, tuple]:
+    return inner[0] + outer[0], inner[1] + outer[1]
 
 
 def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
@@ -190,9 +194,14 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
 
 
 def resolve_callsites(records: Any, codes: dict[int, Any]) -> None:
-    """Give every record whose call site is still raw its key and user frames (once per distinct site)."""
+    """Give every record whose call site is still raw its key and user frames.
+
+    Each distinct walk is resolved once: the walk above each module call (shared by
+    every op inside it) and each op's own walk up to it (the same statement in every
+    call of a module), so a record only joins two resolved parts.
+    """
     done: dict[Any, tuple[tuple, tuple]] = {}
-    memo: dict[int, Any] = {}
+    memo: dict[Any, Any] = {}
     for rec in records:
         if rec.frames is None:
             raw = rec.callsite

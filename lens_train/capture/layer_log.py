@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import linecache
 from dataclasses import dataclass
 from typing import Any
@@ -144,3 +145,38 @@ class LayerLog:
 
     def __repr__(self) -> str:
         return format_layer(self)
+
+
+# The fields a capture sets when it creates a layer; the others wait in its log's LayerSource.
+PENDING_FIELDS = ("layer_label", "tensor_contents", "transformed_activation", "gradient", "original_activation",
+                  "_materialize", "_lookup_keys", "_key_index", "_key_pos")
+
+
+class PendingLayerLog(LayerLog):
+    """A :class:`LayerLog` fresh from a capture: only :data:`PENDING_FIELDS` are set.
+
+    Reading any other field fills every field from the log's source
+    (``layer._key_index.source``, see :class:`lens_train.capture.build.LayerSource`) and
+    turns the object into a plain ``LayerLog``: a capture does not pay to build the lists
+    of layers nobody reads. Writing a field before that is kept.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:  # only reached for a field not set yet
+        if name.startswith("__") or name in PENDING_FIELDS:
+            raise AttributeError(f"'LayerLog' object has no attribute {name!r}")
+        self._key_index.source.fill(self)
+        return getattr(self, name)
+
+    def __copy__(self) -> LayerLog:
+        self._key_index.source.fill(self)
+        return copy.copy(self)
+
+    def __deepcopy__(self, memo: dict) -> LayerLog:
+        self._key_index.source.fill(self)
+        return copy.deepcopy(self, memo)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self._key_index.source.fill(self)
+        return self.__reduce_ex__(protocol)

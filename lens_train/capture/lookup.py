@@ -60,10 +60,12 @@ class LayerKeys:
         (1, ['0:1', '0', 'relu_1', 'relu_1:1', 'relu_1_1', 'relu_1_1:1', 1, -2])
     """
 
-    __slots__ = ("_rows", "_map", "_per_layer")
+    __slots__ = ("_rows", "_map", "_per_layer", "source")
 
-    def __init__(self, layers: Sequence[Any]) -> None:
-        self._rows = [_key_row(layer) for layer in layers]
+    def __init__(self, layers: Sequence[Any] = (), source: Any = None) -> None:
+        # a capture's source (lens_train.capture.build.LayerSource) gives the rows, and fills its pending layers
+        self.source = source
+        self._rows = None if source is not None else [_key_row(layer) for layer in layers]
         self._map: KeyMap | None = None
         self._per_layer: list[list[str | int]] | None = None
 
@@ -71,13 +73,20 @@ class LayerKeys:
     def map(self) -> KeyMap:
         """Key -> pass index (or indices, for a key that names several passes)."""
         if self._map is None:
-            self._map = _key_map(self._rows)
+            self._map = _key_map(self.rows)
         return self._map
+
+    @property
+    def rows(self) -> list[tuple[str, int, str, list[str]]]:
+        """(label without pass, pass number, short label, module outputs) of every pass."""
+        if self._rows is None:
+            self._rows = self.source.key_rows()
+        return self._rows
 
     def of(self, position: int) -> list[str | int]:
         """The keys that name the pass at ``position``, ints last (a new list)."""
         if self._per_layer is None:
-            n = len(self._rows)
+            n = len(self.rows)
             per_layer: list[list[str | int]] = [[] for _ in range(n)]
             for key, idx in self.map.items():
                 if not isinstance(idx, tuple):

@@ -73,7 +73,8 @@ class ModelLog:
         True
     """
 
-    def __init__(self, model_name: str, layers: list[LayerLog], modules: ModuleTable, meta: dict[str, Any]) -> None:
+    def __init__(self, model_name: str, layers: list[LayerLog], modules: ModuleTable, meta: dict[str, Any],
+                 keys: LayerKeys | None = None) -> None:
         self.model_name = model_name
         self.layers = layers
         self.modules = modules
@@ -85,6 +86,9 @@ class ModelLog:
         self.param_bytes_total: int = meta.get("param_bytes_total", 0)
         self.structure: dict[str, Any] = meta.get("structure", {})
         self.replay_state: Any = None  # set by log_forward_pass(..., replayable=True)
+        if keys is not None:  # a capture's: its layers know their position and keys already
+            self._key_index = keys
+            return
         self._key_index = LayerKeys(layers)
         for i, layer in enumerate(layers):
             layer._key_index, layer._key_pos, layer._lookup_keys = self._key_index, i, None

@@ -20,6 +20,9 @@ from torch.utils.hooks import RemovableHandle
 from .calls import _flatten_output, _tensors_in
 from .records import OpRecord
 
+_Tensor = torch.Tensor
+_getframe = sys._getframe
+
 
 @dataclass(slots=True)
 class ModuleCall:
@@ -105,17 +108,21 @@ class ModuleCalls:
         address = self._addresses.get(id(module))
         if address is None:
             return
-        n = self._count.get(address, 0) + 1
-        self._count[address] = n
+        count = self._count
+        n = count[address] = count.get(address, 0) + 1
         stack = self.stack
-        inputs = [rec.index for rec in map(self._lookup, _tensors_in(args)) if rec is not None]
-        call = ModuleCall(address, self._types.get(id(module), type(module).__name__), n, len(stack) + 1,
+        if len(args) == 1 and isinstance(args[0], _Tensor):  # the common call: one tensor
+            rec = self._lookup(args[0])
+            inputs = [rec.index] if rec is not None else []
+        else:
+            inputs = [rec.index for rec in map(self._lookup, _tensors_in(args)) if rec is not None]
+        call = ModuleCall(address, self._types.get(id(module)) or type(module).__name__, n, len(stack) + 1,
                           stack[-1] if stack else None, inputs, [], len(self._records))
         self.calls.append(call)
         self._open.append(call)
-        self.stack = stack + ((address, n),)
+        self.stack = (*stack, (address, n))
         if self.open_calls is not None:
-            self.open_calls.enter(sys._getframe(1))  # torch's frame that runs this call's hooks and forward
+            self.open_calls.enter(_getframe(1))  # torch's frame that runs this call's hooks and forward
 
     def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if self._addresses.get(id(module)) is None or not self._open:
@@ -123,10 +130,10 @@ class ModuleCalls:
         call = self._open.pop()
         self.stack = self.stack[:-1]
         if self.open_calls is not None:
-            self.open_calls.exit(sys._getframe(1))
+            self.open_calls.exit(_getframe(1))
         call.last_op = len(self._records) - 1
         key = (call.address, call.pass_num)
-        for t in (output,) if isinstance(output, torch.Tensor) else _flatten_output(output):
+        for t in (output,) if isinstance(output, _Tensor) else _flatten_output(output):
             rec = self._lookup(t)
             if rec is not None:
                 if key not in rec.output_of_modules:

@@ -41,10 +41,10 @@ class ReplayState:
     seed: int
 
     @classmethod
-    def of(cls, records: list[OpRecord], layers: list[Any], model: nn.Module, input_args: Any, input_kwargs: Any,
+    def of(cls, records: list[OpRecord], log: Any, model: nn.Module, input_args: Any, input_kwargs: Any,
            seed: int, params: list[tuple[str, nn.Parameter]]) -> ReplayState:
-        """The state of a capture just built (``layers`` are its LayerLogs)."""
-        positions = {layer.operation_index: i for i, layer in enumerate(layers)}
+        """The state of a capture just built (``log`` is its ModelLog, fresh from the capture)."""
+        positions = {rec.index: i for i, rec in enumerate(log._key_index.source.data)}
         return cls(records, positions, [(a, p, p._version) for a, p in params], model, input_args,
                    input_kwargs, seed)
 

@@ -1,0 +1,117 @@
+"""Layers fresh from a capture fill their fields on first read (lens_train.capture.layer_log.PendingLayerLog)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+import lens_train as lt
+from lens_train.capture.layer_log import LayerLog, PendingLayerLog
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+
+
+def _fields(layer: LayerLog) -> dict:
+    out = {f.name: getattr(layer, f.name) for f in dataclasses.fields(LayerLog) if not f.name.startswith("_")}
+    out.pop("time_s")
+    out["lookup_keys"] = layer.lookup_keys
+    return out
+
+
+def _text(layer: LayerLog) -> str:
+    return "\n".join(line for line in str(layer).splitlines() if "Time elapsed" not in line)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k] for k, v in a.items())
+
+
+def test_layers_start_pending_and_fill_on_first_read():
+    log = lt.log_forward_pass(_model(), torch.ones(1, 4))
+    layer = log["relu_1_2"]
+    assert type(layer) is PendingLayerLog
+    assert layer.layer_label == "relu_1_2" and type(layer) is PendingLayerLog  # set at capture: no fill
+    assert layer.parent_layers == ["linear_1_1"]
+    assert type(layer) is LayerLog
+    assert layer.child_layers == ["linear_2_3"] and layer.containing_modules == ["1:1"] and layer.module_outputs == ["1:1"]
+
+
+def test_a_field_written_before_the_first_read_is_kept():
+    log = lt.log_forward_pass(_model(), torch.ones(1, 4))
+    layer = log["linear_2_3"]
+    layer.child_layers = ["mine"]
+    layer.tensor_contents = None
+    assert layer.child_layers == ["mine"] and layer.tensor_contents is None
+    assert layer.parent_layers == ["relu_1_2"] and layer.tensor_shape == (1, 2)
+
+
+def test_unknown_attributes_raise_attribute_error():
+    layer = lt.log_forward_pass(_model(), torch.ones(1, 4))[1]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        layer.nope  # noqa: B018
+    assert not hasattr(layer, "__array_interface__")
+    assert layer.computed_inside_module == "0:1"  # a property reading pending fields
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "replace", "str"])
+def test_copies_and_printing_see_every_field(how):
+    eager = lt.log_forward_pass(_model(), torch.ones(1, 4), random_seed=0)
+    expected = {i: _fields(layer) for i, layer in enumerate(eager.layers)}
+    log = lt.log_forward_pass(_model(), torch.ones(1, 4), random_seed=0)
+    for i, layer in enumerate(log.layers):
+        if how == "copy":
+            other = copy.copy(layer)
+        elif how == "deepcopy":
+            other = copy.deepcopy(layer)
+        elif how == "replace":
+            other = dataclasses.replace(layer, edit="x")
+            other.edit = None
+        else:
+            assert _text(layer) == _text(eager.layers[i])
+            other = layer
+        assert type(other) is LayerLog
+        assert _same(_fields(other), expected[i]), how
+
+
+def test_a_kept_layer_holds_no_other_layer_value():
+    log = lt.log_forward_pass(_model(), torch.ones(3, 4))
+    kept = log["relu_1_2"]
+    other = weakref.ref(log["linear_1_1"].tensor_contents)
+    del log
+    gc.collect()
+    assert other() is None  # the capture's records keep metadata only
+    assert kept.parent_layers == ["linear_1_1"] and kept.tensor_contents.shape == (3, 8)
+
+
+def test_dropping_a_value_frees_it():
+    log = lt.log_forward_pass(_model(), torch.ones(3, 4))
+    ref = weakref.ref(log["relu_1_2"].tensor_contents)
+    log["relu_1_2"].tensor_contents = None
+    gc.collect()
+    assert ref() is None
+    assert log["relu_1_2"].tensor_contents is None and log["relu_1_2"].tensor_shape == (3, 8)
+
+
+def test_a_capture_promotes_its_objects_and_leaves_frozen_ones_alone():
+    model = _model()
+    gc.collect()
+    log = lt.log_forward_pass(model, torch.ones(1, 4))
+    assert gc.get_freeze_count() == 0
+    young = {id(o) for o in gc.get_objects(generation=0)}
+    assert id(log.layers[1]) not in young and gc.isenabled()  # went straight to the oldest generation
+    gc.freeze()  # a program that froze its own objects: the capture must not unfreeze them
+    try:
+        frozen = gc.get_freeze_count()
+        lt.log_forward_pass(model, torch.ones(1, 4))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
