@@ -28,9 +28,41 @@ _METADATA_NAMES = frozenset({
     "is_leaf", "is_quantized", "is_meta", "is_nested", "__format__", "__repr__", "__hash__", "__index__",
     "__int__", "__float__", "item", "tolist", "untyped_storage", "is_mkldnn",
 })
+# (name, layer type, kind) of each torch callable seen: classify_call's answers, shared by every
+# capture (a function of the callable and of _THIN_FUNCTIONS, which drops what it changes)
+CLASSIFIED: dict[Any, tuple[str, str, int]] = {}
+_MAX_CLASSIFIED = 20_000
+
+
+class _ThinFunctions(set):
+    """A set of functions whose classification changes when one joins or leaves it."""
+
+    def add(self, func: Any) -> None:
+        super().add(func)
+        CLASSIFIED.pop(func, None)
+
+    def discard(self, func: Any) -> None:
+        super().discard(func)
+        CLASSIFIED.pop(func, None)
+
+    def remove(self, func: Any) -> None:
+        super().remove(func)
+        CLASSIFIED.pop(func, None)
+
+
 # torch.nn.functional functions seen to run exactly one op: recorded as that one op
 # without re-entering them (learned on first use, shared by all captures).
-_THIN_FUNCTIONS: set[Any] = set()
+_THIN_FUNCTIONS: set[Any] = _ThinFunctions()
+
+
+def classify_cached(func: Any) -> tuple[str, str, int]:
+    """:func:`classify_call`, remembered in :data:`CLASSIFIED` (when ``func`` is hashable)."""
+    names = classify_call(func)
+    if _hashable(func):
+        if len(CLASSIFIED) >= _MAX_CLASSIFIED:
+            CLASSIFIED.clear()
+        CLASSIFIED[func] = names
+    return names
 _NO_GRAD_FALSE = lambda *a, **k: False  # noqa: E731 - stands in for has_torch_function*
 
 

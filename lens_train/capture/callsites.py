@@ -62,6 +62,11 @@ def inside_sharding_hooks(stop: Any) -> bool:
 # (~0.5 us), so entries are keyed by id; holding the code keeps that id from being reused.
 _CODE_INFO: dict[int, tuple[Any, int, list[int]]] = {}
 _MAX_CODES = 50_000  # code compiled at run time (exec, doctests) must not grow the cache forever
+# raw flat walk -> its resolution, shared by every capture (a model runs the same statements each
+# pass). Exact: a walk names codes by id, and _CODE_INFO holds each of those codes, so an id in
+# here never names another code; both caches are cleared together.
+_WALKS: dict[tuple, tuple[tuple, tuple]] = {}
+_MAX_WALKS = 200_000
 
 
 def find_callsite(stop: Any, codes: dict[int, Any], above: dict[int, tuple[Any, tuple]] | None = None,
@@ -170,6 +175,9 @@ def _join(inner: tuple[tuple, tuple], outer: tuple[tuple, tuple]) -> tuple[tuple
 
 def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     """:func:`resolve_callsite` of a flat walk: (code id, instruction offset) pairs."""
+    found = _WALKS.get(raw)
+    if found is not None:
+        return found
     key = []
     frames = []
     info = _CODE_INFO
@@ -180,6 +188,7 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
         if entry is None or entry[0] is not code:
             if len(info) >= _MAX_CODES:
                 info.clear()
+                _WALKS.clear()
             entry = info[code_id] = (code, _frame_kind(code), _canonical_offsets(code), _line_numbers(code))
         kind = entry[1]
         if kind:
@@ -190,7 +199,12 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
             if kind == 2:
                 lines = entry[3]
                 frames.append((code, lines[i] if 0 <= i < len(lines) and lines[i] is not None else code.co_firstlineno))
-    return tuple(key), tuple(frames)
+    found = tuple(key), tuple(frames)
+    if len(_WALKS) >= _MAX_WALKS:
+        _WALKS.clear()
+    if all(info.get(raw[j], (None,))[0] is codes[raw[j]] for j in range(0, len(raw), 2)):
+        _WALKS[raw] = found  # every code it names is held by _CODE_INFO (none cleared meanwhile)
+    return found
 
 
 def resolve_callsites(records: Any, codes: dict[int, Any]) -> None:

@@ -55,23 +55,32 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str],
     sequence: each is its own group labelled ``{type}_bk_{count}``, after the others.
     """
     flags = bookkeeping_flags(records) if bookkeeping is None else bookkeeping
-    buckets: dict[tuple, list[int]] = defaultdict(list)
+    buckets: dict[tuple, list[int]] = {}
     side: list[LayerGroup] = []
     for rec in records:
-        if flags[rec.index]:
-            side.append(LayerGroup([rec.index], rec.layer_type, bookkeeping=True))
+        index = rec.index
+        if flags[index]:
+            side.append(LayerGroup([index], rec.layer_type, bookkeeping=True))
+            continue
+        key = _pass_key(rec)
+        members = buckets.get(key)
+        if members is None:
+            buckets[key] = [index]
         else:
-            buckets[_pass_key(rec)].append(rec.index)
+            members.append(index)
     ctx = _LoopContext(records, buckets, param_modules)
     groups: list[LayerGroup] = []
-    for key, members in buckets.items():
-        if len(members) == 1 or key[0] == "source":
-            groups.extend(LayerGroup([m], records[m].layer_type) for m in members)
-        elif records[members[0]].param_ids:
-            groups.append(LayerGroup(list(members), records[members[0]].layer_type))
+    interleaved = False  # a bucket split into several layers: groups are no longer in order of first pass
+    for members in buckets.values():
+        first = records[members[0]]
+        if len(members) == 1 or first.param_ids:  # (a source's key is unique: always one member)
+            groups.append(LayerGroup(members, first.layer_type))
         else:
-            groups.extend(_split_loops(ctx, members))
-    groups.sort(key=lambda g: g.members[0])
+            split = _split_loops(ctx, members)
+            interleaved = interleaved or len(split) > 1
+            groups.extend(split)
+    if interleaved:
+        groups.sort(key=lambda g: g.members[0])
     counts: dict[str, int] = defaultdict(int)
     for i, g in enumerate(groups):
         counts[g.layer_type] += 1

@@ -32,14 +32,14 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnsupportedModelError
 from .calls import (
     _THIN_FUNCTIONS,
-    BOOL,
+    CLASSIFIED,
     COMPOSITE,
     METADATA,
+    OP,
     _flatten_output,
-    _hashable,
     _is_inplace,
     _undispatched_copy,
-    classify_call,
+    classify_cached,
     inplace_target,
     is_thin_wrapper,
     op_outputs,
@@ -125,7 +125,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self._save_some = not self._save_all and plan.save != "none"
         self._extras = plan.keep_templates or plan.record_rng or plan.edits is not None  # off the fast path
         self._sink = plan.sink
-        self._type_cache: dict[Any, tuple[str, str]] = {}
+        self._type_cache = CLASSIFIED
         self._clones: dict[Any, Any] = {}
         self._saved_from_numpy: Any = None
         self.buffer_addresses = first_names(self.index.buffers)
@@ -182,24 +182,22 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         try:
             names = self._type_cache[func]
         except (KeyError, TypeError):
-            names = self._classify(func)
+            names = classify_cached(func)
         kind = names[2]
-        if kind == METADATA:
-            if self._read_values and names[0] in _VALUE_READS:
-                return self._note_read(func, names[0], args, kwargs)
-            return func(*args, **kwargs)
-        if kind == COMPOSITE:
-            return self._run_python_function(func, args, kwargs)
-        if kind == BOOL:
-            result = func(*args, **kwargs)
-            self._note_condition(args[0], result)
-            return result
+        if kind != OP:
+            return self._not_an_op(func, names, kind, args, kwargs)
         name = names[0]
         # in place by name (add_, __setitem__) or by keyword (out=, inplace=True)
         inplace = _is_inplace(name, kwargs) if kwargs or name[-1] == "_" else False
         parents, params = self._parents(args, kwargs)
         if not (inplace or self._extras):
-            result, elapsed = self._timed(func, args, kwargs, names, parents, params)
+            start = _perf()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                self._note_failure(exc, func, names, parents, params)
+                raise
+            elapsed = _perf() - start
             if isinstance(result, _Tensor) and name != "__setitem__" and "out" not in kwargs:
                 self._record_one(func, names, result, parents, params, elapsed)
             else:
@@ -227,6 +225,18 @@ class Recorder(InterventionHooks, TorchFunctionMode):
                 result = self._edit_op(first, result)
         if names[1] in HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
+        return result
+
+    def _not_an_op(self, func, names, kind, args, kwargs):  # noqa: ANN001
+        """A metadata read, a Python function run with interception on, or a conversion to bool."""
+        if kind == METADATA:
+            if self._read_values and names[0] in _VALUE_READS:
+                return self._note_read(func, names[0], args, kwargs)
+            return func(*args, **kwargs)
+        if kind == COMPOSITE:
+            return self._run_python_function(func, args, kwargs)
+        result = func(*args, **kwargs)  # BOOL
+        self._note_condition(args[0], result)
         return result
 
     def _timed(self, func, args, kwargs, names, parents, params) -> tuple[Any, float]:  # noqa: ANN001
@@ -276,12 +286,6 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         for t in (*args, *kwargs.values()):
             if isinstance(t, _Tensor) and id(t) in self.buffer_addresses:
                 self._owner.pop(id(t), None)
-
-    def _classify(self, func: Any) -> tuple[str, str, int]:
-        names = classify_call(func)
-        if _hashable(func):
-            self._type_cache[func] = names
-        return names
 
     def _record_op(self, func, names, outputs, parents, params, elapsed, inplace, rng, template):  # noqa: ANN001
         callsite, frames = find_callsite(self._stop_code, self._codes, self._above)
@@ -589,7 +593,6 @@ class Recorder(InterventionHooks, TorchFunctionMode):
                 rec.callsite, rec.frames = callsite, frames
                 rec.parents = [(p, where.get(id(self.records[p].live_tensor()), pos)) for p, pos in rec.parents]
             _THIN_FUNCTIONS.add(func)
-            self._type_cache.pop(func, None)
         return result
 
     def _from_numpy(self, array: Any) -> torch.Tensor:
