@@ -19,6 +19,7 @@ from .arguments import check_capture_arguments
 from .build import build_log, failure_note
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
+from .model_index import index_model, walk_modules
 from .model_log import ModelLog
 from .gradients import GradientHooks
 from .outlets import open_stream
@@ -164,7 +165,7 @@ def check_supported(model: Any) -> None:
                 if callable(model) else " Pass the nn.Module itself as the first argument, e.g. lt.log_forward_pass(model, x).")
         shown = "" if "\n" in repr(model) or len(repr(model)) > 60 else f" {model!r}"
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{shown}.{hint}")
-    for address, m in model.named_modules():
+    for address, m in walk_modules(model):
         where = f" (at {address!r})" if address else ""
         if isinstance(m, torch.jit.ScriptModule):
             raise UnsupportedModelError(
@@ -228,9 +229,10 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
     installed and removed with SIGINT deferred; the forward pass itself can be interrupted.
     """
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
-    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), preserved_buffers(model), \
-            gc_paused():
-        recorder = Recorder(model, plan, _STOP_CODE)
+    modules = walk_modules(model)
+    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), \
+            preserved_buffers(model, modules), gc_paused():
+        recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules))  # the buffers swapped in
         start = time.perf_counter()
         try:
             with recorder:
@@ -253,7 +255,7 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
 
 
 @contextmanager
-def preserved_buffers(model: nn.Module) -> Iterator[BufferSwap]:
+def preserved_buffers(model: nn.Module, modules: Any = None) -> Iterator[BufferSwap]:
     """Run a block on clones of the model's buffers, then put the original tensors back.
 
     A capture observes a forward pass; it must not train running statistics, and it must
@@ -269,7 +271,7 @@ def preserved_buffers(model: nn.Module) -> Iterator[BufferSwap]:
         >>> bn.running_mean is mean, mean.tolist(), int(bn.num_batches_tracked), mean._version == version
         (True, [0.0, 0.0], 0, True)
     """
-    swap = BufferSwap(model)
+    swap = BufferSwap(model, modules)
     with interrupt_guard() as guard:
         try:
             swap.swap_in()
@@ -299,8 +301,11 @@ class BufferSwap:
         ([0.0, 0.0], True)
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self._saved = [(m, dict(m._buffers)) for m in model.modules()]
+    def __init__(self, model: nn.Module, modules: Any = None) -> None:
+        """``modules``: ``(address, module)`` pairs of ``model`` when the caller walked it already."""
+        seen: set[int] = set()
+        self._saved = [(m, dict(m._buffers)) for _, m in (modules if modules is not None else walk_modules(model))
+                       if not (id(m) in seen or seen.add(id(m)))]
 
     def swap_in(self) -> None:
         """Give every module fresh clones of its original buffers (callable again between passes)."""
@@ -323,8 +328,10 @@ class BufferSwap:
 
     @staticmethod
     def _drop_new(module: nn.Module, buffers: dict) -> None:
-        for name in [n for n in module._buffers if n not in buffers]:
-            del module._buffers[name]
+        now = module._buffers
+        if len(now) != len(buffers) or any(n not in buffers for n in now):  # most modules: nothing new
+            for name in [n for n in now if n not in buffers]:
+                del now[name]
 
 
 @contextmanager

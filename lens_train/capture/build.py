@@ -61,9 +61,9 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping])
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
     meta["sharding_ops"] = sum(1 for rec in records if side[rec.index] and rec.framework)
-    params = [p for _, p in unique]
-    meta.update(num_params_total=sum(p.numel() for p in params), num_param_tensors=len(params),
-                param_bytes_total=sum(p.numel() * p.element_size() for p in params))
+    sizes = [(p.numel(), p.element_size()) for _, p in unique]
+    meta.update(num_params_total=sum(n for n, _ in sizes), num_param_tensors=len(sizes),
+                param_bytes_total=sum(n * size for n, size in sizes))
     return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label, side), meta, keys)
 
 

@@ -29,9 +29,46 @@ class ModelIndex:
         return [(a, p) for a, p in self.params if not (id(p) in seen or seen.add(id(p)))]
 
 
-def index_model(model: nn.Module) -> ModelIndex:
-    """Walk ``model`` once (``named_modules`` is a recursive generator: one walk, not ten)."""
-    modules = tuple(model.named_modules(remove_duplicate=False))
+def index_model(model: nn.Module, modules: tuple[tuple[str, nn.Module], ...] | None = None) -> ModelIndex:
+    """Walk ``model`` once (``named_modules`` is a recursive generator: one walk, not ten).
+
+    ``modules``: :func:`walk_modules` of ``model`` made already (its parameters and
+    buffers are read now: a module's buffers may have been swapped since).
+    """
+    modules = walk_modules(model) if modules is None else modules
     params = tuple((f"{a}.{n}" if a else n, p) for a, m in modules for n, p in m._parameters.items() if p is not None)
     buffers = tuple((f"{a}.{n}" if a else n, b) for a, m in modules for n, b in m._buffers.items() if b is not None)
     return ModelIndex(modules, params, buffers)
+
+
+_NAMED_MODULES = nn.Module.named_modules
+
+
+def walk_modules(model: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
+    """``tuple(model.named_modules(remove_duplicate=False))``, in one loop.
+
+    ``named_modules`` is a recursive generator: each module is passed up through one
+    generator per level above it (a 24-block transformer: 4000 generator steps for 220
+    modules). A model whose modules define their own ``named_modules`` gets theirs.
+
+    Example:
+        >>> shared = nn.Linear(1, 1)
+        >>> model = nn.Sequential(shared, nn.Sequential(nn.ReLU(), shared))
+        >>> walk_modules(model) == tuple(model.named_modules(remove_duplicate=False))
+        True
+    """
+    out = []
+    stack = [("", model)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        prefix, module = pop()
+        if type(module).named_modules is not _NAMED_MODULES:
+            return tuple(model.named_modules(remove_duplicate=False))
+        out.append((prefix, module))
+        children = module._modules
+        if children:
+            dot = prefix + "." if prefix else ""
+            for name, child in reversed(children.items()):
+                if child is not None:
+                    push((dot + name, child))
+    return tuple(out)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .calls import _flatten_output, _tensors_in
+from .model_index import walk_modules
 from .records import OpRecord
 
 _Tensor = torch.Tensor
@@ -70,7 +71,7 @@ class ModuleCalls:
         self._count: dict[str, int] = {}
         self._hooked: list[nn.Module] = []
         self._hook_id = -1
-        self._modules = modules if modules is not None else tuple(model.named_modules(remove_duplicate=False))
+        self._modules = modules if modules is not None else walk_modules(model)
         self._addresses = first_names(self._modules)
         self._types = {id(m): type(m).__name__ for _, m in self._modules}
 

@@ -47,7 +47,7 @@ from .calls import (
 )
 from .bookkeeping import own_data_freedom
 from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites
-from .model_index import index_model
+from .model_index import ModelIndex, index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .recorder_edits import _VALUE_READS, InterventionHooks, _grad_fn_name, rng_states
 from .records import OpRecord, TensorArg, ViewBaseTemplate
@@ -92,12 +92,12 @@ class Recorder(InterventionHooks, TorchFunctionMode):
     Use through :func:`lens_train.log_forward_pass`; the recorder itself is internal.
     """
 
-    def __init__(self, model: nn.Module, plan: CapturePlan, stop_code: Any) -> None:
+    def __init__(self, model: nn.Module, plan: CapturePlan, stop_code: Any, index: ModelIndex | None = None) -> None:
         super().__init__()
         self.model = model
         self.plan = plan
         self.records: list[OpRecord] = []
-        self.index = index_model(model)
+        self.index = index if index is not None else index_model(model)
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._open_calls = OpenCalls(stop_code, self._codes)
         self._above = self._open_calls.above
@@ -255,7 +255,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         # the walk starts at the frame that called __torch_function__ (the frames below are ours: no key part)
         callsite = find_callsite(self._stop_code, self._codes, self._above, _getframe(2))[0]
         rec = OpRecord(len(records), names[0], names[1], func, self._op_count, 0, parents, self.module_tracker.stack,
-                       callsite, None, params, tuple(t.shape), t.dtype, t.device, t.nelement() * t.element_size())
+                       callsite, None, params, tuple(t.shape), t.dtype, t.device)
         self._op_count += 1
         rec.time_s = elapsed
         if not parents:
@@ -378,7 +378,6 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         rec.shape = tuple(t.shape)
         rec.dtype = t.dtype
         rec.device = t.device
-        rec.nbytes = t.nelement() * t.element_size()
         if t.requires_grad:
             rec.requires_grad = True
             rec.grad_fn_name = _grad_fn_name(t)
@@ -438,11 +437,15 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         for pos, a in enumerate(args):
             if isinstance(a, _Tensor):
                 rec = owner.get(id(a))
-                # the common case inline: the current value of a tensor recorded here
-                if rec is not None and rec.tensor_ref() is a and rec.version == a._version and not rec.framework:
-                    parents.append((rec.index, pos))
-                else:
-                    self._link(a, pos, parents, params)
+                # the common cases inline: the current value of a tensor recorded here, a parameter
+                if rec is not None:
+                    if rec.tensor_ref() is a and rec.version == a._version and not rec.framework:
+                        parents.append((rec.index, pos))
+                        continue
+                elif isinstance(a, _Parameter):
+                    params.append(id(a))
+                    continue
+                self._link(a, pos, parents, params)
             elif isinstance(a, (list, tuple)):
                 for j, b in enumerate(a):
                     if isinstance(b, _Tensor):

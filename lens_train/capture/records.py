@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 from typing import Any, Callable
+
+import torch
 
 # One frame of a call stack as captured: (code object, line number). Turned into
 # readable records only when printed, so capture never reads source files.
@@ -28,7 +31,6 @@ class OpRecord:
     shape: tuple[int, ...] = ()
     dtype: Any = None
     device: Any = "cpu"
-    nbytes: int = 0
     requires_grad: bool = False
     grad_fn_name: str | None = None
     time_s: float = 0.0
@@ -55,6 +57,11 @@ class OpRecord:
     value_reads: tuple[tuple[str, Any], ...] = ()  # (method, value) Python read from it (.item()...), replayable only
     edit: str | None = None  # the intervention that replaced this tensor's value (lt.intervene)
     original: Any = None  # the value before that intervention
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's elements (worked out from its shape and dtype when asked for)."""
+        return prod(self.shape) * self.dtype.itemsize if isinstance(self.dtype, torch.dtype) else 0
 
     def live_tensor(self) -> Any:
         """The tensor this record describes, if it is still alive."""
