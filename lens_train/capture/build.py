@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from torch import nn
 
 from .bookkeeping import bookkeeping_flags
-from .layer_log import PENDING_FIELDS, LayerLog, PendingLayerLog
+from .layer_log import LayerLog, PendingLayerLog
 from .lookup import LayerKeys
 from .model_log import ModelLog, ModuleLog, ModuleTable
 from .passes import LayerGroup, group_passes, pass_labels
@@ -68,12 +67,15 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
 
 
 def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys) -> list[LayerLog]:
-    """One :class:`PendingLayerLog` per data-path record: its label, values and position (the hot loop)."""
-    new = PendingLayerLog.__new__
+    """One :class:`PendingLayerLog` per data-path record: its label, values and position (the hot loop).
+
+    Each is made a plain ``LayerLog`` (plain attribute stores) and then given its pending class.
+    """
+    new = LayerLog.__new__
     out = []
     append = out.append
     for pos, rec in enumerate(data):
-        layer = new(PendingLayerLog)
+        layer = new(LayerLog)
         layer.layer_label = labels[rec.index]
         layer.tensor_contents = rec.activation
         layer.transformed_activation = rec.transformed_activation
@@ -81,6 +83,7 @@ def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys) -> list
         layer.gradient = layer._materialize = layer._lookup_keys = None
         layer._key_index = keys
         layer._key_pos = pos
+        layer.__class__ = PendingLayerLog
         append(layer)
     return out
 
@@ -228,9 +231,10 @@ class LayerSource:
     def fill(self, layer: Any) -> None:
         """Give a pending layer every field and make it a plain :class:`LayerLog`.
 
-        The fields its capture set (or the user wrote since) are kept as they are.
+        The fields its capture set (:data:`PENDING_FIELDS`, maybe written since) are kept;
+        the others were never set (writing one fills the layer first).
         """
-        children, in_call, short, group_labels, texts = self._shared()
+        children, in_call, short, group_labels, texts = self._parts or self._shared()
         labels = self.labels
         pos = layer._key_pos
         rec = self.data[pos]
@@ -251,8 +255,6 @@ class LayerSource:
         else:
             shapes, num_params, param_bytes, addresses = [], 0, 0, []
         outputs = rec.output_of_modules
-        layer.__class__ = LayerLog  # before reading what is set: a plain layer has no __getattr__ to recurse into
-        given = object.__getstate__(layer)[1]
         values = [
             labels[index], group.label, short[gi], group.layer_type, group.type_index,
             group.layer_index, index, self.pass_num[index], len(group.members), rec.func_name, rec.grad_fn_name,
@@ -265,14 +267,8 @@ class LayerSource:
             in_call[index], layer.gradient, rec.edit, layer.original_activation, layer._materialize,
             layer._lookup_keys, layer._key_index, pos,
         ]
-        if len(given) != len(PENDING_FIELDS):  # fields written before this first read win
-            for i, name in enumerate(_FIELD_NAMES):
-                if name in given:
-                    values[i] = given[name]
+        object.__setattr__(layer, "__class__", LayerLog)  # a plain layer: no __setattr__ to come back here
         LayerLog.__init__(layer, *values)
-
-
-_FIELD_NAMES = [f.name for f in dataclasses.fields(LayerLog)]
 
 
 def _children(records: list[Any], side: bytearray) -> list[list[int]]:

@@ -155,10 +155,10 @@ PENDING_FIELDS = ("layer_label", "tensor_contents", "transformed_activation", "g
 class PendingLayerLog(LayerLog):
     """A :class:`LayerLog` fresh from a capture: only :data:`PENDING_FIELDS` are set.
 
-    Reading any other field fills every field from the log's source
+    Reading or writing any other field fills every field from the log's source
     (``layer._key_index.source``, see :class:`lens_train.capture.build.LayerSource`) and
     turns the object into a plain ``LayerLog``: a capture does not pay to build the lists
-    of layers nobody reads. Writing a field before that is kept.
+    of layers nobody reads.
     """
 
     __slots__ = ()
@@ -168,6 +168,11 @@ class PendingLayerLog(LayerLog):
             raise AttributeError(f"'LayerLog' object has no attribute {name!r}")
         self._key_index.source.fill(self)
         return getattr(self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in PENDING_FIELDS:  # filled first, so this write is the one that stays
+            self._key_index.source.fill(self)
+        object.__setattr__(self, name, value)
 
     def __copy__(self) -> LayerLog:
         self._key_index.source.fill(self)

@@ -89,7 +89,7 @@ class ModelLog:
         if keys is not None:  # a capture's: its layers know their position and keys already
             self._key_index = keys
             return
-        self._key_index = LayerKeys(layers)
+        self._key_index = LayerKeys(layers)  # reads every layer: a pending one (of another log) is filled here
         for i, layer in enumerate(layers):
             layer._key_index, layer._key_pos, layer._lookup_keys = self._key_index, i, None
 
