@@ -9,6 +9,8 @@ fused op, e.g. ``nn.MultiheadAttention``'s fast path). Columns:
 
 - ops: layer passes in the log; plain ms: the plain forward;
 - full x: ``layers_to_save="all"``; meta x: ``layers_to_save=None`` (metadata only);
+- read x: full capture, then a first read of every layer (a capture fills a layer's fields when
+  one is first read: this is the whole cost for a user who reads them all; information only);
 - us/op: our overhead per op, (full - plain) / ops;
 - floor: the same for a null ``TorchFunctionMode`` that only calls each op (same model, same run).
 
@@ -135,14 +137,14 @@ def print_device(device: torch.device, args: argparse.Namespace) -> None:
 def print_rows(cases: list[Case], rows: dict) -> None:
     wide = 8 if len(next(iter(rows.values()))) == 1 else 20
     print(f"{'model':16s} {'mode':8s} {'ops':>5s} {'plain ms':>{wide}s} {'full x':>{wide}s} {'meta x':>{wide}s} "
-          f"{'us/op':>{wide}s} {'floor':>{wide}s}  target")
+          f"{'read x':>{wide}s} {'us/op':>{wide}s} {'floor':>{wide}s}  target")
     for case in cases:
         for mode in MODES:
             runs = rows[case.name, mode]
             col = lambda key: [r[key] for r in runs]  # noqa: E731
             full, meta = statistics.median(col("full_x")), statistics.median(col("meta_x"))
             print(f"{case.name:16s} {mode:8s} {int(runs[0]['ops']):5d} {cell(col('plain_ms')):>{wide}s} "
-                  f"{cell(col('full_x')):>{wide}s} {cell(col('meta_x')):>{wide}s} "
+                  f"{cell(col('full_x')):>{wide}s} {cell(col('meta_x')):>{wide}s} {cell(col('read_x')):>{wide}s} "
                   f"{cell(col('us_op'), '{:.1f}'):>{wide}s} {cell(col('floor_us_op'), '{:.1f}'):>{wide}s}  "
                   f"{target_text(case.name, mode, full, meta)}")
 
