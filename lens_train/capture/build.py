@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from .bookkeeping import bookkeeping_flags
-from .layer_log import LayerLog, PendingLayerLog
+from .layer_log import FILL_LOCK, LayerLog, PendingLayerLog
 from .lookup import LayerKeys
 from .model_log import ModelLog, ModuleLog, ModuleTable
 from .passes import LayerGroup, group_passes, pass_labels
@@ -234,6 +234,11 @@ class LayerSource:
         The fields its capture set (:data:`PENDING_FIELDS`, maybe written since) are kept;
         the others were never set (writing one fills the layer first).
         """
+        with FILL_LOCK:
+            if type(layer) is PendingLayerLog:  # not filled by another thread meanwhile
+                self._fill(layer)
+
+    def _fill(self, layer: Any) -> None:
         children, in_call, short, group_labels, texts = self._parts or self._shared()
         labels = self.labels
         pos = layer._key_pos

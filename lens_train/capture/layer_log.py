@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import linecache
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,15 @@ class LayerLog:
     _key_index: Any = None
     _key_pos: int = -1
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for a field not set: another thread may be filling this layer right now
+        # (PendingLayerLog.fill switches the class first); wait for it, then read again
+        if name.startswith("__") or name not in _FIELDS:
+            raise AttributeError(f"'LayerLog' object has no attribute {name!r}")
+        with FILL_LOCK:
+            pass
+        return object.__getattribute__(self, name)
+
     @property
     def lookup_keys(self) -> list[str | int]:
         """Every key ``log[...]`` resolves to this pass (labels, module addresses, ints)."""
@@ -147,6 +157,9 @@ class LayerLog:
         return format_layer(self)
 
 
+_FIELDS = frozenset(LayerLog.__dataclass_fields__)
+# Held while a pending layer is filled (lens_train.capture.build.LayerSource.fill).
+FILL_LOCK = threading.RLock()
 # The fields a capture sets when it creates a layer; the others wait in its log's LayerSource.
 PENDING_FIELDS = ("layer_label", "tensor_contents", "transformed_activation", "gradient", "original_activation",
                   "_materialize", "_lookup_keys", "_key_index", "_key_pos")

@@ -115,3 +115,31 @@ def test_a_capture_promotes_its_objects_and_leaves_frozen_ones_alone():
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_read_from_another_thread_during_a_fill_waits_for_it(monkeypatch):
+    import threading
+
+    log = lt.log_forward_pass(_model(), torch.ones(1, 4))
+    layer = log["relu_1_2"]
+    fill = LayerLog.__init__
+    got: list = []
+    readers: list = []
+
+    def read() -> None:
+        try:
+            got.append(layer.child_layers)
+        except AttributeError as exc:
+            got.append(exc)
+
+    def slow_fill(self, *args):  # the filling thread pauses mid-fill while another thread reads
+        if self is layer and not readers:
+            readers.append(threading.Thread(target=read))
+            readers[0].start()
+            readers[0].join(0.2)  # it reads now (or waits for this fill to end)
+        fill(self, *args)
+
+    monkeypatch.setattr(LayerLog, "__init__", slow_fill)
+    assert layer.parent_layers == ["linear_1_1"]
+    readers[0].join()
+    assert got == [["linear_2_3"]]
