@@ -191,13 +191,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         inplace = _is_inplace(name, kwargs) if kwargs or name[-1] == "_" else False
         parents, params = self._parents(args, kwargs)
         if not (inplace or self._extras):
-            start = _perf()
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                self._note_failure(exc, func, names, parents, params)
-                raise
-            elapsed = _perf() - start
+            result, elapsed = self._timed(func, args, kwargs, names, parents, params)
             if isinstance(result, _Tensor) and name != "__setitem__" and "out" not in kwargs:
                 self._record_one(func, names, result, parents, params, elapsed)
             else:
