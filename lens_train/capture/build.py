@@ -22,12 +22,17 @@ def module_param_counts(model: nn.Module, params: list[tuple[str, nn.Parameter]]
         >>> sorted(module_param_counts(model).items())
         [('0', 9), ('0.0', 9), ('1', 4)]
     """
+    return _param_counts((a, p.numel()) for a, p in (params if params is not None else model.named_parameters()))
+
+
+def _param_counts(sizes: Any) -> dict[str, int]:
+    """:func:`module_param_counts` from ``(parameter address, element count)`` pairs."""
     own: dict[str, int] = {}  # summed per owning module first: a module's parameters share its prefixes
-    for address, p in params if params is not None else model.named_parameters():
+    for address, n in sizes:
         cut = address.rfind(".")
         if cut > 0:
             owner = address[:cut]
-            own[owner] = own.get(owner, 0) + p.numel()
+            own[owner] = own.get(owner, 0) + n
     counts: dict[str, int] = {}
     for prefix, n in own.items():
         while True:
@@ -47,22 +52,25 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     """
     recorder.resolve_callsites()
     records = recorder.records
-    unique = recorder.index.unique_params()
-    counts = module_param_counts(model, unique)
+    # id -> (address, shape, count, bytes) of each parameter (first name): read now, the log never holds the model's
+    param_info: dict[int, tuple] = {}
+    for a, p in recorder.index.unique_params():
+        n = p.numel()
+        param_info[id(p)] = (a, tuple(p.shape), n, n * p.element_size())
+    counts = _param_counts((info[0], info[2]) for info in param_info.values())
     side = bookkeeping_flags(records)
     groups = group_passes(records, frozenset(counts), side)
     pass_label, group_of, pass_num = pass_labels(groups, len(records))
     data = [rec for rec in records if not side[rec.index]]
-    source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, recorder.index.params)
+    source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, param_info)
     keys = LayerKeys(source=source)
     layers = _pending_layers(data, pass_label, keys)
     meta = dict(meta)
     meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping])
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
     meta["sharding_ops"] = sum(1 for rec in records if side[rec.index] and rec.framework)
-    sizes = [(p.numel(), p.element_size()) for _, p in unique]
-    meta.update(num_params_total=sum(n for n, _ in sizes), num_param_tensors=len(sizes),
-                param_bytes_total=sum(n * size for n, size in sizes))
+    meta.update(num_params_total=sum(info[2] for info in param_info.values()), num_param_tensors=len(param_info),
+                param_bytes_total=sum(info[3] for info in param_info.values()))
     return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label, side), meta, keys)
 
 
@@ -196,16 +204,21 @@ class LayerSource:
     the first fill; a capture whose layers are never read never makes them.
     """
 
-    __slots__ = ("records", "data", "groups", "group_of", "labels", "pass_num", "side", "params", "_parts")
+    __slots__ = ("records", "data", "groups", "group_of", "labels", "pass_num", "side", "param_info", "_parts",
+                 "_unfilled", "_rows")
 
     def __init__(self, records: list[Any], data: list[Any], groups: list[LayerGroup], group_of: list[int],
-                 labels: list[str], pass_num: list[int], side: bytearray, params: Any) -> None:
+                 labels: list[str], pass_num: list[int], side: bytearray, param_info: dict[int, tuple]) -> None:
         self.records, self.data, self.groups, self.group_of = records, data, groups, group_of
-        self.labels, self.pass_num, self.side, self.params = labels, pass_num, side, params
+        self.labels, self.pass_num, self.side, self.param_info = labels, pass_num, side, param_info
         self._parts: tuple | None = None
+        self._unfilled = len(data)
+        self._rows: list | None = None
 
     def key_rows(self) -> list[tuple[str, int, str, list[str]]]:
         """The rows of :class:`~lens_train.capture.lookup.LayerKeys`, without filling any layer."""
+        if self._rows is not None:
+            return self._rows
         groups, group_of, pass_num = self.groups, self.group_of, self.pass_num
         short = self._shared()[2]
         rows = []
@@ -219,10 +232,7 @@ class LayerSource:
     def _shared(self) -> tuple:
         if self._parts is None:
             records, labels = self.records, self.labels
-            param_info: dict[int, tuple] = {}
-            for a, p in self.params:
-                param_info.setdefault(id(p), (a, tuple(p.shape), p.numel(), p.numel() * p.element_size()))
-            texts = _Texts(param_info)
+            texts = _Texts(self.param_info)
             self._parts = (_children(records, self.side), _op_index_in_call(records),
                            [texts.short_label(g) for g in self.groups],
                            [[labels[m] for m in g.members] for g in self.groups], texts)
@@ -274,6 +284,10 @@ class LayerSource:
         ]
         object.__setattr__(layer, "__class__", LayerLog)  # a plain layer: no __setattr__ to come back here
         LayerLog.__init__(layer, *values)
+        self._unfilled -= 1
+        if not self._unfilled:  # every layer has its fields: keep the lookup rows, let the records go
+            self._rows = self.key_rows()
+            self.records = self.data = self.groups = self.group_of = self.labels = self.pass_num = self._parts = None
 
 
 def _children(records: list[Any], side: bytearray) -> list[list[int]]:

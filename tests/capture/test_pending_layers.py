@@ -143,3 +143,25 @@ def test_a_read_from_another_thread_during_a_fill_waits_for_it(monkeypatch):
     assert layer.parent_layers == ["linear_1_1"]
     readers[0].join()
     assert got == [["linear_2_3"]]
+
+
+def test_a_log_never_holds_the_models_parameters():
+    model = _model()
+    with torch.no_grad():  # (with autograd on, the output's graph would hold them, as for any forward)
+        log = lt.log_forward_pass(model, torch.ones(1, 4))
+    weight = weakref.ref(model[0].weight)
+    del model
+    gc.collect()
+    assert weight() is None  # freed with the model, the log alive
+    assert log["linear_1_1"].num_params == 40 and log["linear_1_1"].param_addresses == ["0.weight", "0.bias"]
+
+
+def test_once_every_layer_is_filled_the_records_go_and_lookups_still_work():
+    log = lt.log_forward_pass(_model(), torch.ones(1, 4))
+    source = log._key_index.source
+    for layer in log.layers[:-1]:
+        layer.parent_layers  # noqa: B018
+    assert source.records is not None
+    log.layers[-1].parent_layers  # noqa: B018
+    assert source.records is None and source.data is None
+    assert log["1"].layer_label == "relu_1_2" and log["relu_1_2"].lookup_keys[:2] == ["1:1", "1"]
