@@ -305,7 +305,7 @@ def _children(records: list[Any], side: bytearray) -> list[list[int]]:
 
 def _structure(records: list[Any], data: list[Any], groups: list[LayerGroup]) -> dict[str, Any]:
     max_passes = max((len(g.members) for g in groups), default=1)
-    # branching: some record feeds the data-path ops of two distinct ops (outputs aside)
+    # branching: some record is read by two distinct data-path ops (the output records aside)
     first_op = [-1] * len(records)
     branching = False
     for rec in data:

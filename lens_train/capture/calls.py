@@ -63,6 +63,8 @@ def classify_cached(func: Any) -> tuple[str, str, int]:
             CLASSIFIED.clear()
         CLASSIFIED[func] = names
     return names
+
+
 _NO_GRAD_FALSE = lambda *a, **k: False  # noqa: E731 - stands in for has_torch_function*
 
 

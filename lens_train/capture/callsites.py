@@ -181,6 +181,7 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     key = []
     frames = []
     info = _CODE_INFO
+    cleared = False
     for j in range(0, len(raw), 2):
         code_id = raw[j]
         code = codes[code_id]
@@ -189,6 +190,7 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
             if len(info) >= _MAX_CODES:
                 info.clear()
                 _WALKS.clear()
+                cleared = True
             entry = info[code_id] = (code, _frame_kind(code), _canonical_offsets(code), _line_numbers(code))
         kind = entry[1]
         if kind:
@@ -202,8 +204,8 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     found = tuple(key), tuple(frames)
     if len(_WALKS) >= _MAX_WALKS:
         _WALKS.clear()
-    if all(info.get(raw[j], (None,))[0] is codes[raw[j]] for j in range(0, len(raw), 2)):
-        _WALKS[raw] = found  # every code it names is held by _CODE_INFO (none cleared meanwhile)
+    if not cleared:  # every code it names is held by _CODE_INFO
+        _WALKS[raw] = found
     return found
 
 

@@ -32,10 +32,10 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnsupportedModelError
 from .calls import (
     _THIN_FUNCTIONS,
+    BOOL,
     CLASSIFIED,
     COMPOSITE,
     METADATA,
-    OP,
     _flatten_output,
     _is_inplace,
     _undispatched_copy,
@@ -125,7 +125,6 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self._save_some = not self._save_all and plan.save != "none"
         self._extras = plan.keep_templates or plan.record_rng or plan.edits is not None  # off the fast path
         self._sink = plan.sink
-        self._type_cache = CLASSIFIED
         self._clones: dict[Any, Any] = {}
         self._saved_from_numpy: Any = None
         self.buffer_addresses = first_names(self.index.buffers)
@@ -180,12 +179,20 @@ class Recorder(InterventionHooks, TorchFunctionMode):
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         try:
-            names = self._type_cache[func]
+            names = CLASSIFIED[func]
         except (KeyError, TypeError):
             names = classify_cached(func)
         kind = names[2]
-        if kind != OP:
-            return self._not_an_op(func, names, kind, args, kwargs)
+        if kind == METADATA:
+            if self._read_values and names[0] in _VALUE_READS:
+                return self._note_read(func, names[0], args, kwargs)
+            return func(*args, **kwargs)
+        if kind == COMPOSITE:
+            return self._run_python_function(func, args, kwargs)
+        if kind == BOOL:
+            result = func(*args, **kwargs)
+            self._note_condition(args[0], result)
+            return result
         name = names[0]
         # in place by name (add_, __setitem__) or by keyword (out=, inplace=True)
         inplace = _is_inplace(name, kwargs) if kwargs or name[-1] == "_" else False
@@ -219,18 +226,6 @@ class Recorder(InterventionHooks, TorchFunctionMode):
                 result = self._edit_op(first, result)
         if names[1] in HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
-        return result
-
-    def _not_an_op(self, func, names, kind, args, kwargs):  # noqa: ANN001
-        """A metadata read, a Python function run with interception on, or a conversion to bool."""
-        if kind == METADATA:
-            if self._read_values and names[0] in _VALUE_READS:
-                return self._note_read(func, names[0], args, kwargs)
-            return func(*args, **kwargs)
-        if kind == COMPOSITE:
-            return self._run_python_function(func, args, kwargs)
-        result = func(*args, **kwargs)  # BOOL
-        self._note_condition(args[0], result)
         return result
 
     def _timed(self, func, args, kwargs, names, parents, params) -> tuple[Any, float]:  # noqa: ANN001

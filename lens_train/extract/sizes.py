@@ -31,8 +31,8 @@ from ..capture.records import OpRecord
 Expr = tuple
 _LENS_DIR = os.path.dirname(os.path.dirname(__file__))
 _SIZE_READS = frozenset({"size", "shape", "numel", "nelement", "__len__"})
-# the recorder forwards the model's own calls from these frames; its other frames are its own reads
-_FORWARDING_CODES = frozenset({Recorder.__torch_function__.__code__, Recorder._not_an_op.__code__})
+# the recorder forwards the model's own calls from this frame; its other frames are its own reads
+_FORWARDING_CODE = Recorder.__torch_function__.__code__
 _OPS: dict[str, Callable[[int, int], Any]] = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "floordiv": operator.floordiv, "mod": operator.mod,
 }
@@ -232,7 +232,7 @@ class SizeTracer(TorchFunctionMode):
         if name not in _SIZE_READS:
             return result
         caller = sys._getframe(1).f_code
-        if caller not in _FORWARDING_CODES and caller.co_filename.startswith(_LENS_DIR):
+        if caller is not _FORWARDING_CODE and caller.co_filename.startswith(_LENS_DIR):
             return result
         entry = self.owner.get(id(args[0]))
         if entry is None or entry[1]() is not args[0]:
