@@ -146,27 +146,17 @@ class OpenCalls:
             del self.above[id(frame)]
 
 
-def resolve_callsite(raw: tuple, codes: dict[int, Any], memo: dict[int, Any] | None = None) -> tuple[tuple, tuple]:
+def resolve_callsite(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     """(call-site key, user frames innermost first) of a raw site from :func:`find_callsite`.
 
     The key holds (code, canonical instruction offset) of every frame, library frames
     included, so two statements never share a key while a loop body always does.
     Only user-code frames are kept for display, as (code, line). A raw site that ends in
-    a shared walk (``(frames, walk above)``) resolves to the same key as the flat walk;
-    ``memo`` resolves each shared walk once.
+    a shared walk (``(frames, walk above)``) resolves to the same key as the flat walk.
     """
     if not raw or type(raw[0]) is not tuple:
         return _resolve_walk(raw, codes)
-    own, above = raw
-    if memo is None:
-        return _join(_resolve_walk(own, codes), resolve_callsite(above, codes))
-    found = memo.get(id(above))
-    if found is None or found[0] is not above:
-        found = memo[id(above)] = (above, resolve_callsite(above, codes, memo))
-    mine = memo.get(own)  # flat walks by value (a tuple key), shared walks by id (an int key)
-    if mine is None:
-        mine = memo[own] = _resolve_walk(own, codes)
-    return _join(mine, found[1])
+    return _join(_resolve_walk(raw[0], codes), resolve_callsite(raw[1], codes))
 
 
 def _join(inner: tuple[tuple, tuple], outer: tuple[tuple, tuple]) -> tuple[tuple, tuple]:
@@ -209,24 +199,48 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     return found
 
 
-def resolve_callsites(records: Any, codes: dict[int, Any]) -> None:
-    """Give every record whose call site is still raw its key and user frames.
+def resolve_callsites(records: Any, codes: dict[int, Any], sites: dict[tuple, int] | None = None) -> None:
+    """Give every record whose call site is still raw its site number and user frames.
 
-    Each distinct walk is resolved once: the walk above each module call (shared by
-    every op inside it) and each op's own walk up to it (the same statement in every
-    call of a module), so a record only joins two resolved parts.
+    The number stands for the call-site key (see :func:`resolve_callsite`) in ``sites``
+    (key -> number; records numbered with one dict compare alike), so pass grouping
+    compares small numbers, not long keys. Each distinct walk is resolved once: the
+    walk above each module call (shared by every op inside it) and each op's own walk
+    up to it, and the records of one statement in every call of a module share their
+    number and frames.
     """
-    done: dict[Any, tuple[tuple, tuple]] = {}
-    memo: dict[Any, Any] = {}
+    sites = {} if sites is None else sites
+    done: dict[Any, tuple[int, tuple]] = {}
+    aboves: dict[int, tuple[Any, int, tuple]] = {}
     for rec in records:
         if rec.frames is None:
             raw = rec.callsite
-            # a shared walk is named by identity (hashing it would walk it again); the records hold it alive
-            seen = (raw[0], id(raw[1])) if raw and type(raw[0]) is tuple else raw
+            if raw and type(raw[0]) is tuple:
+                own, above = raw
+                outer = _shared_walk(above, codes, aboves, sites)
+                seen: Any = (own, outer[1])  # the walk above by the number of its key: equal walks meet
+            else:
+                own, outer, seen = raw, None, raw
             found = done.get(seen)
             if found is None:
-                found = done[seen] = resolve_callsite(raw, codes, memo)
+                resolved = _resolve_walk(own, codes)
+                key, frames = _join(resolved, outer[2]) if outer is not None else resolved
+                found = done[seen] = (sites.setdefault(key, len(sites)), frames)
             rec.callsite, rec.frames = found
+
+
+def _shared_walk(walk: tuple, codes: dict[int, Any], aboves: dict[int, tuple[Any, int, tuple]],
+                 sites: dict[tuple, int]) -> tuple[Any, int, tuple[tuple, tuple]]:
+    """(walk, number of its key, (key, frames)) of the walk above a module call, resolved once per walk object."""
+    found = aboves.get(id(walk))
+    if found is None or found[0] is not walk:
+        if walk and type(walk[0]) is tuple:
+            resolved = _join(_resolve_walk(walk[0], codes), _shared_walk(walk[1], codes, aboves, sites)[2])
+        else:
+            resolved = _resolve_walk(walk, codes)
+        # the aboves (and the records) hold each walk alive: an id here never names another walk
+        found = aboves[id(walk)] = (walk, sites.setdefault(resolved[0], len(sites)), resolved)
+    return found
 
 
 def _line_numbers(code: Any) -> list[int | None]:

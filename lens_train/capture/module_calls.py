@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 import torch
@@ -70,34 +71,56 @@ class ModuleCalls:
         self._open: list[ModuleCall] = []
         self._count: dict[str, int] = {}
         self._hooked: list[nn.Module] = []
+        self._wrapped: list[tuple[nn.Module, Any, Any]] = []  # (module, its own forward attribute or _ABSENT, wrapper)
         self._hook_id = -1
         self._modules = modules if modules is not None else walk_modules(model)
         self._addresses = first_names(self._modules)
         self._types = {id(m): type(m).__name__ for _, m in self._modules}
 
     def attach(self) -> None:
-        """Install the hooks on every submodule (once per module, also when it is shared).
+        """Start tracking every submodule (once per module, also when it is shared).
 
-        The hooks go into each module's hook dicts exactly where ``register_forward_pre_hook``
+        A module without hooks of its own gets a wrapper around its ``forward`` (an
+        instance attribute, removed by :meth:`detach`): torch then keeps calling it on
+        its fast path, where hooks would send every call through the slow one (most of
+        a module call's cost under capture). A module with hooks (or any global module
+        hook) gets forward pre/post hooks instead, exactly where ``register_forward_pre_hook``
         and ``register_forward_hook(always_call=True)`` put them (last, so they see what
-        the model's own hooks did), under one fresh handle id for the whole model: a
-        capture does not pay for a ``RemovableHandle`` per hook.
+        the model's own hooks did), under one fresh handle id for the whole model.
+        Either way a call is seen with the same arguments and output.
         """
         hook_id = self._hook_id = RemovableHandle.next_id
         RemovableHandle.next_id += 1
         pre, post = self._pre_hook, self._post_hook
+        wrap = not _global_hooks()
         seen = {id(self.model)}
         hooked = self._hooked
         for _, module in self._modules:
-            if id(module) not in seen:
-                seen.add(id(module))
-                hooked.append(module)  # before installing: detach() also undoes a half-finished attach()
-                module._forward_pre_hooks[hook_id] = pre
-                module._forward_hooks[hook_id] = post
-                module._forward_hooks_always_called[hook_id] = True
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            if wrap and not (module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
+                             or module._backward_pre_hooks):
+                state = module.__dict__
+                wrapper = self._wrapper(module, module.forward)
+                self._wrapped.append((module, state.get("forward", _ABSENT), wrapper))  # first: detach() undoes a half attach
+                state["forward"] = wrapper
+                continue
+            hooked.append(module)  # before installing: detach() also undoes a half-finished attach()
+            module._forward_pre_hooks[hook_id] = pre
+            module._forward_hooks[hook_id] = post
+            module._forward_hooks_always_called[hook_id] = True
 
     def detach(self) -> None:
-        """Remove every hook :meth:`attach` installed."""
+        """Remove every wrapper and hook :meth:`attach` installed."""
+        for module, previous, wrapper in self._wrapped:
+            state = module.__dict__
+            if state.get("forward") is wrapper:  # (a forward the model set meanwhile is its own)
+                if previous is _ABSENT:
+                    del state["forward"]
+                else:
+                    state["forward"] = previous
+        self._wrapped.clear()
         hook_id = self._hook_id
         for module in self._hooked:
             module._forward_pre_hooks.pop(hook_id, None)
@@ -105,10 +128,40 @@ class ModuleCalls:
             module._forward_hooks_always_called.pop(hook_id, None)
         self._hooked.clear()
 
+    def _wrapper(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``forward`` of ``module``, opening and closing a module call around it."""
+        opened, closed = self._opened, self._closed
+
+        def tracked_forward(*args: Any, **kwargs: Any) -> Any:
+            # (no local holds a frame: a frame holding itself would outlive the call, with its tensors)
+            caller = _getframe(1).f_code
+            if caller is not _CALL_IMPL and caller is not _CALL_WITH_HOOKS:  # module.forward(x): no call (as for hooks)
+                return forward(*args, **kwargs)
+            call = opened(module, args, _getframe())
+            try:
+                output = forward(*args, **kwargs)
+            except BaseException:
+                closed(call, None, _getframe(), failed=True)
+                raise
+            return closed(call, output, _getframe())
+
+        tracked_forward.__wrapped__ = forward  # inspect.signature(module.forward) still reads the real one
+        return tracked_forward
+
     def _pre_hook(self, module: nn.Module, args: tuple) -> None:
+        self._opened(module, args, _getframe(1))  # torch's frame that runs this call's hooks and forward
+
+    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if self._addresses.get(id(module)) is None or not self._open:
+            return None
+        replaced = self._closed(self._open[-1], output, _getframe(1))
+        return None if replaced is output else replaced
+
+    def _opened(self, module: nn.Module, args: tuple, frame: Any) -> ModuleCall | None:
+        """A call of ``module`` starts in ``frame`` (the frame that runs its forward): open it."""
         address = self._addresses.get(id(module))
         if address is None:
-            return
+            return None
         count = self._count
         n = count[address] = count.get(address, 0) + 1
         stack = self.stack
@@ -123,16 +176,20 @@ class ModuleCalls:
         self._open.append(call)
         self.stack = (*stack, (address, n))
         if self.open_calls is not None:
-            self.open_calls.enter(_getframe(1))  # torch's frame that runs this call's hooks and forward
+            self.open_calls.enter(frame)
+        return call
 
-    def _post_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if self._addresses.get(id(module)) is None or not self._open:
-            return
-        call = self._open.pop()
+    def _closed(self, call: ModuleCall | None, output: Any, frame: Any, failed: bool = False) -> Any:
+        """``call`` returned ``output`` (or raised): close it; the output, or an intervention's replacement."""
+        if call is None or not self._open or self._open[-1] is not call:
+            return output
+        self._open.pop()
         self.stack = self.stack[:-1]
         if self.open_calls is not None:
-            self.open_calls.exit(_getframe(1))
+            self.open_calls.exit(frame)
         call.last_op = len(self._records) - 1
+        if failed:
+            return output
         key = (call.address, call.pass_num)
         for t in (output,) if isinstance(output, _Tensor) else _flatten_output(output):
             rec = self._lookup(t)
@@ -141,8 +198,24 @@ class ModuleCalls:
                     rec.output_of_modules += (key,)
                 call.output_records.append(rec.index)
         if self.edit_output is not None:
-            return self.edit_output(call, output)
-        return None
+            replaced = self.edit_output(call, output)
+            if replaced is not None:
+                return replaced
+        return output
+
+
+def _global_hooks() -> bool:
+    """Whether any global module hook is registered (``torch.nn.modules.module.register_module_forward_hook``...)."""
+    return any(getattr(_module_mod, name, None) for name in _GLOBAL_HOOKS)
+
+
+_module_mod = sys.modules[nn.Module.__module__]
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+_ABSENT = object()
+# torch runs a module's forward from _call_impl (no hooks) or from its nested ``inner`` (hooks added during the pass)
+_CALL_IMPL = nn.Module._call_impl.__code__
+_CALL_WITH_HOOKS = next(c for c in _CALL_IMPL.co_consts if isinstance(c, CodeType) and c.co_name == "inner")
 
 
 def first_names(named: Any) -> dict[int, str]:

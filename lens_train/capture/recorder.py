@@ -99,6 +99,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self.records: list[OpRecord] = []
         self.index = index if index is not None else index_model(model)
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
+        self._sites: dict[tuple, int] = {}  # call-site key -> the number records carry once resolved
         self._open_calls = OpenCalls(stop_code, self._codes)
         self._above = self._open_calls.above
         self._owner: dict[int, OpRecord] = {}
@@ -172,8 +173,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self._param_backups.clear()
 
     def resolve_callsites(self, extra: list[OpRecord] | None = None) -> None:
-        """Turn the raw call sites of the records (and ``extra`` ones) into keys and user frames."""
-        resolve_callsites(self.records if extra is None else [*self.records, *extra], self._codes)
+        """Turn the raw call sites of the records (and ``extra`` ones) into site numbers and user frames."""
+        resolve_callsites(self.records if extra is None else [*self.records, *extra], self._codes, self._sites)
 
     # -- the hot path ---------------------------------------------------------------
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001

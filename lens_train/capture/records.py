@@ -25,8 +25,8 @@ class OpRecord:
     output_index: int
     parents: list[tuple[int, Any]]
     module_stack: tuple[tuple[str, int], ...]
-    callsite: tuple[Any, ...]
-    frames: tuple[RawFrame, ...] | None  # None: callsite still raw (resolved after the pass, callsites.py)
+    callsite: Any  # raw walk during the pass; then the number of its call-site key in this capture (callsites.py)
+    frames: tuple[RawFrame, ...] | None  # None: callsite still raw (resolved after the pass)
     param_ids: tuple[int, ...] = ()
     shape: tuple[int, ...] = ()
     dtype: Any = None

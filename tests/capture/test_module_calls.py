@@ -1,0 +1,134 @@
+"""How a capture follows module calls: forward wrappers on hook-free modules, hooks on the others."""
+
+import gc
+import inspect
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+import lens_train as lt
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return torch.relu(self.lin(x)) * scale
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Inner()
+        self.direct = _Inner()
+        self.seen: list[list[str]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(list(inspect.signature(self.inner.forward).parameters))
+        x = self.inner(x)
+        return self.direct.forward(x)  # not a module call: no hook would see it either
+
+
+def _summary(log: lt.ModelLog) -> tuple:
+    return (log.layer_labels, [(m.address, [c["inputs"] for c in m.calls], [c["outputs"] for c in m.calls])
+                               for m in log.modules.values()],
+            [layer.containing_modules for layer in log.layers])
+
+
+def _no_trace(model: nn.Module) -> bool:
+    return all("forward" not in vars(m) and not m._forward_hooks and not m._forward_pre_hooks
+               and not m._forward_hooks_always_called for m in model.modules())
+
+
+def test_hook_free_and_hooked_modules_give_the_same_log() -> None:
+    model, x = _Outer(), torch.randn(2, 3)
+    wrapped = lt.log_forward_pass(model, x)
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, o: None)  # global: every module hooked
+    try:
+        hooked = lt.log_forward_pass(model, x)
+    finally:
+        handle.remove()
+    assert _summary(wrapped) == _summary(hooked)
+    assert [m.address for m in wrapped.modules.values()] == ["inner", "inner.lin", "direct.lin"]  # direct.forward(): no call
+    assert _no_trace(model)
+
+
+def test_forward_keeps_its_signature_while_captured() -> None:
+    model = _Outer()
+    lt.log_forward_pass(model, torch.randn(2, 3))
+    assert model.seen == [["x", "scale"]]
+
+
+def test_a_forward_set_on_the_instance_is_followed_and_put_back() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    own = model[1].forward = lambda x: torch.tanh(x)
+    log = lt.log_forward_pass(model, torch.randn(2, 3))
+    assert log["tanh_1_2"].containing_modules == ["1:1"]
+    assert vars(model[1])["forward"] is own and "forward" not in vars(model[0])
+
+
+def test_a_raising_module_leaves_the_call_stack_and_the_model_clean() -> None:
+    class Fails(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("boom")
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(Fails()))
+    with pytest.raises(ValueError, match="boom"):
+        lt.log_forward_pass(model, torch.randn(2, 3))
+    assert _no_trace(model)
+    log = lt.log_forward_pass(model[0], torch.randn(2, 3))  # the next capture starts from an empty stack
+    assert log["linear_1_1"].containing_modules == []
+
+
+def test_a_module_edit_reaches_the_caller_on_both_paths() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+    x = torch.randn(2, 3)
+    wrapped = lt.intervene(model, x, edits={"1": "zero"})
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda m, a: None)
+    try:
+        hooked = lt.intervene(model, x, edits={"1": "zero"})
+    finally:
+        handle.remove()
+    expected = model[2].bias.detach().expand(2, 1)
+    assert torch.equal(wrapped.output.detach(), expected) and torch.equal(hooked.output.detach(), expected)
+    assert _no_trace(model)
+
+
+def test_a_module_calls_tensors_die_with_the_capture_without_the_cycle_collector() -> None:
+    refs = []
+
+    class Keeps(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            refs.append(weakref.ref(x))  # the Linear's output: alive only through a frame the capture kept, if any
+            return (x * 3).sum(dim=1)
+
+    model = nn.Sequential(nn.Linear(3, 3), Keeps())
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        lt.log_forward_pass(model, torch.randn(2, 3), layers_to_save=None)
+        assert refs and refs[0]() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_a_hook_added_during_the_pass_keeps_the_call_followed() -> None:
+    class Hooks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            handle = self.lin.register_forward_hook(lambda m, a, o: None)  # torch now calls lin on its slow path
+            try:
+                return self.lin(x)
+            finally:
+                handle.remove()
+
+    log = lt.log_forward_pass(Hooks(), torch.randn(2, 3))
+    assert log["linear_1_1"].containing_modules == ["lin:1"]
