@@ -102,7 +102,7 @@ def log_forward_pass(
             f"vis_opt must be 'none', 'unrolled' or 'rolled', got {vis_opt!r}."
             + suggestion_text(str(vis_opt), ["none", "unrolled", "rolled"], "help(lt.log_forward_pass)")
         )
-    check_supported(model)
+    modules = check_supported(model)  # handed to the first capture: no second walk
     check_capture_arguments(input_kwargs, layers_to_save, train_mode, activation_postfunc, save_raw_activation,
                             random_seed, save_gradients, save_activations_to, keep_activations_in_memory)
     check_replayable(replayable, layers_to_save, save_raw_activation, keep_activations_in_memory)
@@ -114,11 +114,12 @@ def log_forward_pass(
     if layers_to_save == "all" or layers_to_save is None:
         plan = CapturePlan(save="all" if layers_to_save == "all" else "none", **base)
     else:
-        probe = run_capture(model, input_args, input_kwargs, CapturePlan(save="none"), seed)
+        probe = run_capture(model, input_args, input_kwargs, CapturePlan(save="none"), seed, modules)
+        modules = None  # the probe's forward ran user code: walk again
         chosen = select(build_key_map(probe.layers), probe.layers, layers_to_save)
         plan = CapturePlan(save=frozenset(chosen), **base)
     stream = open_stream(save_activations_to, keep_activations_in_memory)
-    log = stream.run(lambda p: run_capture(model, input_args, input_kwargs, p, seed), plan)
+    log = stream.run(lambda p: run_capture(model, input_args, input_kwargs, p, seed, modules), plan)
     if grads is not None:
         grads.bind(log)
     log.capture_plan = plan  # what save_new_activations re-runs
@@ -158,25 +159,35 @@ def get_model_metadata(model: nn.Module, input_args: Any, input_kwargs: Mapping[
     return log_forward_pass(model, input_args, input_kwargs, layers_to_save=None, **kwargs)
 
 
-def check_supported(model: Any) -> None:
-    """Raise a clear error for models the engine cannot log faithfully."""
+def check_supported(model: Any) -> tuple[tuple[str, nn.Module], ...]:
+    """Raise a clear error for models the engine cannot log faithfully; else the model's module walk.
+
+    Example:
+        >>> [address for address, _ in check_supported(torch.nn.Sequential(torch.nn.ReLU()))]
+        ['', '0']
+    """
     if not isinstance(model, nn.Module):
         hint = (" Wrap a function in a module, e.g. class M(nn.Module): def forward(self, x): return f(x)."
                 if callable(model) else " Pass the nn.Module itself as the first argument, e.g. lt.log_forward_pass(model, x).")
         shown = "" if "\n" in repr(model) or len(repr(model)) > 60 else f" {model!r}"
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{shown}.{hint}")
-    for address, m in walk_modules(model):
-        where = f" (at {address!r})" if address else ""
+    modules = walk_modules(model)
+    for address, m in modules:
         if isinstance(m, torch.jit.ScriptModule):
             raise UnsupportedModelError(
-                f"TorchScript modules cannot be logged{where}: their ops run outside Python. "
+                f"TorchScript modules cannot be logged{_at(address)}: their ops run outside Python. "
                 "Log the original nn.Module instead of the torch.jit.script/trace result."
             )
         if type(m).__name__ == "OptimizedModule" and hasattr(m, "_orig_mod"):
             raise UnsupportedModelError(
-                f"torch.compile'd modules cannot be logged{where}: compiled graphs bypass op interception. "
+                f"torch.compile'd modules cannot be logged{_at(address)}: compiled graphs bypass op interception. "
                 "Log the original module instead: lt.log_forward_pass(model._orig_mod, x)."
             )
+    return modules
+
+
+def _at(address: str) -> str:
+    return f" (at {address!r})" if address else ""
 
 
 def _call_model(model: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -188,10 +199,14 @@ _STOP_CODE = _call_model.__code__
 
 
 def run_capture(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
-                plan: CapturePlan, seed: int) -> ModelLog:
-    """One seeded, intercepted forward pass turned into a :class:`ModelLog`."""
+                plan: CapturePlan, seed: int, modules: Any = None) -> ModelLog:
+    """One seeded, intercepted forward pass turned into a :class:`ModelLog`.
+
+    ``modules``: :func:`~lens_train.capture.model_index.walk_modules` of ``model``, made
+    just before (no user code ran since), or None.
+    """
     with gc_paused(promote=True):
-        recorder, output, elapsed = record_forward(model, input_args, input_kwargs, plan, seed)
+        recorder, output, elapsed = record_forward(model, input_args, input_kwargs, plan, seed, modules)
         meta = {"random_seed": seed, "elapsed_s": elapsed, "train_mode": plan.train_mode}
         log = build_log(recorder, model, meta)
         if plan.read_values:
@@ -222,33 +237,38 @@ def check_replayable(replayable: Any, layers_to_save: Any, save_raw_activation: 
 
 
 def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str, Any] | None,
-                   plan: CapturePlan, seed: int) -> tuple[Recorder, Any, float]:
+                   plan: CapturePlan, seed: int, modules: Any = None) -> tuple[Recorder, Any, float]:
     """One seeded, intercepted forward pass: (recorder with raw records, output, seconds).
 
     Everything it installs (RNG state, swapped-in buffers, hooks, the function mode) is
     installed and removed with SIGINT deferred; the forward pass itself can be interrupted.
+    ``modules``: the model's module walk, made just before (as :func:`run_capture`), or None.
     """
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
-    modules = walk_modules(model)
-    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), \
-            preserved_buffers(model, modules), gc_paused():
-        recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules))  # the buffers swapped in
-        start = time.perf_counter()
+    modules = walk_modules(model) if modules is None else modules
+    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), gc_paused():
+        swap = BufferSwap(model, modules)  # swapped and put back inside this guard's deferred sections
         try:
-            with recorder:
-                guard.open()
-                try:
-                    for name, t in named_tensors(args, kwargs):
-                        recorder.add_input(t, name)
-                    output = _call_model(model, args, kwargs)
-                    recorder.add_outputs(output)
-                finally:
-                    guard.close()
-        except BaseException as exc:
-            if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
-                add_note(exc, failure_note(recorder, model, exc))
-            raise
-        elapsed = time.perf_counter() - start
+            swap.swap_in()
+            recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules))  # the buffers swapped in
+            start = time.perf_counter()
+            try:
+                with recorder:
+                    guard.open()
+                    try:
+                        for name, t in named_tensors(args, kwargs):
+                            recorder.add_input(t, name)
+                        output = _call_model(model, args, kwargs)
+                        recorder.add_outputs(output)
+                    finally:
+                        guard.close()
+            except BaseException as exc:
+                if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
+                    add_note(exc, failure_note(recorder, model, exc))
+                raise
+            elapsed = time.perf_counter() - start
+        finally:
+            swap.restore()
     if not recorder.records:
         raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
     return recorder, output, elapsed
@@ -329,7 +349,7 @@ class BufferSwap:
     @staticmethod
     def _drop_new(module: nn.Module, buffers: dict) -> None:
         now = module._buffers
-        if len(now) != len(buffers) or any(n not in buffers for n in now):  # most modules: nothing new
+        if now.keys() != buffers.keys():  # most modules: nothing new
             for name in [n for n in now if n not in buffers]:
                 del now[name]
 

@@ -22,11 +22,26 @@ def module_param_counts(model: nn.Module, params: list[tuple[str, nn.Parameter]]
         >>> sorted(module_param_counts(model).items())
         [('0', 9), ('0.0', 9), ('1', 4)]
     """
-    return _param_counts((a, p.numel()) for a, p in (params if params is not None else model.named_parameters()))
+    return dict(_param_counts((a, p.numel()) for a, p in (params if params is not None else model.named_parameters())))
 
 
 def _param_counts(sizes: Any) -> dict[str, int]:
-    """:func:`module_param_counts` from ``(parameter address, element count)`` pairs."""
+    """:func:`module_param_counts` from ``(parameter address, element count)`` pairs (a shared dict: read only)."""
+    key = tuple(sizes)
+    counts = _COUNTS.get(key)
+    if counts is None:
+        if len(_COUNTS) >= _MAX_COUNTS:
+            _COUNTS.clear()
+        counts = _COUNTS[key] = _count(key)
+    return counts
+
+
+# (address, count) pairs -> counts: a model's parameters rarely change between its captures
+_COUNTS: dict[tuple, dict[str, int]] = {}
+_MAX_COUNTS = 64
+
+
+def _count(sizes: tuple) -> dict[str, int]:
     own: dict[str, int] = {}  # summed per owning module first: a module's parameters share its prefixes
     for address, n in sizes:
         cut = address.rfind(".")

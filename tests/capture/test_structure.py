@@ -92,3 +92,17 @@ def test_conditionals_always_true_false_nested_chained() -> None:
 def test_no_conditionals_without_python_bool() -> None:
     log = lt.log_forward_pass(nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 4))
     assert not log.structure["has_conditionals"] and "no conditional (if-then) branching" in str(log)
+
+
+def test_module_parameter_counts_follow_a_model_that_changes_between_captures() -> None:
+    # counts are cached by (parameter address, size): a resized or added parameter must show
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 2)))
+    x = torch.randn(2, 3)
+    assert lt.log_forward_pass(model, x).modules["2"].num_params == 10
+    model[2][0] = nn.Linear(4, 5)
+    model[2].append(nn.Linear(5, 2))
+    log = lt.log_forward_pass(model, x)
+    assert (log.modules["2"].num_params, log.modules["2.1"].num_params, log.modules["0"].num_params) == (37, 12, 16)
+    counts = lt.capture.build.module_param_counts(model)
+    counts["2"] = 0  # the caller's copy: the cache is not touched
+    assert lt.log_forward_pass(model, x).modules["2"].num_params == 37
