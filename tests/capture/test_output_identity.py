@@ -28,3 +28,17 @@ def test_every_zoo_model_is_covered() -> None:
     from tests.zoo import ZOO
 
     assert set(ZOO) <= set(STORED)
+
+
+def test_hooked_modules_give_the_same_output_as_wrapped_ones() -> None:
+    # a global module hook makes every module take the hook path: its log must equal the stored one
+    from torch import nn
+
+    names = sorted(STORED)[::5]
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda module, args: None)
+    try:
+        got = zoo_digests(names)
+    finally:
+        handle.remove()
+    changed = [f"{name}.{part}" for name in names for part, h in STORED[name].items() if got[name].get(part) != h]
+    assert not changed, f"capture output changed on the hook path for {changed[:20]} ({len(changed)} parts)"
