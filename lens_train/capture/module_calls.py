@@ -103,7 +103,8 @@ class ModuleCalls:
                              or module._backward_pre_hooks):
                 state = module.__dict__
                 wrapper = self._wrapper(module, module.forward)
-                self._wrapped.append((module, state.get("forward", _ABSENT), wrapper))  # first: detach() undoes a half attach
+                # listed before installing: detach() also undoes a half-finished attach()
+                self._wrapped.append((module, state.get("forward", _ABSENT), wrapper))
                 state["forward"] = wrapper
                 continue
             hooked.append(module)  # before installing: detach() also undoes a half-finished attach()
