@@ -72,6 +72,7 @@ class ModuleCalls:
         self._count: dict[str, int] = {}
         self._hooked: list[nn.Module] = []
         self._wrapped: list[tuple[nn.Module, Any, Any]] = []  # (module, its own forward attribute or _ABSENT, wrapper)
+        self._live: list[Any] = []  # [open, close] while attached: what the wrappers call
         self._hook_id = -1
         self._modules = modules if modules is not None else walk_modules(model)
         self._addresses = first_names(self._modules)
@@ -93,6 +94,7 @@ class ModuleCalls:
         RemovableHandle.next_id += 1
         pre, post = self._pre_hook, self._post_hook
         wrap = not _global_hooks()
+        self._live[:] = (self._opened, self._closed)
         seen = {id(self.model)}
         hooked = self._hooked
         for _, module in self._modules:
@@ -114,6 +116,7 @@ class ModuleCalls:
 
     def detach(self) -> None:
         """Remove every wrapper and hook :meth:`attach` installed."""
+        self._live.clear()
         for module, previous, wrapper in self._wrapped:
             state = module.__dict__
             if state.get("forward") is wrapper:  # (a forward the model set meanwhile is its own)
@@ -131,13 +134,17 @@ class ModuleCalls:
 
     def _wrapper(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``forward`` of ``module``, opening and closing a module call around it."""
-        opened, closed = self._opened, self._closed
+        live = self._live  # emptied by detach(): a wrapper a copy of the module kept holds nothing of the capture
 
         def tracked_forward(*args: Any, **kwargs: Any) -> Any:
-            # (no local holds a frame: a frame holding itself would outlive the call, with its tensors)
-            caller = _getframe(1).f_code
-            if caller is not _CALL_IMPL and caller is not _CALL_WITH_HOOKS:  # module.forward(x): no call (as for hooks)
-                return forward(*args, **kwargs)
+            # (no local holds this frame: a frame holding itself would outlive the call, with its tensors)
+            caller = _getframe(1)
+            if caller.f_code is not _CALL_IMPL and caller.f_code is not _CALL_WITH_HOOKS:
+                return forward(*args, **kwargs)  # module.forward(x): no module call (as for hooks)
+            owner = caller.f_locals.get("self")
+            if owner is not module or not live:  # a copy of the module took this attribute along
+                return type(owner).forward(owner, *args, **kwargs)
+            opened, closed = live
             call = opened(module, args, _getframe())
             try:
                 output = forward(*args, **kwargs)

@@ -1,7 +1,9 @@
 """How a capture follows module calls: forward wrappers on hook-free modules, hooks on the others."""
 
+import copy
 import gc
 import inspect
+import types
 import weakref
 
 import pytest
@@ -133,3 +135,63 @@ def test_a_hook_added_during_the_pass_keeps_the_call_followed() -> None:
 
     log = lt.log_forward_pass(Hooks(), torch.randn(2, 3))
     assert log["linear_1_1"].containing_modules == ["lin:1"]
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, copy.copy])
+def test_a_copy_made_during_the_pass_runs_its_own_forward(copier) -> None:
+    # a copy of a module takes its instance attributes along, the capture's forward wrapper included
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale
+
+    class Copies(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.scaled = Scaled()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            other = copier(self.scaled)
+            other.scale = 0.0
+            return self.scaled(self.lin(x)) + other(x)
+
+    model, x = Copies(), torch.randn(2, 3)
+    log = lt.log_forward_pass(model, x)
+    assert torch.allclose(log.output, model.lin(x))
+    assert _no_trace(model)
+
+
+def test_a_copy_kept_after_the_pass_holds_nothing_of_the_capture() -> None:
+    from lens_train.capture.module_calls import ModuleCalls
+    from lens_train.capture.records import OpRecord
+
+    kept = []
+
+    class Keeps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            kept.append(copy.deepcopy(self.lin))  # e.g. a teacher made lazily in forward
+            return self.lin(x)
+
+    model, x = Keeps(), torch.randn(2, 3)
+    lt.log_forward_pass(model, x)
+    reachable, todo = set(), [kept[0]]
+    while todo:  # everything the copy holds, transitively (a function: its closure, not its globals)
+        obj = todo.pop()
+        if id(obj) in reachable or isinstance(obj, (type, types.ModuleType, types.CodeType)):
+            continue
+        reachable.add(id(obj))
+        assert not isinstance(obj, (ModuleCalls, OpRecord)), "a copy kept the capture's state alive"
+        if isinstance(obj, types.FunctionType):
+            todo.extend(cell.cell_contents for cell in obj.__closure__ or ())
+            todo.extend(vars(obj).values())
+        else:
+            todo.extend(gc.get_referents(obj))
+    assert torch.allclose(kept[0](x), model.lin(x))  # and it runs its own forward
