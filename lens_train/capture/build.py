@@ -355,13 +355,22 @@ def _modules(recorder: Recorder, counts: dict[str, int], labels: list[str], side
         if mod is None:
             mod = ModuleLog(call.address, call.module_type, call.depth, counts.get(call.address, 0))
             dict.__setitem__(table, call.address, mod)
+        parent = call.parent
         mod.calls.append({
             "address": call.address,
             "pass_num": call.pass_num,
             "depth": call.depth,
-            "parent": f"{call.parent[0]}:{call.parent[1]}" if call.parent else None,
-            "inputs": [labels[i] for i in dict.fromkeys(call.input_records) if not side[i]],
-            "outputs": [labels[i] for i in dict.fromkeys(call.output_records) if not side[i]],
-            "buffer_updates": updates.get((call.address, call.pass_num), []),
+            "parent": f"{parent[0]}:{parent[1]}" if parent else None,
+            "inputs": _call_labels(call.input_records, labels, side),
+            "outputs": _call_labels(call.output_records, labels, side),
+            "buffer_updates": updates.get((call.address, call.pass_num), []) if updates else [],
         })
     return table
+
+
+def _call_labels(indices: list[int], labels: list[str], side: bytearray) -> list[str]:
+    """Labels of a call's data-path records, each once, in order (most calls: one record)."""
+    if len(indices) == 1:
+        i = indices[0]
+        return [] if side[i] else [labels[i]]
+    return [labels[i] for i in dict.fromkeys(indices) if not side[i]]
