@@ -65,6 +65,12 @@ def run(rank: int, init: str, out: str, plain_zero: bool) -> None:
     dist.all_gather(weights, aux.terms[0].head.weight.detach().contiguous())
     if rank == 0:
         torch.save({"heads_equal": torch.equal(*weights)}, out)
+    # Gloo's worker thread frees a finished all_gather (Python-owned tensors: it needs the GIL)
+    # after the call returns; freeing DDP's reducer joins that thread while holding the GIL, so
+    # the two could deadlock at exit. A barrier is queued behind the all_gather on the same
+    # thread, so once it returns the all_gather is gone; then the reducer goes first.
+    dist.barrier()
+    del ddp, opt
     dist.destroy_process_group()
 
 
