@@ -246,29 +246,26 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
     """
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     modules = walk_modules(model) if modules is None else modules
-    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), gc_paused():
-        swap = BufferSwap(model, modules)  # swapped and put back inside this guard's deferred sections
+    # the buffers are swapped and put back inside this guard's deferred sections (one guard, not two)
+    with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), gc_paused(), \
+            BufferSwap(model, modules):
+        recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules))  # the buffers swapped in
+        start = time.perf_counter()
         try:
-            swap.swap_in()
-            recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules))  # the buffers swapped in
-            start = time.perf_counter()
-            try:
-                with recorder:
-                    guard.open()
-                    try:
-                        for name, t in named_tensors(args, kwargs):
-                            recorder.add_input(t, name)
-                        output = _call_model(model, args, kwargs)
-                        recorder.add_outputs(output)
-                    finally:
-                        guard.close()
-            except BaseException as exc:
-                if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
-                    add_note(exc, failure_note(recorder, model, exc))
-                raise
-            elapsed = time.perf_counter() - start
-        finally:
-            swap.restore()
+            with recorder:
+                guard.open()
+                try:
+                    for name, t in named_tensors(args, kwargs):
+                        recorder.add_input(t, name)
+                    output = _call_model(model, args, kwargs)
+                    recorder.add_outputs(output)
+                finally:
+                    guard.close()
+        except BaseException as exc:
+            if not any(str(n).startswith("lens_train:") for n in getattr(exc, "__notes__", ())):
+                add_note(exc, failure_note(recorder, model, exc))
+            raise
+        elapsed = time.perf_counter() - start
     if not recorder.records:
         raise CaptureError("The forward pass produced no tensors to log. Check that the model's forward uses its inputs.")
     return recorder, output, elapsed
@@ -291,17 +288,12 @@ def preserved_buffers(model: nn.Module, modules: Any = None) -> Iterator[BufferS
         >>> bn.running_mean is mean, mean.tolist(), int(bn.num_batches_tracked), mean._version == version
         (True, [0.0, 0.0], 0, True)
     """
-    swap = BufferSwap(model, modules)
-    with interrupt_guard() as guard:
+    with interrupt_guard() as guard, BufferSwap(model, modules) as swap:
+        guard.open()
         try:
-            swap.swap_in()
-            guard.open()
-            try:
-                yield swap
-            finally:
-                guard.close()
+            yield swap
         finally:
-            swap.restore()
+            guard.close()
 
 
 class BufferSwap:
@@ -309,6 +301,7 @@ class BufferSwap:
 
     The original tensors are never written (their values and autograd versions stay as
     they are); one clone per distinct tensor, so a buffer shared by two modules stays shared.
+    As a ``with`` block it swaps in on entry and puts back on exit.
 
     Example:
         >>> import torch
@@ -326,6 +319,17 @@ class BufferSwap:
         seen: set[int] = set()
         self._saved = [(m, dict(m._buffers)) for _, m in (modules if modules is not None else walk_modules(model))
                        if not (id(m) in seen or seen.add(id(m)))]
+
+    def __enter__(self) -> BufferSwap:
+        try:
+            self.swap_in()
+        except BaseException:  # (a swap that stopped half-way: the modules it reached are put back too)
+            self.restore()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
     def swap_in(self) -> None:
         """Give every module fresh clones of its original buffers (callable again between passes)."""
