@@ -18,11 +18,13 @@ operations.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any
 
 import torch
@@ -54,6 +56,15 @@ from .records import OpRecord, TensorArg, ViewBaseTemplate
 from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+HOT_PATH_ABI = 1  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
+try:  # the common op in C (built with the package where a compiler is available; optional)
+    from . import _hotpath
+except ImportError:
+    _hotpath = None
+# LENS_TRAIN_PURE_PYTHON=1: every op on the Python path (debugging); a build older than this code is not used
+if os.environ.get("LENS_TRAIN_PURE_PYTHON") or getattr(_hotpath, "ABI", None) != HOT_PATH_ABI:
+    _hotpath = None
 
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter
@@ -131,6 +142,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self.buffer_addresses = first_names(self.index.buffers)
         # FSDP runs ops of its own in its hooks; only a sharded model pays for finding them
         self._sharded = any(type(m).__name__.startswith("FSDP") for _, m in self.index.modules)
+        # the common op in C when it is built (see _hot_handler); the rare cases always run here, in Python
+        self._hot_path = _hotpath is not None and not (self._extras or self._read_values or self._sharded)
         if self._sharded:  # FSDP swaps parameter storages during forward: file them as they are now
             self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
 
@@ -140,6 +153,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         # a failure half-way still removes whatever was installed.
         try:
             self.module_tracker.attach()
+            if self._hot_path:
+                self.__torch_function__ = self._hot_handler()  # an instance attribute: torch calls it instead
             self._saved_from_numpy = torch.from_numpy
             torch.from_numpy = self._from_numpy
             super().__enter__()
@@ -158,9 +173,22 @@ class Recorder(InterventionHooks, TorchFunctionMode):
             self.module_tracker.edit_output = None  # a bound method of this recorder: a cycle once the pass is over
             self._restore_parameters()
 
+    def _hot_handler(self) -> Any:
+        """The C handler of the common op (:mod:`lens_train.capture._hotpath`); it calls back for the rest."""
+        plan = self.plan
+        return _hotpath.Handler(
+            recorder=self, fallback=MethodType(Recorder.__torch_function__, self), link=self._link,
+            note_failure=self._note_failure, record_outputs=self._record_outputs, classified=CLASSIFIED,
+            owner=self._owner, records=self.records, codes=self._codes, above=self._above, stop=self._stop_code,
+            tracker=self.module_tracker, pending=self._pending_branch, unindexed=self._unindexed, record_type=OpRecord,
+            tensor_type=_Tensor, param_type=_Parameter, save_set=plan.save if self._save_some else None,
+            postfunc=plan.postfunc, sink=plan.sink, save_all=self._save_all, detach=not plan.train_mode,
+            save_raw=plan.save_raw)
+
     def _uninstall(self) -> None:
         """Remove the mode (wherever it is on the stack), the from_numpy patch and the hooks; idempotent."""
         remove_mode(self)
+        self.__dict__.pop("__torch_function__", None)  # the C handler (it holds the recorder: a cycle otherwise)
         if torch.from_numpy == self._from_numpy:
             torch.from_numpy = self._saved_from_numpy
         self.module_tracker.detach()
@@ -203,9 +231,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
             if isinstance(result, _Tensor) and name != "__setitem__" and "out" not in kwargs:
                 self._record_one(func, names, result, parents, params, elapsed)
             else:
-                outputs = op_outputs(name, args, kwargs, result)
-                if outputs:
-                    self._record_op(func, names, outputs, parents, params, elapsed, False, None, None)
+                self._record_outputs(func, names, args, kwargs, result, parents, params, elapsed)
             if names[1] in HIDDEN_BUFFER_WRITERS:
                 self._forget_buffers(args, kwargs)
             return result
@@ -238,6 +264,12 @@ class Recorder(InterventionHooks, TorchFunctionMode):
             self._note_failure(exc, func, names, parents, params)
             raise
         return result, _perf() - start
+
+    def _record_outputs(self, func, names, args, kwargs, result, parents, params, elapsed) -> None:  # noqa: ANN001
+        """The records of an op (not in place) whose result is not one tensor (also called by the C hot path)."""
+        outputs = op_outputs(names[0], args, kwargs or {}, result)
+        if outputs:
+            self._record_op(func, names, outputs, parents, params, elapsed, False, None, None)
 
     def _record_one(self, func, names, t, parents, params, elapsed) -> None:  # noqa: ANN001
         """:meth:`_record_op` for the common op: one output, not in place, no templates, RNG states or edits."""
@@ -361,7 +393,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         """Record ``index`` is the first op after the pending Python conditions: it starts their branches."""
         for cond in self._pending_branch:
             cond.branch_starts += (index,)
-        self._pending_branch = []
+        self._pending_branch.clear()  # in place: the C hot path holds this list
 
     def _finish(self, rec: OpRecord, t: torch.Tensor, clone: bool = False) -> None:
         """Describe ``t`` on ``rec``, save it if planned, and make ``rec`` its owner."""

@@ -1,0 +1,156 @@
+"""The C hot path (``lens_train/capture/_hotpath.c``) and the Python path capture alike.
+
+The recorder runs the common op in C when the extension is built and every other case in
+Python; these tests run the same captures with the extension switched off and compare
+every part of the output (labels, lookups, modules, metadata, printing, graphs, bundle).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lens_train as lt
+from lens_train.capture import recorder
+
+from .output_digest import digest, zoo_digests
+
+STORED = json.loads((Path(__file__).parent / "data" / "zoo_digest.json").read_text())
+
+
+@pytest.fixture
+def python_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recorder, "_hotpath", None)
+
+
+def test_the_hot_path_is_built() -> None:
+    if sys.implementation.name != "cpython" or sys.version_info < (3, 11) or os.environ.get("LENS_TRAIN_PURE_PYTHON"):
+        pytest.skip("the C hot path is built for CPython 3.11+ only")
+    assert recorder._hotpath is not None, (
+        "lens_train.capture._hotpath is missing or stale: run `bash scripts/setup.sh` (it needs a C compiler) "
+        "or `python setup.py build_ext --inplace`"
+    )
+
+
+class Mixed(nn.Module):
+    """Ops of every kind the recorder tells apart, in one forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.lin(x)
+        b = torch.cat([a, x], dim=1)  # tensors inside a list
+        c, d = b.chunk(2, dim=1)  # an op with a tuple of tensors
+        e = F.layer_norm(c, (6,), weight=self.lin.weight[0], bias=None)  # tensor keywords, a Python F function
+        e = e + torch.randn(e.shape)  # a factory: no parents
+        e.add_(1)  # in place
+        f = self.bn(e)  # updates buffers inside the kernel
+        if f.sum() > 0:  # a Python condition
+            f = f * 2
+        g = torch.where(f > 0, f, d)
+        s = g[:, 0]
+        g[:, 1] = 0  # __setitem__
+        top = torch.max(g, dim=1)  # a named tuple of tensors
+        att, _ = self.attn(g.unsqueeze(1), g.unsqueeze(1), g.unsqueeze(1))  # a decomposed F function
+        out = torch.zeros(4, 6)
+        torch.add(g.detach(), 1, out=out)  # out=
+        h = F.relu(g, inplace=False) + out + att.squeeze(1)
+        for _ in range(2):  # a loop over one layer
+            h = self.lin(h)
+        return h.sum() + top.values.sum() + s.sum() + len(x.shape)
+
+
+def _mixed_log(**options: object) -> dict[str, str]:
+    torch.manual_seed(0)
+    model = Mixed()
+    x = torch.randn(4, 6)
+    return digest(lt.log_forward_pass(model, x, random_seed=0, **options))
+
+
+OPTIONS = {
+    "all": {},
+    "none": {"layers_to_save": None},
+    "some": {"layers_to_save": ["linear_1_1", "cat_1_2", "relu", "lin"]},
+    "postfunc": {"activation_postfunc": lambda t: t.float().mean()},
+    "postfunc only": {"activation_postfunc": lambda t: t.float().mean(), "save_raw_activation": False},
+    "train mode": {"train_mode": True},
+    "gradients": {"save_gradients": True},
+}
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_both_paths_log_alike(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    hot = _mixed_log(**OPTIONS[name])
+    monkeypatch.setattr(recorder, "_hotpath", None)
+    assert _mixed_log(**OPTIONS[name]) == hot
+
+
+def test_both_paths_stream_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hot = _mixed_log(save_activations_to=tmp_path / "hot")
+    monkeypatch.setattr(recorder, "_hotpath", None)
+    assert _mixed_log(save_activations_to=tmp_path / "python") == hot
+
+
+class Raises(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).relu() @ torch.ones(4, 2)  # shapes do not match
+
+
+def _error_text() -> str:
+    with pytest.raises(RuntimeError) as info:
+        lt.log_forward_pass(Raises(), torch.ones(2, 3))
+    return "\n".join([str(info.value), *getattr(info.value, "__notes__", [])])
+
+
+def test_both_paths_report_a_raising_op_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    hot = _error_text()
+    assert "matmul_1_4 (matmul)" in hot, hot
+    monkeypatch.setattr(recorder, "_hotpath", None)
+    assert _error_text() == hot
+
+
+def test_a_capture_is_freed_without_the_cycle_collector() -> None:
+    # the C handler holds the recorder while installed; it is removed on exit, so nothing waits for gc
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    seen = []
+    original = recorder.Recorder.__exit__
+
+    def exit_and_keep(self: recorder.Recorder, *exc: object) -> None:
+        original(self, *exc)
+        assert "__torch_function__" not in vars(self)
+        seen.append(weakref.ref(self))
+
+    gc.disable()
+    try:
+        recorder.Recorder.__exit__ = exit_and_keep
+        log = lt.log_forward_pass(model, torch.ones(1, 2))
+        del log
+        assert seen and seen[0]() is None
+    finally:
+        recorder.Recorder.__exit__ = original
+        gc.enable()
+
+
+@pytest.mark.parametrize("chunk", range(2))
+def test_the_python_path_matches_the_stored_zoo_output(chunk: int, python_path: None) -> None:
+    names = sorted(STORED)[chunk::2]
+    got = zoo_digests(names)
+    changed = [f"{name}.{part}" for name in names for part, h in STORED[name].items() if got[name].get(part) != h]
+    assert not changed, f"capture output changed on the Python path for {changed[:20]} ({len(changed)} parts)"
