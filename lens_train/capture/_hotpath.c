@@ -223,22 +223,22 @@ static int collect_parents(Handler *h, PyObject *args, PyObject *kwargs, PyObjec
     return 0;
 }
 
-/* The raw call site: (code id, offset) of every frame from f up to the stop code (callsites.find_callsite). */
-static PyObject *walk(Handler *h, PyFrameObject *f) {
+/* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
+static PyObject *walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
     Py_XINCREF(f);
-    int check_above = PyDict_GET_SIZE(h->above) > 0;
+    int check_above = PyDict_GET_SIZE(above) > 0;
     while (f != NULL) {
         PyObject *code = (PyObject *)PyFrame_GetCode(f);
-        if (code == h->stop) {
+        if (code == stop) {
             Py_DECREF(code);
             break;
         }
         PyObject *cid = PyLong_FromVoidPtr(code);
         PyObject *lasti = cid ? PyLong_FromLong(PyFrame_GetLasti(f)) : NULL;
-        int bad = lasti == NULL || PyDict_SetItem(h->codes, cid, code) < 0 || PyList_Append(out, cid) < 0 ||
+        int bad = lasti == NULL || PyDict_SetItem(codes, cid, code) < 0 || PyList_Append(out, cid) < 0 ||
                   PyList_Append(out, lasti) < 0;
         Py_XDECREF(cid);
         Py_XDECREF(lasti);
@@ -249,7 +249,7 @@ static PyObject *walk(Handler *h, PyFrameObject *f) {
             PyObject *fid = PyLong_FromVoidPtr(f);
             if (fid == NULL)
                 goto fail;
-            PyObject *known = PyDict_GetItemWithError(h->above, fid);
+            PyObject *known = PyDict_GetItemWithError(above, fid);
             Py_DECREF(fid);
             if (known == NULL && PyErr_Occurred())
                 goto fail;
@@ -324,7 +324,7 @@ static int save(Handler *h, PyObject *rec, PyObject *t, PyObject *index) {
 /* Recorder._record_one: the record of op ``func`` that returned tensor ``t``. */
 static int record_one(Handler *h, PyObject *func, PyObject *names, PyObject *t, PyObject *parents, PyObject *params,
                       double elapsed) {
-    PyObject *callsite = walk(h, PyEval_GetFrame());
+    PyObject *callsite = walk(h->stop, h->codes, h->above, PyEval_GetFrame());
     if (callsite == NULL)
         return -1;
     int r = -1;
@@ -549,7 +549,22 @@ static PyTypeObject HandlerType = {
     .tp_members = handler_members,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hotpath", "The recorder's common case in C.", -1, NULL};
+/* walk(stop, codes, above, frame): callsites.find_callsite(stop, codes, above, frame)[0], in C */
+static PyObject *py_walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) || !PyFrame_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "walk(stop, codes: dict, above: dict, frame)");
+        return NULL;
+    }
+    return walk(args[0], args[1], args[2], (PyFrameObject *)args[3]);
+}
+
+static PyMethodDef functions[] = {
+    {"walk", (PyCFunction)(void (*)(void))py_walk, METH_FASTCALL, "The raw call site from frame up to code stop."},
+    {NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hotpath", "The recorder's common case in C.", -1,
+                                    functions};
 
 PyMODINIT_FUNC PyInit__hotpath(void) {
     struct {
@@ -591,7 +606,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 1) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", 2) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -129,15 +129,17 @@ class OpenCalls:
         (True, {})
     """
 
-    def __init__(self, stop: Any, codes: dict[int, Any]) -> None:
+    def __init__(self, stop: Any, codes: dict[int, Any], walk: Any = None) -> None:
         self.stop = stop
         self.codes = codes
         self.above: dict[int, tuple[Any, tuple]] = {}
+        # walk(stop, codes, above, frame): find_callsite's raw site (its C version, when built)
+        self._walk = walk or (lambda stop, codes, above, frame: find_callsite(stop, codes, above, frame)[0])
 
     def enter(self, frame: Any) -> None:
         """A module call starts in ``frame``."""
         parent = frame.f_back
-        self.above[id(frame)] = (frame, find_callsite(self.stop, self.codes, self.above, parent)[0] if parent else ())
+        self.above[id(frame)] = (frame, self._walk(self.stop, self.codes, self.above, parent) if parent else ())
 
     def exit(self, frame: Any) -> None:
         """The module call running in ``frame`` returns."""

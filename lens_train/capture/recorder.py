@@ -5,7 +5,9 @@ modules (:mod:`~lens_train.capture.module_calls`). It is entered with ``with rec
 and removes everything it installed on every exit path. The hot path
 (``__torch_function__``) only looks up parents, runs the op, and appends records;
 call sites come from :mod:`~lens_train.capture.callsites`, and labels and structure
-are derived afterwards.
+are derived afterwards. Where the C extension ``_hotpath`` is built, its handler does
+the same for the common op (one tensor output, not in place) and calls the method for
+everything else.
 
 Granularity (:mod:`lens_train.capture.calls` decides it): an operation is a torch-level
 call a user could have written (a torch function, ``torch.nn.functional`` function,
@@ -57,7 +59,7 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 1  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
+HOT_PATH_ABI = 2  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:
@@ -111,7 +113,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self.index = index if index is not None else index_model(model)
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._sites: dict[tuple, int] = {}  # call-site key -> the number records carry once resolved
-        self._open_calls = OpenCalls(stop_code, self._codes)
+        self._open_calls = OpenCalls(stop_code, self._codes, _hotpath.walk if _hotpath is not None else None)
         self._above = self._open_calls.above
         self._owner: dict[int, OpRecord] = {}
         # a lookup that holds the owner map, not the recorder: no reference cycle, so a

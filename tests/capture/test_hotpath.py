@@ -154,3 +154,36 @@ def test_the_python_path_matches_the_stored_zoo_output(chunk: int, python_path: 
     got = zoo_digests(names)
     changed = [f"{name}.{part}" for name in names for part, h in STORED[name].items() if got[name].get(part) != h]
     assert not changed, f"capture output changed on the Python path for {changed[:20]} ({len(changed)} parts)"
+
+
+def test_the_c_walk_is_find_callsite() -> None:
+    if recorder._hotpath is None:
+        pytest.skip("the C hot path is not built")
+    from lens_train.capture.callsites import OpenCalls, find_callsite
+
+    walks = []
+
+    def leaf(above: dict) -> None:
+        here = sys._getframe(1)  # suspended at this call meanwhile: one offset for both walks
+        codes_py, codes_c = {}, {}
+        walks.append((find_callsite(None, codes_py, above, here)[0], recorder._hotpath.walk(None, codes_c, above, here)))
+        assert codes_py == codes_c
+
+    def inner(calls: OpenCalls) -> None:
+        for above in ({}, calls.above):
+            leaf(above)
+
+    def outer(calls: OpenCalls) -> None:
+        calls.enter(sys._getframe())  # the walk above this frame is shared
+        try:
+            inner(calls)
+        finally:
+            calls.exit(sys._getframe())
+
+    for calls in (OpenCalls(None, {}, recorder._hotpath.walk), OpenCalls(None, {})):  # one offset here for both
+        outer(calls)
+    flat, shared = walks[0], walks[1]
+    assert flat[0] == flat[1] and shared[0] == shared[1]
+    assert type(shared[0][0]) is tuple and len(shared[0][0]) == 4  # inner's and outer's frames, then the walk above
+    assert len(flat[0]) > 4
+    assert walks[3] == shared and walks[2] == flat
