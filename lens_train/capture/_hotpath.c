@@ -69,7 +69,7 @@ typedef struct {
     int save_raw;
 } Handler;
 
-static PyObject *zero, *one;
+static PyObject *one;
 
 static PyObject *fallback(Handler *h, PyObject *args, PyObject *kw) {
     return PyObject_Call(h->fallback, args, kw);
@@ -321,31 +321,24 @@ static int save(Handler *h, PyObject *rec, PyObject *t, PyObject *index) {
     return r;
 }
 
-/* Recorder._record_one: the record of op ``func`` that returned tensor ``t``. */
-static int record_one(Handler *h, PyObject *func, PyObject *names, PyObject *t, PyObject *parents, PyObject *params,
-                      double elapsed) {
-    PyObject *callsite = walk(h->stop, h->codes, h->above, PyEval_GetFrame());
-    if (callsite == NULL)
-        return -1;
+/* One record: tensor ``t``, output ``out_index`` of op ``op_id`` (Recorder._record_one / _record_op + _finish). */
+static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *t, PyObject *op_id, PyObject *out_index,
+                         PyObject *parents, PyObject *params, PyObject *callsite, PyObject *stack, PyObject *elapsed) {
     int r = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(h->records));
-    PyObject *op_id = PyObject_GetAttr(h->recorder, s_op_count);
-    PyObject *stack = PyObject_GetAttr(h->tracker, s_stack);
     PyObject *size = PyObject_GetAttr(t, s_shape);
     PyObject *shape = size ? PySequence_Tuple(size) : NULL;
     PyObject *dtype = PyObject_GetAttr(t, s_dtype);
     PyObject *device = PyObject_GetAttr(t, s_device);
     PyObject *rec = NULL, *key = NULL;
-    if (!index || !op_id || !stack || !shape || !dtype || !device)
+    if (!index || !shape || !dtype || !device)
         goto done;
-    PyObject *argv[14] = {index, PyTuple_GET_ITEM(names, 0), PyTuple_GET_ITEM(names, 1), func, op_id, zero, parents,
-                          stack, callsite, Py_None, params, shape, dtype, device};
+    PyObject *argv[14] = {index, PyTuple_GET_ITEM(names, 0), PyTuple_GET_ITEM(names, 1), func, op_id, out_index,
+                          parents, stack, callsite, Py_None, params, shape, dtype, device};
     rec = PyObject_Vectorcall(h->record_type, argv, 14, NULL);
     if (rec == NULL)
         goto done;
-    if (set_attr(h->recorder, s_op_count, PyNumber_Add(op_id, one)) < 0)
-        goto done;
-    if (set_attr(rec, s_time_s, PyFloat_FromDouble(elapsed)) < 0)
+    if (PyObject_SetAttr(rec, s_time_s, elapsed) < 0)
         goto done;
     if (PyList_GET_SIZE(parents) == 0 && PyObject_SetAttr(rec, s_is_internally_generated, Py_True) < 0)
         goto done;
@@ -388,11 +381,50 @@ done:
     Py_XDECREF(dtype);
     Py_XDECREF(shape);
     Py_XDECREF(size);
+    Py_XDECREF(index);
+    return r;
+}
+
+/* The records of one op that returned the tensors ``outs``: one call site and op number for all of
+ * them; each record of a multi-output op has its own list of parents, as on the Python path. */
+static int record_op(Handler *h, PyObject *func, PyObject *names, PyObject *const *outs, Py_ssize_t n,
+                     PyObject *parents, PyObject *params, double seconds) {
+    PyObject *callsite = walk(h->stop, h->codes, h->above, PyEval_GetFrame());
+    if (callsite == NULL)
+        return -1;
+    int r = -1;
+    PyObject *op_id = PyObject_GetAttr(h->recorder, s_op_count);
+    PyObject *stack = PyObject_GetAttr(h->tracker, s_stack);
+    PyObject *elapsed = PyFloat_FromDouble(seconds);
+    if (!op_id || !stack || !elapsed || set_attr(h->recorder, s_op_count, PyNumber_Add(op_id, one)) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *own = n == 1 ? Py_NewRef(parents) : PyList_GetSlice(parents, 0, PY_SSIZE_T_MAX);
+        PyObject *out_index = own ? PyLong_FromSsize_t(i) : NULL;
+        int failed = out_index == NULL ||
+                     record_tensor(h, func, names, outs[i], op_id, out_index, own, params, callsite, stack, elapsed) < 0;
+        Py_XDECREF(out_index);
+        Py_XDECREF(own);
+        if (failed)
+            goto done;
+    }
+    r = 0;
+done:
+    Py_XDECREF(elapsed);
     Py_XDECREF(stack);
     Py_XDECREF(op_id);
-    Py_XDECREF(index);
     Py_DECREF(callsite);
     return r;
+}
+
+/* Whether ``result`` is a tuple or list of tensors only (an op's several outputs, recorded here). */
+static int all_tensors(Handler *h, PyObject *result) {
+    if (!(PyTuple_Check(result) || PyList_Check(result)) || PySequence_Fast_GET_SIZE(result) == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(result); i++)
+        if (!PyObject_TypeCheck(PySequence_Fast_GET_ITEM(result, i), (PyTypeObject *)h->tensor_type))
+            return 0;
+    return 1;
 }
 
 /* The op raised: let the recorder keep the record it would have had, then raise the same exception. */
@@ -457,7 +489,12 @@ static PyObject *handler_call(Handler *h, PyObject *call_args, PyObject *call_kw
     }
     int failed;
     if (PyObject_TypeCheck(result, (PyTypeObject *)h->tensor_type)) {
-        failed = record_one(h, func, names, result, parents, param_ids, elapsed) < 0;
+        failed = record_op(h, func, names, &result, 1, parents, param_ids, elapsed) < 0;
+    } else if (all_tensors(h, result)) {
+        PyObject *items = PyTuple_Check(result) ? Py_NewRef(result) : PyList_AsTuple(result); /* a sink could change a list */
+        failed = items == NULL || record_op(h, func, names, PySequence_Fast_ITEMS(items), PySequence_Fast_GET_SIZE(items), parents,
+                           param_ids, elapsed) < 0;
+        Py_XDECREF(items);
     } else {
         PyObject *elapsed_s = PyFloat_FromDouble(elapsed);
         PyObject *r = elapsed_s ? PyObject_CallFunctionObjArgs(h->record_outputs, func, names, args,
@@ -598,9 +635,8 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
         if (*strings[i].slot == NULL)
             return NULL;
     }
-    zero = PyLong_FromLong(0);
     one = PyLong_FromLong(1);
-    if (zero == NULL || one == NULL || PyType_Ready(&HandlerType) < 0)
+    if (one == NULL || PyType_Ready(&HandlerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
