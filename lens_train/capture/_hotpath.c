@@ -40,7 +40,8 @@ enum { KIND_OP = 0, KIND_METADATA = 2 };
 static PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version, *s_rec_version, *s_detach,
     *s_tensor_ref, *s_index, *s_framework, *s_stack, *s_op_count, *s_time_s, *s_is_internally_generated,
     *s_grad_fn_name, *s_activation, *s_transformed_activation, *s_inplace, *s_out, *s_setitem, *s_batchnorm,
-    *s_instancenorm;
+    *s_instancenorm, *s_last_op, *s_address, *s_pass_num, *s_output_of_modules, *s_output_records, *s_self,
+    *s_forward;
 
 typedef struct {
     PyObject_HEAD
@@ -586,6 +587,414 @@ static PyTypeObject HandlerType = {
     .tp_members = handler_members,
 };
 
+/* ---- module calls: ModuleCalls._opened / _closed and the forward wrapper, for the common call ---- */
+
+/* The state of one capture's module calls (module_calls.ModuleCalls): its lists and dicts, shared
+ * with the Python methods, which handle every call this does not (several inputs, non-tensor output). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *tracker;   /* ModuleCalls: .stack is read and set here */
+    PyObject *calls;     /* list of ModuleCall */
+    PyObject *open;      /* list: the open calls */
+    PyObject *count;     /* address -> calls so far */
+    PyObject *addresses; /* id(module) -> address */
+    PyObject *types;     /* id(module) -> type name */
+    PyObject *records;
+    PyObject *owner;     /* id(tensor) -> OpRecord */
+    PyObject *above, *codes, *stop; /* callsites.OpenCalls */
+    PyObject *call_type; /* ModuleCall */
+    PyObject *tensor_type;
+    PyObject *py_opened, *py_closed;
+} Calls;
+
+/* owner lookup: the record of that very tensor, or NULL (borrowed); -1 on error */
+static int lookup(PyObject *owner, PyObject *t, PyObject **found) {
+    *found = NULL;
+    PyObject *key = PyLong_FromVoidPtr(t);
+    if (key == NULL)
+        return -1;
+    PyObject *rec = PyDict_GetItemWithError(owner, key);
+    Py_DECREF(key);
+    if (rec == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *ref = PyObject_GetAttr(rec, s_tensor_ref);
+    PyObject *live = ref ? PyObject_CallNoArgs(ref) : NULL;
+    Py_XDECREF(ref);
+    if (live == NULL)
+        return -1;
+    if (live == t)
+        *found = rec;
+    Py_DECREF(live);
+    return 0;
+}
+
+/* ModuleCalls._opened(module, args, frame) for a call with one tensor argument. */
+static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFrameObject *frame) {
+    if (!(PyTuple_GET_SIZE(args) == 1 && PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), (PyTypeObject *)c->tensor_type)))
+        return PyObject_CallFunctionObjArgs(c->py_opened, module, args, (PyObject *)frame, NULL);
+    PyObject *mid = PyLong_FromVoidPtr(module);
+    if (mid == NULL)
+        return NULL;
+    PyObject *address = PyDict_GetItemWithError(c->addresses, mid); /* borrowed */
+    PyObject *type_name = address ? PyDict_GetItemWithError(c->types, mid) : NULL;
+    Py_DECREF(mid);
+    if (address == NULL || (type_name == NULL && PyErr_Occurred()))
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    PyObject *result = NULL, *n = NULL, *stack = NULL, *inputs = NULL, *call = NULL, *pair = NULL;
+    PyObject *new_stack = NULL, *walked = NULL, *entry = NULL, *fid = NULL, *type_obj = NULL;
+    PyObject *sofar = PyDict_GetItemWithError(c->count, address);
+    if (sofar == NULL && PyErr_Occurred())
+        goto done;
+    n = sofar ? PyNumber_Add(sofar, one) : Py_NewRef(one);
+    if (n == NULL || PyDict_SetItem(c->count, address, n) < 0)
+        goto done;
+    stack = PyObject_GetAttr(c->tracker, s_stack);
+    if (stack == NULL || !PyTuple_Check(stack))
+        goto done;
+    PyObject *rec;
+    if (lookup(c->owner, PyTuple_GET_ITEM(args, 0), &rec) < 0)
+        goto done;
+    inputs = PyList_New(0);
+    if (inputs == NULL)
+        goto done;
+    if (rec != NULL) {
+        PyObject *index = PyObject_GetAttr(rec, s_index);
+        int bad = index == NULL || PyList_Append(inputs, index) < 0;
+        Py_XDECREF(index);
+        if (bad)
+            goto done;
+    }
+    if (type_name == NULL) {
+        type_obj = PyType_GetName(Py_TYPE(module));
+        if (type_obj == NULL)
+            goto done;
+        type_name = type_obj;
+    }
+    Py_ssize_t depth = PyTuple_GET_SIZE(stack);
+    PyObject *outputs = PyList_New(0);
+    PyObject *depth_obj = PyLong_FromSsize_t(depth + 1);
+    PyObject *first_op = PyLong_FromSsize_t(PyList_GET_SIZE(c->records));
+    if (outputs && depth_obj && first_op) {
+        PyObject *argv[8] = {address, type_name, n, depth_obj, depth ? PyTuple_GET_ITEM(stack, depth - 1) : Py_None,
+                             inputs, outputs, first_op};
+        call = PyObject_Vectorcall(c->call_type, argv, 8, NULL);
+    }
+    Py_XDECREF(outputs);
+    Py_XDECREF(depth_obj);
+    Py_XDECREF(first_op);
+    if (call == NULL || PyList_Append(c->calls, call) < 0 || PyList_Append(c->open, call) < 0)
+        goto done;
+    pair = PyTuple_Pack(2, address, n);
+    if (pair == NULL)
+        goto done;
+    new_stack = PyTuple_New(depth + 1);
+    if (new_stack == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < depth; i++)
+        PyTuple_SET_ITEM(new_stack, i, Py_NewRef(PyTuple_GET_ITEM(stack, i)));
+    PyTuple_SET_ITEM(new_stack, depth, Py_NewRef(pair));
+    if (PyObject_SetAttr(c->tracker, s_stack, new_stack) < 0)
+        goto done;
+    /* OpenCalls.enter(frame): the walk above this call, shared by every op inside it */
+    PyFrameObject *parent = PyFrame_GetBack(frame);
+    walked = parent ? walk(c->stop, c->codes, c->above, parent) : PyTuple_New(0);
+    Py_XDECREF(parent);
+    entry = walked ? PyTuple_Pack(2, (PyObject *)frame, walked) : NULL;
+    fid = entry ? PyLong_FromVoidPtr(frame) : NULL;
+    if (fid == NULL || PyDict_SetItem(c->above, fid, entry) < 0)
+        goto done;
+    result = Py_NewRef(call);
+done:
+    Py_XDECREF(fid);
+    Py_XDECREF(entry);
+    Py_XDECREF(walked);
+    Py_XDECREF(new_stack);
+    Py_XDECREF(pair);
+    Py_XDECREF(call);
+    Py_XDECREF(type_obj);
+    Py_XDECREF(inputs);
+    Py_XDECREF(stack);
+    Py_XDECREF(n);
+    return result;
+}
+
+/* ModuleCalls._closed(call, output, frame, failed) for a call that returned one tensor (or raised). */
+static PyObject *calls_closed(Calls *c, PyObject *call, PyObject *output, PyFrameObject *frame, int failed) {
+    if (!failed && !PyObject_TypeCheck(output, (PyTypeObject *)c->tensor_type))
+        return PyObject_CallFunctionObjArgs(c->py_closed, call, output, (PyObject *)frame, NULL);
+    PyObject *value = failed ? Py_None : output;
+    Py_ssize_t depth = PyList_GET_SIZE(c->open);
+    if (call == Py_None || depth == 0 || PyList_GET_ITEM(c->open, depth - 1) != call)
+        return Py_NewRef(value);
+    if (PyList_SetSlice(c->open, depth - 1, depth, NULL) < 0)
+        return NULL;
+    PyObject *stack = PyObject_GetAttr(c->tracker, s_stack);
+    if (stack == NULL)
+        return NULL;
+    PyObject *shorter = PyTuple_Check(stack) && PyTuple_GET_SIZE(stack)
+                            ? PyTuple_GetSlice(stack, 0, PyTuple_GET_SIZE(stack) - 1)
+                            : Py_NewRef(stack);
+    Py_DECREF(stack);
+    if (set_attr(c->tracker, s_stack, shorter) < 0)
+        return NULL;
+    /* OpenCalls.exit(frame) */
+    PyObject *fid = PyLong_FromVoidPtr(frame);
+    if (fid == NULL)
+        return NULL;
+    PyObject *known = PyDict_GetItemWithError(c->above, fid);
+    int bad = (known == NULL && PyErr_Occurred()) ||
+              (known != NULL && PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2 &&
+               PyTuple_GET_ITEM(known, 0) == (PyObject *)frame && PyDict_DelItem(c->above, fid) < 0);
+    Py_DECREF(fid);
+    if (bad || set_attr(call, s_last_op, PyLong_FromSsize_t(PyList_GET_SIZE(c->records) - 1)) < 0)
+        return NULL;
+    if (failed)
+        return Py_NewRef(value);
+    PyObject *rec;
+    if (lookup(c->owner, output, &rec) < 0)
+        return NULL;
+    if (rec != NULL) {
+        Py_INCREF(rec);
+        PyObject *address = PyObject_GetAttr(call, s_address);
+        PyObject *pass = address ? PyObject_GetAttr(call, s_pass_num) : NULL;
+        PyObject *key = pass ? PyTuple_Pack(2, address, pass) : NULL;
+        PyObject *mods = key ? PyObject_GetAttr(rec, s_output_of_modules) : NULL;
+        PyObject *index = mods ? PyObject_GetAttr(rec, s_index) : NULL;
+        PyObject *outs = index ? PyObject_GetAttr(call, s_output_records) : NULL;
+        int ok = outs != NULL && PyTuple_Check(mods);
+        if (ok) {
+            int has = PySequence_Contains(mods, key);
+            if (has < 0)
+                ok = 0;
+            else if (!has) {
+                PyObject *one_key = PyTuple_Pack(1, key);
+                ok = one_key && set_attr(rec, s_output_of_modules, PySequence_Concat(mods, one_key)) == 0;
+                Py_XDECREF(one_key);
+            }
+        }
+        ok = ok && PyList_Append(outs, index) == 0;
+        Py_XDECREF(outs);
+        Py_XDECREF(index);
+        Py_XDECREF(mods);
+        Py_XDECREF(key);
+        Py_XDECREF(pass);
+        Py_XDECREF(address);
+        Py_DECREF(rec);
+        if (!ok) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "output_of_modules must be a tuple");
+            return NULL;
+        }
+    }
+    return Py_NewRef(output);
+}
+
+#define CALLS_FIELDS(X)                                                                                                \
+    X(tracker) X(calls) X(open) X(count) X(addresses) X(types) X(records) X(owner) X(above) X(codes) X(stop)          \
+        X(call_type) X(tensor_type) X(py_opened) X(py_closed)
+
+static int calls_traverse(Calls *c, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(c->f);
+    CALLS_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int calls_clear(Calls *c) {
+#define CLEAR(f) Py_CLEAR(c->f);
+    CALLS_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void calls_dealloc(Calls *c) {
+    PyObject_GC_UnTrack(c);
+    calls_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyObject *calls_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"tracker", "calls", "open", "count", "addresses", "types", "records", "owner", "above",
+                             "codes", "stop", "call_type", "tensor_type", "py_opened", "py_closed", NULL};
+    PyObject *o[15];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!O!O!O!O!OO!O!OO", kwlist, &o[0], &PyList_Type, &o[1],
+                                     &PyList_Type, &o[2], &PyDict_Type, &o[3], &PyDict_Type, &o[4], &PyDict_Type,
+                                     &o[5], &PyList_Type, &o[6], &PyDict_Type, &o[7], &PyDict_Type, &o[8],
+                                     &PyDict_Type, &o[9], &o[10], &PyType_Type, &o[11], &PyType_Type, &o[12], &o[13],
+                                     &o[14]))
+        return NULL;
+    Calls *c = (Calls *)type->tp_alloc(type, 0);
+    if (c == NULL)
+        return NULL;
+    PyObject **slots[15] = {&c->tracker, &c->calls, &c->open, &c->count, &c->addresses, &c->types, &c->records,
+                            &c->owner, &c->above, &c->codes, &c->stop, &c->call_type, &c->tensor_type,
+                            &c->py_opened, &c->py_closed};
+    for (int i = 0; i < 15; i++)
+        *slots[i] = Py_NewRef(o[i]);
+    return (PyObject *)c;
+}
+
+static PyTypeObject CallsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "lens_train.capture._hotpath.Calls",
+    .tp_doc = PyDoc_STR("One capture's module calls, opened and closed in C for the common call."),
+    .tp_basicsize = sizeof(Calls),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = calls_new,
+    .tp_dealloc = (destructor)calls_dealloc,
+    .tp_traverse = (traverseproc)calls_traverse,
+    .tp_clear = (inquiry)calls_clear,
+};
+
+/* A module's forward for the pass (ModuleCalls._wrapper's tracked_forward): a call torch makes
+ * (from _call_impl) of this very module opens and closes a module call around forward. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *module;
+    PyObject *forward;  /* the module's forward (also __wrapped__: inspect.signature reads it) */
+    PyObject *live;     /* [Calls] while attached; emptied by detach */
+    PyObject *call_impl, *with_hooks; /* the code of torch's frames that call forward */
+    vectorcallfunc vectorcall;
+} Wrapper;
+
+static PyObject *wrapper_vectorcall(Wrapper *w, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyFrameObject *caller = PyEval_GetFrame();
+    PyObject *code = caller ? (PyObject *)PyFrame_GetCode(caller) : NULL;
+    int from_torch = code != NULL && (code == w->call_impl || code == w->with_hooks);
+    Py_XDECREF(code);
+    if (!from_torch) /* module.forward(x) called directly: no module call (as for hooks) */
+        return PyObject_Vectorcall(w->forward, args, nargsf, kwnames);
+    PyObject *locals = PyFrame_GetLocals(caller);
+    if (locals == NULL)
+        return NULL;
+    PyObject *owner = PyMapping_Check(locals) ? PyObject_GetItem(locals, s_self) : NULL;
+    Py_DECREF(locals);
+    if (owner == NULL) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(w->forward, args, nargsf, kwnames);
+    }
+    if (owner != w->module || PyList_GET_SIZE(w->live) == 0) {
+        /* a copy of the module took this attribute along (or the capture is over): its own forward */
+        PyObject *forward = PyObject_GetAttr((PyObject *)Py_TYPE(owner), s_forward);
+        PyObject *out = NULL;
+        if (forward != NULL) {
+            Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+            Py_ssize_t total = n + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+            PyObject **full = PyMem_Malloc((total + 1) * sizeof(PyObject *));
+            if (full != NULL) {
+                full[0] = owner;
+                for (Py_ssize_t i = 0; i < total; i++)
+                    full[i + 1] = args[i];
+                out = PyObject_Vectorcall(forward, full, n + 1, kwnames);
+                PyMem_Free(full);
+            } else
+                PyErr_NoMemory();
+            Py_DECREF(forward);
+        }
+        Py_DECREF(owner);
+        return out;
+    }
+    Py_DECREF(owner);
+    Calls *c = (Calls *)Py_NewRef(PyList_GET_ITEM(w->live, 0));
+    PyObject *out = NULL;
+    PyObject *positional = PyTuple_New(PyVectorcall_NARGS(nargsf));
+    if (positional == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyVectorcall_NARGS(nargsf); i++)
+        PyTuple_SET_ITEM(positional, i, Py_NewRef(args[i]));
+    PyObject *call = calls_opened(c, w->module, positional, caller);
+    Py_DECREF(positional);
+    if (call == NULL)
+        goto done;
+    PyObject *output = PyObject_Vectorcall(w->forward, args, nargsf, kwnames);
+    if (output == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *r = calls_closed(c, call, Py_None, caller, 1);
+        if (r == NULL) /* as in Python: an error while closing replaces the forward's */
+            Py_XDECREF(type), Py_XDECREF(value), Py_XDECREF(tb);
+        else {
+            Py_DECREF(r);
+            PyErr_Restore(type, value, tb);
+        }
+    } else {
+        out = calls_closed(c, call, output, caller, 0);
+        Py_DECREF(output);
+    }
+    Py_DECREF(call);
+done:
+    Py_DECREF(c);
+    return out;
+}
+
+static int wrapper_traverse(Wrapper *w, visitproc visit, void *arg) {
+    Py_VISIT(w->module);
+    Py_VISIT(w->forward);
+    Py_VISIT(w->live);
+    Py_VISIT(w->call_impl);
+    Py_VISIT(w->with_hooks);
+    return 0;
+}
+
+static int wrapper_clear(Wrapper *w) {
+    Py_CLEAR(w->module);
+    Py_CLEAR(w->forward);
+    Py_CLEAR(w->live);
+    Py_CLEAR(w->call_impl);
+    Py_CLEAR(w->with_hooks);
+    return 0;
+}
+
+static void wrapper_dealloc(Wrapper *w) {
+    PyObject_GC_UnTrack(w);
+    wrapper_clear(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyObject *wrapper_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *module, *forward, *live, *call_impl, *with_hooks;
+    if (!PyArg_ParseTuple(args, "OOO!OO", &module, &forward, &PyList_Type, &live, &call_impl, &with_hooks))
+        return NULL;
+    Wrapper *w = (Wrapper *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    w->module = Py_NewRef(module);
+    w->forward = Py_NewRef(forward);
+    w->live = Py_NewRef(live);
+    w->call_impl = Py_NewRef(call_impl);
+    w->with_hooks = Py_NewRef(with_hooks);
+    w->vectorcall = (vectorcallfunc)wrapper_vectorcall;
+    return (PyObject *)w;
+}
+
+/* copied as a function is, by reference: a copy of the module made during the pass runs its own forward */
+static PyObject *wrapper_copy(PyObject *w, PyObject *unused) { return Py_NewRef(w); }
+
+static PyMethodDef wrapper_methods[] = {
+    {"__copy__", (PyCFunction)wrapper_copy, METH_NOARGS, NULL},
+    {"__deepcopy__", (PyCFunction)wrapper_copy, METH_O, NULL},
+    {NULL},
+};
+
+static PyMemberDef wrapper_members[] = {
+    {"__wrapped__", T_OBJECT, offsetof(Wrapper, forward), READONLY, "the module's forward"},
+    {NULL},
+};
+
+static PyTypeObject WrapperType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "lens_train.capture._hotpath.Wrapper",
+    .tp_doc = PyDoc_STR("A module's forward during a capture: opens and closes its module calls."),
+    .tp_basicsize = sizeof(Wrapper),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = wrapper_new,
+    .tp_dealloc = (destructor)wrapper_dealloc,
+    .tp_traverse = (traverseproc)wrapper_traverse,
+    .tp_clear = (inquiry)wrapper_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Wrapper, vectorcall),
+    .tp_members = wrapper_members,
+    .tp_methods = wrapper_methods,
+};
+
 /* walk(stop, codes, above, frame): callsites.find_callsite(stop, codes, above, frame)[0], in C */
 static PyObject *py_walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) || !PyFrame_Check(args[3])) {
@@ -629,20 +1038,29 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_out, "out"},
                    {&s_setitem, "__setitem__"},
                    {&s_batchnorm, "batchnorm"},
-                   {&s_instancenorm, "instancenorm"}};
+                   {&s_instancenorm, "instancenorm"},
+                   {&s_last_op, "last_op"},
+                   {&s_address, "address"},
+                   {&s_pass_num, "pass_num"},
+                   {&s_output_of_modules, "output_of_modules"},
+                   {&s_output_records, "output_records"},
+                   {&s_self, "self"},
+                   {&s_forward, "forward"}};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
         if (*strings[i].slot == NULL)
             return NULL;
     }
     one = PyLong_FromLong(1);
-    if (one == NULL || PyType_Ready(&HandlerType) < 0)
+    if (one == NULL || PyType_Ready(&HandlerType) < 0 || PyType_Ready(&CallsType) < 0 || PyType_Ready(&WrapperType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 2) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0) {
+    if (PyModule_AddIntConstant(m, "ABI", 3) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+        PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
+        PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -60,7 +60,8 @@ class ModuleCalls:
 
     def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord],
                  modules: tuple[tuple[str, nn.Module], ...] | None = None, open_calls: Any = None,
-                 edit_output: Callable[[ModuleCall, Any], Any] | None = None) -> None:
+                 edit_output: Callable[[ModuleCall, Any], Any] | None = None, hot: Any = None,
+                 owner: dict[int, OpRecord] | None = None) -> None:
         self.model = model
         self.edit_output = edit_output  # (call, output) -> replacement output or None (interventions)
         self.open_calls = open_calls  # told the frame of each call (lens_train.capture.callsites.OpenCalls)
@@ -74,6 +75,10 @@ class ModuleCalls:
         self._wrapped: list[tuple[nn.Module, Any, Any]] = []  # (module, its own forward attribute or _ABSENT, wrapper)
         self._live: list[Any] = []  # [open, close] while attached: what the wrappers call
         self._hook_id = -1
+        # the C extension (lens_train.capture._hotpath) and the owner map it looks tensors up in:
+        # wrappers then open and close the common call in C (no edits, call sites walked)
+        self._hot = hot if owner is not None and open_calls is not None else None
+        self._owner = owner
         self._modules = modules if modules is not None else walk_modules(model)
         self._addresses = first_names(self._modules)
         self._types = {id(m): type(m).__name__ for _, m in self._modules}
@@ -94,7 +99,8 @@ class ModuleCalls:
         RemovableHandle.next_id += 1
         pre, post = self._pre_hook, self._post_hook
         wrap = not _global_hooks()
-        self._live[:] = (self._opened, self._closed)
+        self._live[:] = (self._hot_calls(),) if self._hot is not None and self.edit_output is None else (
+            self._opened, self._closed)
         seen = {id(self.model)}
         hooked = self._hooked
         for _, module in self._modules:
@@ -132,9 +138,20 @@ class ModuleCalls:
             module._forward_hooks_always_called.pop(hook_id, None)
         self._hooked.clear()
 
+    def _hot_calls(self) -> Any:
+        """The C state of this capture's calls: the same lists and dicts, and these methods for the rest."""
+        calls = self.open_calls
+        return self._hot.Calls(
+            tracker=self, calls=self.calls, open=self._open, count=self._count, addresses=self._addresses,
+            types=self._types, records=self._records, owner=self._owner, above=calls.above, codes=calls.codes,
+            stop=calls.stop, call_type=ModuleCall, tensor_type=_Tensor, py_opened=self._opened,
+            py_closed=self._closed)
+
     def _wrapper(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``forward`` of ``module``, opening and closing a module call around it."""
         live = self._live  # emptied by detach(): a wrapper a copy of the module kept holds nothing of the capture
+        if len(live) == 1:  # the C version of tracked_forward below (it passes torch's frame, not its own)
+            return self._hot.Wrapper(module, forward, live, _CALL_IMPL, _CALL_WITH_HOOKS)
 
         def tracked_forward(*args: Any, **kwargs: Any) -> Any:
             # (no local holds this frame: a frame holding itself would outlive the call, with its tensors)

@@ -59,7 +59,7 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 2  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
+HOT_PATH_ABI = 3  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:
@@ -120,7 +120,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         # capture's records (and the tensors they hold) are freed as soon as it is dropped
         self._lookup = owner_lookup(self._owner)
         self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules, self._open_calls,
-                                          self._edit_module_output if plan.module_edits else None)
+                                          self._edit_module_output if plan.module_edits else None, _hotpath,
+                                          self._owner)
         self.module_calls: list[ModuleCall] = self.module_tracker.calls
         # (exception, the record its op would have had): the op that raised, for the error note
         self.failure: tuple[BaseException, OpRecord] | None = None
