@@ -41,7 +41,7 @@ static PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_
     *s_tensor_ref, *s_index, *s_framework, *s_stack, *s_op_count, *s_time_s, *s_is_internally_generated,
     *s_grad_fn_name, *s_activation, *s_transformed_activation, *s_inplace, *s_out, *s_setitem, *s_batchnorm,
     *s_instancenorm, *s_last_op, *s_address, *s_pass_num, *s_output_of_modules, *s_output_records, *s_self,
-    *s_forward;
+    *s_forward, *s_call_template, *s_replay_context, *s_rng_state;
 
 typedef struct {
     PyObject_HEAD
@@ -65,6 +65,9 @@ typedef struct {
     PyObject *save_set;      /* None, or the record indices to save */
     PyObject *postfunc;      /* None, or fn(value) -> transformed activation */
     PyObject *sink;          /* None, or fn(record) */
+    PyObject *template_fn;   /* None, or fn(args, kwargs) -> call template (replayable captures) */
+    PyObject *context_fn;    /* None, or fn() -> grad mode and autocast regions, with templates */
+    PyObject *rng_fn;        /* None, or fn() -> random-number states */
     int save_all;
     int detach;              /* saved values are detached (not train mode) */
     int save_raw;
@@ -322,9 +325,23 @@ static int save(Handler *h, PyObject *rec, PyObject *t, PyObject *index) {
     return r;
 }
 
+/* What a replayable capture keeps of each op: its call template, replay context, random-number state. */
+typedef struct {
+    PyObject *template, *context, *rng; /* NULL when not kept */
+} Extras;
+
+static int set_extras(PyObject *rec, const Extras *x) {
+    return (x->template && PyObject_SetAttr(rec, s_call_template, x->template) < 0) ||
+                   (x->context && PyObject_SetAttr(rec, s_replay_context, x->context) < 0) ||
+                   (x->rng && PyObject_SetAttr(rec, s_rng_state, x->rng) < 0)
+               ? -1
+               : 0;
+}
+
 /* One record: tensor ``t``, output ``out_index`` of op ``op_id`` (Recorder._record_one / _record_op + _finish). */
 static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *t, PyObject *op_id, PyObject *out_index,
-                         PyObject *parents, PyObject *params, PyObject *callsite, PyObject *stack, PyObject *elapsed) {
+                         PyObject *parents, PyObject *params, PyObject *callsite, PyObject *stack, PyObject *elapsed,
+                         const Extras *extras) {
     int r = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(h->records));
     PyObject *size = PyObject_GetAttr(t, s_shape);
@@ -339,7 +356,7 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
     rec = PyObject_Vectorcall(h->record_type, argv, 14, NULL);
     if (rec == NULL)
         goto done;
-    if (PyObject_SetAttr(rec, s_time_s, elapsed) < 0)
+    if (PyObject_SetAttr(rec, s_time_s, elapsed) < 0 || set_extras(rec, extras) < 0)
         goto done;
     if (PyList_GET_SIZE(parents) == 0 && PyObject_SetAttr(rec, s_is_internally_generated, Py_True) < 0)
         goto done;
@@ -389,7 +406,7 @@ done:
 /* The records of one op that returned the tensors ``outs``: one call site and op number for all of
  * them; each record of a multi-output op has its own list of parents, as on the Python path. */
 static int record_op(Handler *h, PyObject *func, PyObject *names, PyObject *const *outs, Py_ssize_t n,
-                     PyObject *parents, PyObject *params, double seconds) {
+                     PyObject *parents, PyObject *params, double seconds, const Extras *extras) {
     PyObject *callsite = walk(h->stop, h->codes, h->above, PyEval_GetFrame());
     if (callsite == NULL)
         return -1;
@@ -403,7 +420,7 @@ static int record_op(Handler *h, PyObject *func, PyObject *names, PyObject *cons
         PyObject *own = n == 1 ? Py_NewRef(parents) : PyList_GetSlice(parents, 0, PY_SSIZE_T_MAX);
         PyObject *out_index = own ? PyLong_FromSsize_t(i) : NULL;
         int failed = out_index == NULL ||
-                     record_tensor(h, func, names, outs[i], op_id, out_index, own, params, callsite, stack, elapsed) < 0;
+                     record_tensor(h, func, names, outs[i], op_id, out_index, own, params, callsite, stack, elapsed, extras) < 0;
         Py_XDECREF(out_index);
         Py_XDECREF(own);
         if (failed)
@@ -468,6 +485,7 @@ static PyObject *handler_call(Handler *h, PyObject *call_args, PyObject *call_kw
         return fallback(h, call_args, call_kw);
     Py_INCREF(names); /* CLASSIFIED may drop it meanwhile */
     PyObject *result = NULL, *parents = NULL, *params = NULL, *param_ids = NULL;
+    Extras extras = {NULL, NULL, NULL};
     int common = common_call(PyTuple_GET_ITEM(names, 0), PyTuple_GET_ITEM(names, 1), kwargs);
     if (common <= 0) {
         if (common == 0)
@@ -481,6 +499,16 @@ static PyObject *handler_call(Handler *h, PyObject *call_args, PyObject *call_kw
     param_ids = PyList_GET_SIZE(params) ? PyList_AsTuple(params) : PyTuple_New(0);
     if (param_ids == NULL)
         goto done;
+    if (h->template_fn != Py_None) { /* after the parents: their records are what the template names */
+        PyObject *kw = kwargs ? Py_NewRef(kwargs) : PyDict_New();
+        extras.template = kw ? PyObject_CallFunctionObjArgs(h->template_fn, args, kw, NULL) : NULL;
+        Py_XDECREF(kw);
+        extras.context = extras.template ? PyObject_CallNoArgs(h->context_fn) : NULL;
+        if (extras.context == NULL)
+            goto done;
+    }
+    if (h->rng_fn != Py_None && (extras.rng = PyObject_CallNoArgs(h->rng_fn)) == NULL)
+        goto done;
     double start = now();
     result = PyObject_Call(func, args, kwargs);
     double elapsed = now() - start;
@@ -490,17 +518,19 @@ static PyObject *handler_call(Handler *h, PyObject *call_args, PyObject *call_kw
     }
     int failed;
     if (PyObject_TypeCheck(result, (PyTypeObject *)h->tensor_type)) {
-        failed = record_op(h, func, names, &result, 1, parents, param_ids, elapsed) < 0;
+        failed = record_op(h, func, names, &result, 1, parents, param_ids, elapsed, &extras) < 0;
     } else if (all_tensors(h, result)) {
         PyObject *items = PyTuple_Check(result) ? Py_NewRef(result) : PyList_AsTuple(result); /* a sink could change a list */
         failed = items == NULL || record_op(h, func, names, PySequence_Fast_ITEMS(items), PySequence_Fast_GET_SIZE(items), parents,
-                           param_ids, elapsed) < 0;
+                           param_ids, elapsed, &extras) < 0;
         Py_XDECREF(items);
     } else {
         PyObject *elapsed_s = PyFloat_FromDouble(elapsed);
-        PyObject *r = elapsed_s ? PyObject_CallFunctionObjArgs(h->record_outputs, func, names, args,
-                                                                kwargs ? kwargs : Py_None, result, parents, param_ids,
-                                                                elapsed_s, NULL)
+        PyObject *r = elapsed_s ? PyObject_CallFunctionObjArgs(
+                                      h->record_outputs, func, names, args, kwargs ? kwargs : Py_None, result, parents,
+                                      param_ids, elapsed_s, extras.rng ? extras.rng : Py_None,
+                                      extras.template ? extras.template : Py_None,
+                                      extras.context ? extras.context : Py_None, NULL)
                                 : NULL;
         Py_XDECREF(elapsed_s);
         failed = r == NULL;
@@ -509,6 +539,9 @@ static PyObject *handler_call(Handler *h, PyObject *call_args, PyObject *call_kw
     if (failed)
         Py_CLEAR(result);
 done:
+    Py_XDECREF(extras.template);
+    Py_XDECREF(extras.context);
+    Py_XDECREF(extras.rng);
     Py_XDECREF(param_ids);
     Py_XDECREF(params);
     Py_XDECREF(parents);
@@ -519,7 +552,7 @@ done:
 #define FIELDS(X)                                                                                                      \
     X(recorder) X(fallback) X(link) X(note_failure) X(record_outputs) X(classified) X(owner) X(records) X(codes)        \
         X(above) X(stop) X(tracker) X(pending) X(unindexed) X(record_type) X(tensor_type) X(param_type) X(save_set)     \
-            X(postfunc) X(sink)
+            X(postfunc) X(sink) X(template_fn) X(context_fn) X(rng_fn)
 
 static int handler_traverse(Handler *h, visitproc visit, void *arg) {
 #define VISIT(f) Py_VISIT(h->f);
@@ -544,24 +577,24 @@ static void handler_dealloc(Handler *h) {
 static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"recorder", "fallback", "link", "note_failure", "record_outputs", "classified", "owner",
                              "records", "codes", "above", "stop", "tracker", "pending", "unindexed", "record_type",
-                             "tensor_type", "param_type", "save_set", "postfunc", "sink", "save_all", "detach",
-                             "save_raw", NULL};
-    PyObject *o[20];
+                             "tensor_type", "param_type", "save_set", "postfunc", "sink", "template_fn", "context_fn",
+                             "rng_fn", "save_all", "detach", "save_raw", NULL};
+    PyObject *o[23];
     int save_all, detach, save_raw;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!O!O!O!O!OOO!O!OO!O!OOOppp", kwlist, &o[0], &o[1], &o[2],
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!O!O!O!O!OOO!O!OO!O!OOOOOOppp", kwlist, &o[0], &o[1], &o[2],
                                      &o[3], &o[4], &PyDict_Type, &o[5], &PyDict_Type, &o[6], &PyList_Type, &o[7],
                                      &PyDict_Type, &o[8], &PyDict_Type, &o[9], &o[10], &o[11], &PyList_Type, &o[12],
                                      &PyList_Type, &o[13], &o[14], &PyType_Type, &o[15], &PyType_Type, &o[16], &o[17],
-                                     &o[18], &o[19], &save_all, &detach, &save_raw))
+                                     &o[18], &o[19], &o[20], &o[21], &o[22], &save_all, &detach, &save_raw))
         return NULL;
     Handler *h = (Handler *)type->tp_alloc(type, 0);
     if (h == NULL)
         return NULL;
-    PyObject **slots[20] = {&h->recorder, &h->fallback, &h->link, &h->note_failure, &h->record_outputs,
+    PyObject **slots[23] = {&h->recorder, &h->fallback, &h->link, &h->note_failure, &h->record_outputs,
                             &h->classified, &h->owner, &h->records, &h->codes, &h->above, &h->stop, &h->tracker,
                             &h->pending, &h->unindexed, &h->record_type, &h->tensor_type, &h->param_type,
-                            &h->save_set, &h->postfunc, &h->sink};
-    for (int i = 0; i < 20; i++)
+                            &h->save_set, &h->postfunc, &h->sink, &h->template_fn, &h->context_fn, &h->rng_fn};
+    for (int i = 0; i < 23; i++)
         *slots[i] = Py_NewRef(o[i]);
     h->save_all = save_all;
     h->detach = detach;
@@ -1045,7 +1078,10 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_output_of_modules, "output_of_modules"},
                    {&s_output_records, "output_records"},
                    {&s_self, "self"},
-                   {&s_forward, "forward"}};
+                   {&s_forward, "forward"},
+                   {&s_call_template, "call_template"},
+                   {&s_replay_context, "replay_context"},
+                   {&s_rng_state, "rng_state"}};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
         if (*strings[i].slot == NULL)
@@ -1058,7 +1094,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 3) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 4) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

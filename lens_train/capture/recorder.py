@@ -59,7 +59,7 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 3  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
+HOT_PATH_ABI = 4  # the arguments of _hotpath.Handler this code passes (see _hotpath.c)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:
@@ -146,7 +146,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         # FSDP runs ops of its own in its hooks; only a sharded model pays for finding them
         self._sharded = any(type(m).__name__.startswith("FSDP") for _, m in self.index.modules)
         # the common op in C when it is built (see _hot_handler); the rare cases always run here, in Python
-        self._hot_path = _hotpath is not None and not (self._extras or self._read_values or self._sharded)
+        self._hot_path = _hotpath is not None and not (plan.edits is not None or self._read_values or self._sharded)
         if self._sharded:  # FSDP swaps parameter storages during forward: file them as they are now
             self._param_storage = {_storage_key(p): p for _, p in self.index.unique_params()}
 
@@ -185,7 +185,9 @@ class Recorder(InterventionHooks, TorchFunctionMode):
             owner=self._owner, records=self.records, codes=self._codes, above=self._above, stop=self._stop_code,
             tracker=self.module_tracker, pending=self._pending_branch, unindexed=self._unindexed, record_type=OpRecord,
             tensor_type=_Tensor, param_type=_Parameter, save_set=plan.save if self._save_some else None,
-            postfunc=plan.postfunc, sink=plan.sink, save_all=self._save_all, detach=not plan.train_mode,
+            postfunc=plan.postfunc, sink=plan.sink, template_fn=self._template if plan.keep_templates else None,
+            context_fn=_replay_context if plan.keep_templates else None,
+            rng_fn=rng_states if plan.record_rng else None, save_all=self._save_all, detach=not plan.train_mode,
             save_raw=plan.save_raw)
 
     def _uninstall(self) -> None:
@@ -268,11 +270,16 @@ class Recorder(InterventionHooks, TorchFunctionMode):
             raise
         return result, _perf() - start
 
-    def _record_outputs(self, func, names, args, kwargs, result, parents, params, elapsed) -> None:  # noqa: ANN001
+    def _record_outputs(self, func, names, args, kwargs, result, parents, params, elapsed,  # noqa: ANN001
+                        rng=None, template=None, context=None) -> None:  # noqa: ANN001
         """The records of an op (not in place) whose result is not one tensor (also called by the C hot path)."""
         outputs = op_outputs(names[0], args, kwargs or {}, result)
         if outputs:
-            self._record_op(func, names, outputs, parents, params, elapsed, False, None, None)
+            first = len(self.records)
+            self._record_op(func, names, outputs, parents, params, elapsed, False, rng, template)
+            if context is not None:
+                for rec in self.records[first:]:
+                    rec.replay_context = context
 
     def _record_one(self, func, names, t, parents, params, elapsed) -> None:  # noqa: ANN001
         """:meth:`_record_op` for the common op: one output, not in place, no templates, RNG states or edits."""

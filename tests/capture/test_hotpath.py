@@ -187,3 +187,35 @@ def test_the_c_walk_is_find_callsite() -> None:
     assert type(shared[0][0]) is tuple and len(shared[0][0]) == 4  # inner's and outer's frames, then the walk above
     assert len(flat[0]) > 4
     assert walks[3] == shared and walks[2] == flat
+
+
+def _replay_parts(rec: object) -> tuple:
+    template = rec.call_template
+    rng = rec.rng_state
+    return (rec.func_name, rec.parents, repr(template), rec.replay_context,
+            None if rng is None else (rng[0].tolist(), len(rng[1])))
+
+
+def test_both_paths_keep_alike_what_a_replay_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lens_train.capture.api import record_forward
+    from lens_train.capture.recorder import CapturePlan
+
+    def parts() -> list[tuple]:
+        torch.manual_seed(0)
+        model = Mixed()
+        plan = CapturePlan(save="all", keep_templates=True, record_rng=True)
+        rec = record_forward(model, (torch.randn(4, 6),), None, plan, 0)[0]
+        return [_replay_parts(r) for r in rec.records]
+
+    hot = parts()
+    assert sum(p[2] != "None" for p in hot) > 20 and sum(p[4] is not None for p in hot) > 20
+    monkeypatch.setattr(recorder, "_hotpath", None)
+    assert parts() == hot
+
+
+def test_both_paths_validate_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(4, 6)
+    assert lt.validate_model_activations(model, x, random_seed=0)
+    monkeypatch.setattr(recorder, "_hotpath", None)
+    assert lt.validate_model_activations(model, x, random_seed=0)

@@ -34,14 +34,15 @@ def test_valid_model_passes_and_reports(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_corrupted_activation_is_found(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    original = Recorder._save
+    original = validation.record_forward
 
-    def corrupting_save(self, rec, t, clone=False):  # noqa: ANN001
-        original(self, rec, t, clone)
-        if rec.func_name == "relu":
-            rec.activation = rec.activation + 1.0
+    def corrupting_record(*args):  # noqa: ANN002, ANN202 - the capture validation replays, one saved value changed
+        recorder, output, elapsed = original(*args)
+        rec = next(r for r in recorder.records if r.func_name == "relu")
+        rec.activation = rec.activation + 1.0
+        return recorder, output, elapsed
 
-    monkeypatch.setattr(Recorder, "_save", corrupting_save)
+    monkeypatch.setattr(validation, "record_forward", corrupting_record)
     assert lt.validate_model_activations(Small(), torch.randn(3, 4), verbose=True) is False
     out = capsys.readouterr().out
     assert "FAILED" in out

@@ -23,7 +23,7 @@ import torch
 
 import lens_train as lt
 from lens_train.capture.api import forked_rng
-from lens_train.capture.recorder import Recorder
+from lens_train.capture import validation
 
 from .hf_architectures import HF_ARCHS, build_hf
 from .test_zoo import _leaves
@@ -121,15 +121,16 @@ def test_validates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_corrupted_capture_fails_validation(name: str, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """On a real architecture too, one wrong saved value (the first linear/conv output) is found."""
-    original, corrupted = Recorder._save, []
+    original, corrupted = validation.record_forward, []
 
-    def corrupting_save(self: Recorder, rec: Any, t: torch.Tensor, clone: bool = False) -> None:
-        original(self, rec, t, clone)
-        if rec.func_name in ("linear", "conv1d", "conv2d") and not corrupted:
-            corrupted.append(rec.index)
-            rec.activation = rec.activation + 0.5
+    def corrupting_record(*args: Any) -> Any:  # the capture validation replays, one saved value changed
+        recorder, output, elapsed = original(*args)
+        rec = next(r for r in recorder.records if r.func_name in ("linear", "conv1d", "conv2d"))
+        corrupted.append(rec.index)
+        rec.activation = rec.activation + 0.5
+        return recorder, output, elapsed
 
-    monkeypatch.setattr(Recorder, "_save", corrupting_save)
+    monkeypatch.setattr(validation, "record_forward", corrupting_record)
     assert lt.validate_model_activations(*build_hf(name), verbose=True, random_seed=0) is False
     out = capsys.readouterr().out
     assert corrupted and "from its parents' saved values gives different values" in out, out
