@@ -335,13 +335,13 @@ def _perturbations(v: torch.Tensor, noise: _Noise | None = None, key: Any = None
         return
     noise = _Noise() if noise is None else noise
     scale = noise.scale(v, key)
-    for i, sign in enumerate((1.0, -1.0)):
-        yield v + (sign * 2.0 * scale * (noise.pattern(v, i) + 1.0)).to(v.dtype)
-    yield (noise.pattern(v, 2) * 4.0 * scale).to(v.dtype)
+    for i, sign in enumerate((1.0, -1.0)):  # few kernels: these run for every parent of every op
+        yield v + noise.pattern(v, i, v.dtype) * (sign * 2.0 * scale)  # (a scale past the dtype's range: inf)
+    yield noise.pattern(v, 2, v.dtype) * (4.0 * scale)
 
 
 class _Noise:
-    """The random patterns of :func:`_perturbations`, drawn once per shape and device in one validation.
+    """The random patterns of :func:`_perturbations`, drawn once per shape, device and dtype in one validation.
 
     A pattern depends only on the shape (a generator seeded with the element count draws
     uniform, uniform, then normal values), so the parents of one shape share it: drawing
@@ -363,9 +363,9 @@ class _Noise:
                 self._scales[key] = found
         return found
 
-    def pattern(self, v: torch.Tensor, i: int) -> torch.Tensor:
-        """The ``i``-th pattern (0, 1: uniform in [0, 1); 2: standard normal) for ``v``'s shape, on its device."""
-        key = (tuple(v.shape), v.device)
+    def pattern(self, v: torch.Tensor, i: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``i``-th pattern (0, 1: uniform in [1, 2); 2: standard normal) for ``v``'s shape, on its device."""
+        key = (tuple(v.shape), v.device, dtype)
         entry = self._drawn.get(key)
         if entry is None:
             entry = (torch.Generator().manual_seed(v.numel()), [])
@@ -374,8 +374,8 @@ class _Noise:
                 self._left -= 3 * v.numel() * 4
         gen, drawn = entry
         while len(drawn) <= i:
-            t = torch.rand(v.shape, generator=gen) if len(drawn) < 2 else torch.randn(v.shape, generator=gen)
-            drawn.append(t.to(v.device))
+            t = torch.rand(v.shape, generator=gen) + 1.0 if len(drawn) < 2 else torch.randn(v.shape, generator=gen)
+            drawn.append(t.to(v.device, dtype))
         return drawn[i]
 
 
