@@ -4,6 +4,8 @@
 the recorder for every op it records) and one :class:`ModuleCall` per call, with the
 records that went in and came out. Its hooks are installed by :meth:`ModuleCalls.attach`
 and removed by :meth:`ModuleCalls.detach` (the recorder calls both on every exit path).
+With the C extension (``_hotpath``), the wrappers open and close the common call (one
+tensor in, one out) in C, on these same lists and dicts; the methods here do the rest.
 """
 
 from __future__ import annotations
