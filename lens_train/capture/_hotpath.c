@@ -620,10 +620,10 @@ static PyTypeObject HandlerType = {
     .tp_members = handler_members,
 };
 
-/* ---- module calls: ModuleCalls._opened / _closed and the forward wrapper, for the common call ---- */
+/* ---- module calls: ModuleCalls._opened / _closed and the forward wrapper ---- */
 
 /* The state of one capture's module calls (module_calls.ModuleCalls): its lists and dicts, shared
- * with the Python methods, which handle every call this does not (several inputs, non-tensor output). */
+ * with its Python methods (the hook path, and outputs this does not take apart). */
 typedef struct {
     PyObject_HEAD
     PyObject *tracker;   /* ModuleCalls: .stack is read and set here */
@@ -637,7 +637,7 @@ typedef struct {
     PyObject *above, *codes, *stop; /* callsites.OpenCalls */
     PyObject *call_type; /* ModuleCall */
     PyObject *tensor_type;
-    PyObject *py_opened, *py_closed;
+    PyObject *py_closed; /* ModuleCalls._closed: outputs flatten does not take (dicts, dataclasses...) */
 } Calls;
 
 /* owner lookup: the record of that very tensor, or NULL (borrowed); -1 on error */
@@ -661,10 +661,68 @@ static int lookup(PyObject *owner, PyObject *t, PyObject **found) {
     return 0;
 }
 
-/* ModuleCalls._opened(module, args, frame) for a call with one tensor argument. */
+/* Append the index of the record of each tensor in ``tensors`` that has one (ModuleCall's records). */
+static int record_indices(Calls *c, PyObject *tensors, PyObject *out) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tensors); i++) {
+        PyObject *rec;
+        if (lookup(c->owner, PyList_GET_ITEM(tensors, i), &rec) < 0)
+            return -1;
+        if (rec != NULL) {
+            PyObject *index = PyObject_GetAttr(rec, s_index);
+            int bad = index == NULL || PyList_Append(out, index) < 0;
+            Py_XDECREF(index);
+            if (bad)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* calls._tensors_in(args): the tensors among the arguments and one level inside tuples and lists. */
+static int tensors_in(Calls *c, PyObject *args, PyObject *out) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); i++) {
+        PyObject *a = PyTuple_GET_ITEM(args, i);
+        if (PyObject_TypeCheck(a, (PyTypeObject *)c->tensor_type)) {
+            if (PyList_Append(out, a) < 0)
+                return -1;
+        } else if (PyTuple_Check(a) || PyList_Check(a)) {
+            PyObject *seq = PySequence_Fast(a, "");
+            if (seq == NULL)
+                return -1;
+            for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(seq); j++) {
+                PyObject *b = PySequence_Fast_GET_ITEM(seq, j);
+                if (PyObject_TypeCheck(b, (PyTypeObject *)c->tensor_type) && PyList_Append(out, b) < 0) {
+                    Py_DECREF(seq);
+                    return -1;
+                }
+            }
+            Py_DECREF(seq);
+        }
+    }
+    return 0;
+}
+
+/* calls._flatten_output(value) where value holds only tensors, None, numbers, strings and tuples
+ * or lists of them: 1; 0 when it holds anything else (dicts, dataclasses...: the Python path). */
+static int flatten(Calls *c, PyObject *value, PyObject *out, int depth) {
+    if (PyObject_TypeCheck(value, (PyTypeObject *)c->tensor_type))
+        return PyList_Append(out, value) < 0 ? -1 : 1;
+    if (depth > 8 || value == Py_None || PyLong_Check(value) || PyFloat_Check(value) || PyUnicode_Check(value))
+        return 1;
+    if (!(PyTuple_Check(value) || PyList_Check(value)))
+        return 0;
+    PyObject *seq = PySequence_Fast(value, "");
+    if (seq == NULL)
+        return -1;
+    int r = 1;
+    for (Py_ssize_t i = 0; r == 1 && i < PySequence_Fast_GET_SIZE(seq); i++)
+        r = flatten(c, PySequence_Fast_GET_ITEM(seq, i), out, depth + 1);
+    Py_DECREF(seq);
+    return r;
+}
+
+/* ModuleCalls._opened(module, args, frame). */
 static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFrameObject *frame) {
-    if (!(PyTuple_GET_SIZE(args) == 1 && PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), (PyTypeObject *)c->tensor_type)))
-        return PyObject_CallFunctionObjArgs(c->py_opened, module, args, (PyObject *)frame, NULL);
     PyObject *mid = PyLong_FromVoidPtr(module);
     if (mid == NULL)
         return NULL;
@@ -684,19 +742,12 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     stack = PyObject_GetAttr(c->tracker, s_stack);
     if (stack == NULL || !PyTuple_Check(stack))
         goto done;
-    PyObject *rec;
-    if (lookup(c->owner, PyTuple_GET_ITEM(args, 0), &rec) < 0)
-        goto done;
     inputs = PyList_New(0);
-    if (inputs == NULL)
+    PyObject *tensors = inputs ? PyList_New(0) : NULL;
+    int bad = tensors == NULL || tensors_in(c, args, tensors) < 0 || record_indices(c, tensors, inputs) < 0;
+    Py_XDECREF(tensors);
+    if (bad)
         goto done;
-    if (rec != NULL) {
-        PyObject *index = PyObject_GetAttr(rec, s_index);
-        int bad = index == NULL || PyList_Append(inputs, index) < 0;
-        Py_XDECREF(index);
-        if (bad)
-            goto done;
-    }
     if (type_name == NULL) {
         type_obj = PyType_GetName(Py_TYPE(module));
         if (type_obj == NULL)
@@ -751,80 +802,95 @@ done:
     return result;
 }
 
-/* ModuleCalls._closed(call, output, frame, failed) for a call that returned one tensor (or raised). */
+/* ``rec`` is an output of ``call``: note the call on the record, the record on the call. */
+static int note_output(PyObject *call, PyObject *rec) {
+    PyObject *address = PyObject_GetAttr(call, s_address);
+    PyObject *pass = address ? PyObject_GetAttr(call, s_pass_num) : NULL;
+    PyObject *key = pass ? PyTuple_Pack(2, address, pass) : NULL;
+    PyObject *mods = key ? PyObject_GetAttr(rec, s_output_of_modules) : NULL;
+    PyObject *index = mods ? PyObject_GetAttr(rec, s_index) : NULL;
+    PyObject *outs = index ? PyObject_GetAttr(call, s_output_records) : NULL;
+    int ok = outs != NULL;
+    if (ok) {
+        int has = PySequence_Contains(mods, key);
+        if (has < 0)
+            ok = 0;
+        else if (!has) {
+            PyObject *one_key = PyTuple_Pack(1, key);
+            ok = one_key && set_attr(rec, s_output_of_modules, PySequence_Concat(mods, one_key)) == 0;
+            Py_XDECREF(one_key);
+        }
+    }
+    ok = ok && PyList_Append(outs, index) == 0;
+    Py_XDECREF(outs);
+    Py_XDECREF(index);
+    Py_XDECREF(mods);
+    Py_XDECREF(key);
+    Py_XDECREF(pass);
+    Py_XDECREF(address);
+    return ok ? 0 : -1;
+}
+
+/* ModuleCalls._closed(call, output, frame, failed), for an output ``flatten`` takes. */
 static PyObject *calls_closed(Calls *c, PyObject *call, PyObject *output, PyFrameObject *frame, int failed) {
-    if (!failed && !PyObject_TypeCheck(output, (PyTypeObject *)c->tensor_type))
-        return PyObject_CallFunctionObjArgs(c->py_closed, call, output, (PyObject *)frame, NULL);
-    PyObject *value = failed ? Py_None : output;
+    PyObject *tensors = NULL;
+    if (!failed) { /* what the call returned, found before anything changes */
+        tensors = PyList_New(0);
+        int simple = tensors ? flatten(c, output, tensors, 0) : -1;
+        if (simple <= 0) {
+            Py_XDECREF(tensors);
+            return simple < 0 ? NULL : PyObject_CallFunctionObjArgs(c->py_closed, call, output, (PyObject *)frame, NULL);
+        }
+    }
+    PyObject *value = failed ? Py_None : output, *result = NULL;
     Py_ssize_t depth = PyList_GET_SIZE(c->open);
-    if (call == Py_None || depth == 0 || PyList_GET_ITEM(c->open, depth - 1) != call)
+    if (call == Py_None || depth == 0 || PyList_GET_ITEM(c->open, depth - 1) != call) {
+        Py_XDECREF(tensors);
         return Py_NewRef(value);
+    }
     if (PyList_SetSlice(c->open, depth - 1, depth, NULL) < 0)
-        return NULL;
+        goto done;
     PyObject *stack = PyObject_GetAttr(c->tracker, s_stack);
     if (stack == NULL)
-        return NULL;
+        goto done;
     PyObject *shorter = PyTuple_Check(stack) && PyTuple_GET_SIZE(stack)
                             ? PyTuple_GetSlice(stack, 0, PyTuple_GET_SIZE(stack) - 1)
                             : Py_NewRef(stack);
     Py_DECREF(stack);
     if (set_attr(c->tracker, s_stack, shorter) < 0)
-        return NULL;
+        goto done;
     /* OpenCalls.exit(frame) */
     PyObject *fid = PyLong_FromVoidPtr(frame);
     if (fid == NULL)
-        return NULL;
+        goto done;
     PyObject *known = PyDict_GetItemWithError(c->above, fid);
     int bad = (known == NULL && PyErr_Occurred()) ||
               (known != NULL && PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2 &&
                PyTuple_GET_ITEM(known, 0) == (PyObject *)frame && PyDict_DelItem(c->above, fid) < 0);
     Py_DECREF(fid);
     if (bad || set_attr(call, s_last_op, PyLong_FromSsize_t(PyList_GET_SIZE(c->records) - 1)) < 0)
-        return NULL;
-    if (failed)
-        return Py_NewRef(value);
-    PyObject *rec;
-    if (lookup(c->owner, output, &rec) < 0)
-        return NULL;
-    if (rec != NULL) {
-        Py_INCREF(rec);
-        PyObject *address = PyObject_GetAttr(call, s_address);
-        PyObject *pass = address ? PyObject_GetAttr(call, s_pass_num) : NULL;
-        PyObject *key = pass ? PyTuple_Pack(2, address, pass) : NULL;
-        PyObject *mods = key ? PyObject_GetAttr(rec, s_output_of_modules) : NULL;
-        PyObject *index = mods ? PyObject_GetAttr(rec, s_index) : NULL;
-        PyObject *outs = index ? PyObject_GetAttr(call, s_output_records) : NULL;
-        int ok = outs != NULL && PyTuple_Check(mods);
-        if (ok) {
-            int has = PySequence_Contains(mods, key);
-            if (has < 0)
-                ok = 0;
-            else if (!has) {
-                PyObject *one_key = PyTuple_Pack(1, key);
-                ok = one_key && set_attr(rec, s_output_of_modules, PySequence_Concat(mods, one_key)) == 0;
-                Py_XDECREF(one_key);
-            }
-        }
-        ok = ok && PyList_Append(outs, index) == 0;
-        Py_XDECREF(outs);
-        Py_XDECREF(index);
-        Py_XDECREF(mods);
-        Py_XDECREF(key);
-        Py_XDECREF(pass);
-        Py_XDECREF(address);
-        Py_DECREF(rec);
-        if (!ok) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "output_of_modules must be a tuple");
-            return NULL;
+        goto done;
+    for (Py_ssize_t i = 0; tensors != NULL && i < PyList_GET_SIZE(tensors); i++) {
+        PyObject *rec;
+        if (lookup(c->owner, PyList_GET_ITEM(tensors, i), &rec) < 0)
+            goto done;
+        if (rec != NULL) {
+            Py_INCREF(rec);
+            int r = note_output(call, rec);
+            Py_DECREF(rec);
+            if (r < 0)
+                goto done;
         }
     }
-    return Py_NewRef(output);
+    result = Py_NewRef(value);
+done:
+    Py_XDECREF(tensors);
+    return result;
 }
 
 #define CALLS_FIELDS(X)                                                                                                \
     X(tracker) X(calls) X(open) X(count) X(addresses) X(types) X(records) X(owner) X(above) X(codes) X(stop)          \
-        X(call_type) X(tensor_type) X(py_opened) X(py_closed)
+        X(call_type) X(tensor_type) X(py_closed)
 
 static int calls_traverse(Calls *c, visitproc visit, void *arg) {
 #define VISIT(f) Py_VISIT(c->f);
@@ -848,21 +914,20 @@ static void calls_dealloc(Calls *c) {
 
 static PyObject *calls_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"tracker", "calls", "open", "count", "addresses", "types", "records", "owner", "above",
-                             "codes", "stop", "call_type", "tensor_type", "py_opened", "py_closed", NULL};
-    PyObject *o[15];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!O!O!O!O!OO!O!OO", kwlist, &o[0], &PyList_Type, &o[1],
+                             "codes", "stop", "call_type", "tensor_type", "py_closed", NULL};
+    PyObject *o[14];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!O!O!O!O!OO!O!O", kwlist, &o[0], &PyList_Type, &o[1],
                                      &PyList_Type, &o[2], &PyDict_Type, &o[3], &PyDict_Type, &o[4], &PyDict_Type,
                                      &o[5], &PyList_Type, &o[6], &PyDict_Type, &o[7], &PyDict_Type, &o[8],
-                                     &PyDict_Type, &o[9], &o[10], &PyType_Type, &o[11], &PyType_Type, &o[12], &o[13],
-                                     &o[14]))
+                                     &PyDict_Type, &o[9], &o[10], &PyType_Type, &o[11], &PyType_Type, &o[12], &o[13]))
         return NULL;
     Calls *c = (Calls *)type->tp_alloc(type, 0);
     if (c == NULL)
         return NULL;
-    PyObject **slots[15] = {&c->tracker, &c->calls, &c->open, &c->count, &c->addresses, &c->types, &c->records,
+    PyObject **slots[14] = {&c->tracker, &c->calls, &c->open, &c->count, &c->addresses, &c->types, &c->records,
                             &c->owner, &c->above, &c->codes, &c->stop, &c->call_type, &c->tensor_type,
-                            &c->py_opened, &c->py_closed};
-    for (int i = 0; i < 15; i++)
+                            &c->py_closed};
+    for (int i = 0; i < 14; i++)
         *slots[i] = Py_NewRef(o[i]);
     return (PyObject *)c;
 }
@@ -1094,7 +1159,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 4) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 5) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

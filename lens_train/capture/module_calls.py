@@ -4,8 +4,9 @@
 the recorder for every op it records) and one :class:`ModuleCall` per call, with the
 records that went in and came out. Its hooks are installed by :meth:`ModuleCalls.attach`
 and removed by :meth:`ModuleCalls.detach` (the recorder calls both on every exit path).
-With the C extension (``_hotpath``), the wrappers open and close the common call (one
-tensor in, one out) in C, on these same lists and dicts; the methods here do the rest.
+With the C extension (``_hotpath``), the wrappers open and close calls in C, on these same
+lists and dicts; the methods here run on the hook path and for outputs holding dicts or
+dataclasses.
 """
 
 from __future__ import annotations
@@ -146,8 +147,7 @@ class ModuleCalls:
         return self._hot.Calls(
             tracker=self, calls=self.calls, open=self._open, count=self._count, addresses=self._addresses,
             types=self._types, records=self._records, owner=self._owner, above=calls.above, codes=calls.codes,
-            stop=calls.stop, call_type=ModuleCall, tensor_type=_Tensor, py_opened=self._opened,
-            py_closed=self._closed)
+            stop=calls.stop, call_type=ModuleCall, tensor_type=_Tensor, py_closed=self._closed)
 
     def _wrapper(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``forward`` of ``module``, opening and closing a module call around it."""

@@ -46,14 +46,21 @@ def test_the_hot_path_is_built() -> None:
     )
 
 
+class DictOut(nn.Module):
+    def forward(self, x: torch.Tensor, scale: float = 2.0) -> dict:
+        return {"a": x * scale, "b": [x + 1, None, 3]}
+
+
 class Mixed(nn.Module):
-    """Ops of every kind the recorder tells apart, in one forward."""
+    """Ops and module calls of every kind the recorder tells apart, in one forward."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(6, 6)
         self.bn = nn.BatchNorm1d(6)
         self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.cell = nn.LSTMCell(6, 6)
+        self.parts = DictOut()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.lin(x)
@@ -73,6 +80,9 @@ class Mixed(nn.Module):
         out = torch.zeros(4, 6)
         torch.add(g.detach(), 1, out=out)  # out=
         h = F.relu(g, inplace=False) + out + att.squeeze(1)
+        h, c = self.cell(h, (g, out))  # a tensor and a tuple in, a tuple out
+        parts = self.parts(c, scale=3.0)  # a dict out, a keyword in
+        h = self.lin(input=h) + parts["a"] + parts["b"][0]  # no positional argument
         for _ in range(2):  # a loop over one layer
             h = self.lin(h)
         return h.sum() + top.values.sum() + s.sum() + len(x.shape)
