@@ -476,7 +476,8 @@ static PyObject *handler_call(Handler *h, PyObject *call_args, PyObject *call_kw
         PyErr_Clear(); /* not classified yet, or unhashable: the Python path classifies it */
         return fallback(h, call_args, call_kw);
     }
-    if (!PyTuple_CheckExact(names) || PyTuple_GET_SIZE(names) != 3)
+    if (!PyTuple_CheckExact(names) || PyTuple_GET_SIZE(names) != 3 || !PyUnicode_Check(PyTuple_GET_ITEM(names, 0)) ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(names, 1)) || !PyLong_CheckExact(PyTuple_GET_ITEM(names, 2)))
         return fallback(h, call_args, call_kw);
     long kind = PyLong_AsLong(PyTuple_GET_ITEM(names, 2));
     if (kind == KIND_METADATA)
@@ -726,13 +727,15 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     PyObject *mid = PyLong_FromVoidPtr(module);
     if (mid == NULL)
         return NULL;
-    PyObject *address = PyDict_GetItemWithError(c->addresses, mid); /* borrowed */
+    PyObject *address = PyDict_GetItemWithError(c->addresses, mid);
     PyObject *type_name = address ? PyDict_GetItemWithError(c->types, mid) : NULL;
     Py_DECREF(mid);
     if (address == NULL || (type_name == NULL && PyErr_Occurred()))
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    Py_INCREF(address); /* held: Python code runs below */
+    Py_XINCREF(type_name);
     PyObject *result = NULL, *n = NULL, *stack = NULL, *inputs = NULL, *call = NULL, *pair = NULL;
-    PyObject *new_stack = NULL, *walked = NULL, *entry = NULL, *fid = NULL, *type_obj = NULL;
+    PyObject *new_stack = NULL, *walked = NULL, *entry = NULL, *fid = NULL;
     PyObject *sofar = PyDict_GetItemWithError(c->count, address);
     if (sofar == NULL && PyErr_Occurred())
         goto done;
@@ -748,12 +751,8 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     Py_XDECREF(tensors);
     if (bad)
         goto done;
-    if (type_name == NULL) {
-        type_obj = PyType_GetName(Py_TYPE(module));
-        if (type_obj == NULL)
-            goto done;
-        type_name = type_obj;
-    }
+    if (type_name == NULL && (type_name = PyType_GetName(Py_TYPE(module))) == NULL)
+        goto done;
     Py_ssize_t depth = PyTuple_GET_SIZE(stack);
     PyObject *outputs = PyList_New(0);
     PyObject *depth_obj = PyLong_FromSsize_t(depth + 1);
@@ -795,7 +794,8 @@ done:
     Py_XDECREF(new_stack);
     Py_XDECREF(pair);
     Py_XDECREF(call);
-    Py_XDECREF(type_obj);
+    Py_XDECREF(type_name);
+    Py_DECREF(address);
     Py_XDECREF(inputs);
     Py_XDECREF(stack);
     Py_XDECREF(n);
@@ -992,6 +992,10 @@ static PyObject *wrapper_vectorcall(Wrapper *w, PyObject *const *args, size_t na
         return out;
     }
     Py_DECREF(owner);
+    if (!Py_IS_TYPE(PyList_GET_ITEM(w->live, 0), &CallsType)) {
+        PyErr_SetString(PyExc_RuntimeError, "lens_train: a capture's module-call state is not the C one");
+        return NULL;
+    }
     Calls *c = (Calls *)Py_NewRef(PyList_GET_ITEM(w->live, 0));
     PyObject *out = NULL;
     PyObject *positional = PyTuple_New(PyVectorcall_NARGS(nargsf));
