@@ -247,15 +247,10 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         if inplace:
             self.copy_on_write(inplace_target(args, kwargs))
         result, elapsed = self._timed(func, args, kwargs, names, parents, params)
-        outputs = op_outputs(name, args, kwargs, result)
-        if outputs:
-            first = len(self.records)
-            self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
-            if context is not None:
-                for rec in self.records[first:]:
-                    rec.replay_context = context
-            if plan.edits is not None:
-                result = self._edit_op(first, result)
+        first = len(self.records)
+        if self._record_outputs(func, names, args, kwargs, result, parents, params, elapsed, rng, template, context,
+                                inplace) and plan.edits is not None:
+            result = self._edit_op(first, result)
         if names[1] in HIDDEN_BUFFER_WRITERS:
             self._forget_buffers(args, kwargs)
         return result
@@ -271,15 +266,17 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         return result, _perf() - start
 
     def _record_outputs(self, func, names, args, kwargs, result, parents, params, elapsed,  # noqa: ANN001
-                        rng=None, template=None, context=None) -> None:  # noqa: ANN001
-        """The records of an op (not in place) whose result is not one tensor (also called by the C hot path)."""
+                        rng=None, template=None, context=None, inplace=False) -> bool:  # noqa: ANN001
+        """The records of an op's outputs, if it has any (the C hot path calls this for results it does not take)."""
         outputs = op_outputs(names[0], args, kwargs or {}, result)
-        if outputs:
-            first = len(self.records)
-            self._record_op(func, names, outputs, parents, params, elapsed, False, rng, template)
-            if context is not None:
-                for rec in self.records[first:]:
-                    rec.replay_context = context
+        if not outputs:
+            return False
+        first = len(self.records)
+        self._record_op(func, names, outputs, parents, params, elapsed, inplace, rng, template)
+        if context is not None:
+            for rec in self.records[first:]:
+                rec.replay_context = context
+        return True
 
     def _record_one(self, func, names, t, parents, params, elapsed) -> None:  # noqa: ANN001
         """:meth:`_record_op` for the common op: one output, not in place, no templates, RNG states or edits."""
