@@ -42,6 +42,8 @@ from capture_parts import (  # noqa: E402
 )
 from models import issue15_models  # noqa: E402
 
+from lens_train.capture import recorder  # noqa: E402
+
 TARGETS = {"transformer4": 2.0, "transformer24": 2.5, "cnn5": 1.4, "lstm_loop": 2.0}
 META_TARGETS = {"transformer4": 1.6}
 FLAT_TARGET = 1.3  # per-op cost of transformer24 / transformer4 ("flat from 4 to 24 blocks")
@@ -131,7 +133,9 @@ def target_text(name: str, mode: str, full: float, meta: float) -> str:
 
 def print_device(device: torch.device, args: argparse.Namespace) -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU, 1 thread"
-    print(f"\ncapture overhead on {where}; torch {torch.__version__}; repeats={args.repeats}, runs={args.runs}")
+    hot = "on" if recorder._hotpath is not None else "off (LENS_TRAIN_PURE_PYTHON, or not built)"
+    print(f"\ncapture overhead on {where}; torch {torch.__version__}; C hot path {hot}; repeats={args.repeats}, "
+          f"runs={args.runs}")
 
 
 def print_rows(cases: list[Case], rows: dict) -> None:
