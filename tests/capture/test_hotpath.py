@@ -1,4 +1,4 @@
-"""The C hot path (``lens_train/capture/_hotpath.c``) and the Python path capture alike.
+"""The C hot path (``lens_train/capture/_hotpath*.c``) and the Python path capture alike.
 
 The recorder runs the common op in C when the extension is built and every other case in
 Python; these tests run the same captures with the extension switched off and compare

@@ -1,0 +1,50 @@
+/* What the parts of lens_train.capture._hotpath share (see _hotpath.c). */
+#ifndef LENS_TRAIN_HOTPATH_H
+#define LENS_TRAIN_HOTPATH_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x030B0000
+#error "the C hot path needs Python 3.11 or newer (the Python path runs elsewhere)"
+#endif
+
+#if defined(__GNUC__)
+#define HP_HIDDEN __attribute__((visibility("hidden"))) /* never bound to another library's symbol */
+#else
+#define HP_HIDDEN
+#endif
+
+/* interned attribute names, and the int 1 (set up by PyInit__hotpath) */
+HP_HIDDEN extern PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version, *s_rec_version, *s_detach,
+    *s_tensor_ref, *s_index, *s_framework, *s_stack, *s_op_count, *s_time_s, *s_is_internally_generated,
+    *s_grad_fn_name, *s_activation, *s_transformed_activation, *s_inplace, *s_out, *s_setitem,
+    *s_batchnorm, *s_instancenorm, *s_last_op, *s_address, *s_pass_num, *s_output_of_modules,
+    *s_output_records, *s_self, *s_forward, *s_call_template, *s_replay_context, *s_rng_state;
+HP_HIDDEN extern PyObject *hp_one;
+
+/* the raw call site from frame ``f`` up to code ``stop`` (callsites.find_callsite) */
+HP_HIDDEN PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f);
+/* obj.name = value, stealing value (NULL: an error already set) */
+HP_HIDDEN int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value);
+/* *found = the record in ``owner`` of that very tensor (borrowed) or NULL; -1 on error */
+HP_HIDDEN int hp_lookup(PyObject *owner, PyObject *t, PyObject **found);
+
+/* The types here keep their object fields together right after the object head, so one set of
+ * functions serves them all: ``n`` fields from the first one. */
+#define HP_FIELDS(type, first, last) ((offsetof(type, last) - offsetof(type, first)) / sizeof(PyObject *) + 1)
+HP_HIDDEN PyObject *hp_alloc(PyTypeObject *type, PyObject *const *values, Py_ssize_t n); /* new refs to values */
+HP_HIDDEN int hp_traverse(PyObject *self, Py_ssize_t n, visitproc visit, void *arg);
+HP_HIDDEN int hp_clear(PyObject *self, Py_ssize_t n);
+HP_HIDDEN void hp_dealloc(PyObject *self, Py_ssize_t n);
+/* prefix_traverse, prefix_clear, prefix_dealloc of a type with ``n`` object fields */
+#define HP_GC_FUNCTIONS(prefix, n)                                                                                     \
+    static int prefix##_traverse(PyObject *self, visitproc visit, void *arg) { return hp_traverse(self, n, visit, arg); } \
+    static int prefix##_clear(PyObject *self) { return hp_clear(self, n); }                                           \
+    static void prefix##_dealloc(PyObject *self) { hp_dealloc(self, n); }
+
+HP_HIDDEN extern PyTypeObject HandlerType; /* _hotpath_ops.c */
+HP_HIDDEN extern PyTypeObject CallsType, WrapperType; /* _hotpath_calls.c */
+
+#endif
