@@ -76,10 +76,10 @@ class ModuleCalls:
         self._count: dict[str, int] = {}
         self._hooked: list[nn.Module] = []
         self._wrapped: list[tuple[nn.Module, Any, Any]] = []  # (module, its own forward attribute or _ABSENT, wrapper)
-        self._live: list[Any] = []  # [open, close] while attached: what the wrappers call
+        self._live: list[Any] = []  # while attached, what the wrappers call: [C call state] or [open, close]
         self._hook_id = -1
         # the C extension (lens_train.capture._hotpath) and the owner map it looks tensors up in:
-        # wrappers then open and close the common call in C (no edits, call sites walked)
+        # wrappers then open and close calls in C (not under module edits: those stay in Python)
         self._hot = hot if owner is not None and open_calls is not None else None
         self._owner = owner
         self._modules = modules if modules is not None else walk_modules(model)

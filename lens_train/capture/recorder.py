@@ -6,7 +6,7 @@ and removes everything it installed on every exit path. The hot path
 (``__torch_function__``) only looks up parents, runs the op, and appends records;
 call sites come from :mod:`~lens_train.capture.callsites`, and labels and structure
 are derived afterwards. Where the C extension ``_hotpath`` is built, its handler does
-the same for the common op (one tensor output, not in place) and calls the method for
+the same for the common op (not in place, tensors out) and calls the method for
 everything else.
 
 Granularity (:mod:`lens_train.capture.calls` decides it): an operation is a torch-level

@@ -336,8 +336,8 @@ def _perturbations(v: torch.Tensor, noise: _Noise | None = None, key: Any = None
     noise = _Noise() if noise is None else noise
     scale = noise.scale(v, key)
     for i, sign in enumerate((1.0, -1.0)):  # few kernels: these run for every parent of every op
-        yield v + noise.pattern(v, i, v.dtype) * (sign * 2.0 * scale)  # (a scale past the dtype's range: inf)
-    yield noise.pattern(v, 2, v.dtype) * (4.0 * scale)
+        yield v + noise.pattern(v, i) * (sign * 2.0 * scale)  # (a scale past the dtype's range: inf)
+    yield noise.pattern(v, 2) * (4.0 * scale)
 
 
 class _Noise:
@@ -363,9 +363,9 @@ class _Noise:
                 self._scales[key] = found
         return found
 
-    def pattern(self, v: torch.Tensor, i: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The ``i``-th pattern (0, 1: uniform in [1, 2); 2: standard normal) for ``v``'s shape, on its device."""
-        key = (tuple(v.shape), v.device, dtype)
+    def pattern(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        """The ``i``-th pattern (0, 1: uniform in [1, 2); 2: standard normal) for ``v``'s shape, device and dtype."""
+        key = (tuple(v.shape), v.device, v.dtype)
         entry = self._drawn.get(key)
         if entry is None:
             entry = (torch.Generator().manual_seed(v.numel()), [])
@@ -375,7 +375,7 @@ class _Noise:
         gen, drawn = entry
         while len(drawn) <= i:
             t = torch.rand(v.shape, generator=gen) + 1.0 if len(drawn) < 2 else torch.randn(v.shape, generator=gen)
-            drawn.append(t.to(v.device, dtype))
+            drawn.append(t.to(v.device, v.dtype))
         return drawn[i]
 
 
