@@ -15,7 +15,7 @@ PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version
     *s_is_internally_generated, *s_grad_fn_name, *s_activation, *s_transformed_activation,
     *s_inplace, *s_out, *s_setitem, *s_batchnorm, *s_instancenorm, *s_last_op, *s_address,
     *s_pass_num, *s_output_of_modules, *s_output_records, *s_self, *s_forward, *s_call_template,
-    *s_replay_context, *s_rng_state;
+    *s_replay_context, *s_rng_state, *s_callsite, *s_frames;
 PyObject *hp_one;
 
 /* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
@@ -140,8 +140,152 @@ static PyObject *py_walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return hp_walk(args[0], args[1], args[2], (PyFrameObject *)args[3]);
 }
 
+/* The caches of one callsites.resolve_callsites (see callsites._site, which this follows). */
+typedef struct {
+    PyObject *codes, *sites, *done, *aboves;
+    PyObject *walks;        /* callsites._WALKS: raw flat walk -> (key, frames), shared by every capture */
+    PyObject *resolve_walk; /* callsites._resolve_walk(raw, codes), for a walk _WALKS does not hold */
+} Sites;
+
+/* (key, frames) of a flat walk (new reference) */
+static PyObject *flat_walk(Sites *c, PyObject *raw) {
+    PyObject *found = PyDict_GetItemWithError(c->walks, raw);
+    if (found != NULL)
+        return Py_NewRef(found);
+    return PyErr_Occurred() ? NULL : PyObject_CallFunctionObjArgs(c->resolve_walk, raw, c->codes, NULL);
+}
+
+/* (a[0] + b[0], a[1] + b[1]) of two (key, frames) pairs */
+static PyObject *join(PyObject *a, PyObject *b) {
+    if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2 || !PyTuple_CheckExact(b) || PyTuple_GET_SIZE(b) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a resolved walk is a (key, frames) tuple");
+        return NULL;
+    }
+    PyObject *key = PySequence_Concat(PyTuple_GET_ITEM(a, 0), PyTuple_GET_ITEM(b, 0));
+    PyObject *frames = key ? PySequence_Concat(PyTuple_GET_ITEM(a, 1), PyTuple_GET_ITEM(b, 1)) : NULL;
+    PyObject *out = frames ? PyTuple_Pack(2, key, frames) : NULL;
+    Py_XDECREF(key);
+    Py_XDECREF(frames);
+    return out;
+}
+
+/* sites.setdefault(key, len(sites)) (new reference) */
+static PyObject *site_number(Sites *c, PyObject *key) {
+    PyObject *n = PyLong_FromSsize_t(PyDict_GET_SIZE(c->sites));
+    PyObject *number = n ? PyDict_SetDefault(c->sites, key, n) : NULL;
+    Py_XDECREF(n);
+    return Py_XNewRef(number);
+}
+
+static int is_shared(PyObject *raw) { /* (own walk, walk above), not a flat walk of ints */
+    return PyTuple_CheckExact(raw) && PyTuple_GET_SIZE(raw) == 2 && PyTuple_CheckExact(PyTuple_GET_ITEM(raw, 0));
+}
+
+/* callsites._shared_walk: (walk, number of its key, (key, frames)), once per walk object (borrowed from aboves) */
+static PyObject *shared_walk(Sites *c, PyObject *walk) {
+    PyObject *id = PyLong_FromVoidPtr(walk);
+    if (id == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(c->aboves, id);
+    if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 3 && PyTuple_GET_ITEM(entry, 0) == walk) {
+        Py_DECREF(id);
+        return entry;
+    }
+    PyObject *resolved = NULL, *number = NULL;
+    entry = NULL;
+    if (PyErr_Occurred())
+        goto done;
+    if (is_shared(walk)) {
+        PyObject *inner = flat_walk(c, PyTuple_GET_ITEM(walk, 0));
+        PyObject *outer = inner ? shared_walk(c, PyTuple_GET_ITEM(walk, 1)) : NULL;
+        resolved = outer ? join(inner, PyTuple_GET_ITEM(outer, 2)) : NULL;
+        Py_XDECREF(inner);
+    } else {
+        resolved = flat_walk(c, walk);
+    }
+    if (resolved == NULL || !PyTuple_CheckExact(resolved) || PyTuple_GET_SIZE(resolved) != 2)
+        goto done;
+    number = site_number(c, PyTuple_GET_ITEM(resolved, 0));
+    PyObject *made = number ? PyTuple_Pack(3, walk, number, resolved) : NULL;
+    if (made != NULL && PyDict_SetItem(c->aboves, id, made) == 0)
+        entry = made; /* the dict holds it */
+    Py_XDECREF(made);
+done:
+    Py_DECREF(id);
+    Py_XDECREF(resolved);
+    Py_XDECREF(number);
+    return entry;
+}
+
+/* callsites._site: (site number, user frames) of one raw site (new reference) */
+static PyObject *resolve_site(Sites *c, PyObject *raw) {
+    PyObject *own = raw, *outer = NULL, *seen;
+    if (is_shared(raw)) {
+        own = PyTuple_GET_ITEM(raw, 0);
+        outer = shared_walk(c, PyTuple_GET_ITEM(raw, 1));
+        if (outer == NULL)
+            return NULL;
+        seen = PyTuple_Pack(2, own, PyTuple_GET_ITEM(outer, 1));
+        if (seen == NULL)
+            return NULL;
+    } else {
+        seen = Py_NewRef(raw);
+    }
+    PyObject *found = Py_XNewRef(PyDict_GetItemWithError(c->done, seen));
+    if (found == NULL && !PyErr_Occurred()) {
+        PyObject *resolved = flat_walk(c, own);
+        PyObject *pair = resolved && outer ? join(resolved, PyTuple_GET_ITEM(outer, 2)) : Py_XNewRef(resolved);
+        PyObject *number = pair && PyTuple_CheckExact(pair) && PyTuple_GET_SIZE(pair) == 2
+                               ? site_number(c, PyTuple_GET_ITEM(pair, 0)) : NULL;
+        found = number ? PyTuple_Pack(2, number, PyTuple_GET_ITEM(pair, 1)) : NULL;
+        if (found != NULL && PyDict_SetItem(c->done, seen, found) < 0)
+            Py_CLEAR(found);
+        Py_XDECREF(resolved);
+        Py_XDECREF(pair);
+        Py_XDECREF(number);
+    }
+    Py_DECREF(seen);
+    if (found != NULL && (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2)) {
+        PyErr_SetString(PyExc_TypeError, "a resolved call site is a (number, frames) tuple");
+        Py_CLEAR(found);
+    }
+    return found;
+}
+
+/* resolve_sites(records, codes, sites, done, aboves, walks, resolve_walk): callsites.resolve_callsites's loop */
+static PyObject *py_resolve_sites(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) || !PyDict_Check(args[3]) ||
+        !PyDict_Check(args[4]) || !PyDict_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "resolve_sites(records: list, codes, sites: dict, done: dict, aboves: dict, walks: dict, resolve_walk)");
+        return NULL;
+    }
+    Sites c = {args[1], args[2], args[3], args[4], args[5], args[6]};
+    PyObject *records = args[0];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = Py_NewRef(PyList_GET_ITEM(records, i));
+        PyObject *frames = PyObject_GetAttr(rec, s_frames), *raw = NULL, *found = NULL;
+        int failed = frames == NULL;
+        if (frames == Py_None) {
+            raw = PyObject_GetAttr(rec, s_callsite);
+            found = raw ? resolve_site(&c, raw) : NULL;
+            failed = found == NULL || PyObject_SetAttr(rec, s_callsite, PyTuple_GET_ITEM(found, 0)) < 0 ||
+                     PyObject_SetAttr(rec, s_frames, PyTuple_GET_ITEM(found, 1)) < 0;
+        }
+        Py_XDECREF(frames);
+        Py_XDECREF(raw);
+        Py_XDECREF(found);
+        Py_DECREF(rec);
+        if (failed)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef functions[] = {
     {"walk", (PyCFunction)(void (*)(void))py_walk, METH_FASTCALL, "The raw call site from frame up to code stop."},
+    {"resolve_sites", (PyCFunction)(void (*)(void))py_resolve_sites, METH_FASTCALL,
+     "The loop of callsites.resolve_callsites."},
     {NULL},
 };
 
@@ -184,7 +328,9 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_forward, "forward"},
                    {&s_call_template, "call_template"},
                    {&s_replay_context, "replay_context"},
-                   {&s_rng_state, "rng_state"}};
+                   {&s_rng_state, "rng_state"},
+                   {&s_callsite, "callsite"},
+                   {&s_frames, "frames"}};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
         if (*strings[i].slot == NULL)
@@ -197,7 +343,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 5) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 6) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

@@ -21,7 +21,8 @@ HP_HIDDEN extern PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_gr
     *s_tensor_ref, *s_index, *s_framework, *s_stack, *s_op_count, *s_time_s, *s_is_internally_generated,
     *s_grad_fn_name, *s_activation, *s_transformed_activation, *s_inplace, *s_out, *s_setitem,
     *s_batchnorm, *s_instancenorm, *s_last_op, *s_address, *s_pass_num, *s_output_of_modules,
-    *s_output_records, *s_self, *s_forward, *s_call_template, *s_replay_context, *s_rng_state;
+    *s_output_records, *s_self, *s_forward, *s_call_template, *s_replay_context, *s_rng_state,
+    *s_callsite, *s_frames;
 HP_HIDDEN extern PyObject *hp_one;
 
 /* the raw call site from frame ``f`` up to code ``stop`` (callsites.find_callsite) */

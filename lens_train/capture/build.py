@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -86,7 +87,8 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     meta["sharding_ops"] = sum(1 for rec in records if side[rec.index] and rec.framework)
     meta.update(num_params_total=sum(info[2] for info in param_info.values()), num_param_tensors=len(param_info),
                 param_bytes_total=sum(info[3] for info in param_info.values()))
-    return ModelLog(type(model).__name__, layers, _modules(recorder, counts, pass_label, side), meta, keys)
+    table = partial(_modules, records, recorder.module_calls, counts, pass_label, side)  # made when first read
+    return ModelLog(type(model).__name__, layers, table, meta, keys)
 
 
 def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys) -> list[LayerLog]:
@@ -344,13 +346,15 @@ def _structure(records: list[Any], data: list[Any], groups: list[LayerGroup]) ->
     }
 
 
-def _modules(recorder: Recorder, counts: dict[str, int], labels: list[str], side: bytearray) -> ModuleTable:
+def _modules(records: list[Any], calls: list[Any], counts: dict[str, int], labels: list[str],
+             side: bytearray) -> ModuleTable:
+    """``log.modules`` of a capture: its module calls (``calls``) with the labels of their inputs and outputs."""
     table = ModuleTable()
     updates: dict[tuple[str, int], list[str]] = {}
-    for rec in recorder.records:
+    for rec in records:
         if side[rec.index] and rec.buffer_write is not None and rec.module_stack:
             updates.setdefault(rec.module_stack[-1], []).append(labels[rec.index])
-    for call in recorder.module_calls:
+    for call in calls:
         mod = table.get(call.address)
         if mod is None:
             mod = ModuleLog(call.address, call.module_type, call.depth, counts.get(call.address, 0))

@@ -201,7 +201,8 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     return found
 
 
-def resolve_callsites(records: Any, codes: dict[int, Any], sites: dict[tuple, int] | None = None) -> None:
+def resolve_callsites(records: Any, codes: dict[int, Any], sites: dict[tuple, int] | None = None,
+                      loop: Any = None) -> None:
     """Give every record whose call site is still raw its site number and user frames.
 
     The number stands for the call-site key (see :func:`resolve_callsite`) in ``sites``
@@ -209,26 +210,39 @@ def resolve_callsites(records: Any, codes: dict[int, Any], sites: dict[tuple, in
     compares small numbers, not long keys. Each distinct walk is resolved once: the
     walk above each module call (shared by every op inside it) and each op's own walk
     up to it, and the records of one statement in every call of a module share their
-    number and frames.
+    number and frames. ``loop``: the C version of this function's loop and :func:`_site`
+    (``_hotpath.resolve_sites``), which calls :func:`_resolve_walk` for walks not resolved before.
     """
     sites = {} if sites is None else sites
     done: dict[Any, tuple[int, tuple]] = {}
     aboves: dict[int, tuple[Any, int, tuple]] = {}
+    if loop is not None:
+        loop(records, codes, sites, done, aboves, _WALKS, _resolve_walk)
+        return
     for rec in records:
         if rec.frames is None:
-            raw = rec.callsite
-            if raw and type(raw[0]) is tuple:
-                own, above = raw
-                outer = _shared_walk(above, codes, aboves, sites)
-                seen: Any = (own, outer[1])  # the walk above by the number of its key: equal walks meet
-            else:
-                own, outer, seen = raw, None, raw
-            found = done.get(seen)
-            if found is None:
-                resolved = _resolve_walk(own, codes)
-                key, frames = _join(resolved, outer[2]) if outer is not None else resolved
-                found = done[seen] = (sites.setdefault(key, len(sites)), frames)
-            rec.callsite, rec.frames = found
+            rec.callsite, rec.frames = _site(rec.callsite, codes, sites, done, aboves)
+
+
+def _site(raw: tuple, codes: dict[int, Any], sites: dict[tuple, int], done: dict[Any, tuple[int, tuple]],
+          aboves: dict[int, tuple[Any, int, tuple]]) -> tuple[int, tuple]:
+    """(site number, user frames) of one raw site, through the caches of one :func:`resolve_callsites`.
+
+    ``done`` is keyed by the raw walk, or for a walk that ends in a shared one by
+    ``(own walk, number of the walk above)`` (equal walks above meet there).
+    """
+    if raw and type(raw[0]) is tuple:
+        own, above = raw
+        outer = _shared_walk(above, codes, aboves, sites)
+        seen: Any = (own, outer[1])
+    else:
+        own, outer, seen = raw, None, raw
+    found = done.get(seen)
+    if found is None:
+        resolved = _resolve_walk(own, codes)
+        key, frames = _join(resolved, outer[2]) if outer is not None else resolved
+        found = done[seen] = (sites.setdefault(key, len(sites)), frames)
+    return found
 
 
 def _shared_walk(walk: tuple, codes: dict[int, Any], aboves: dict[int, tuple[Any, int, tuple]],

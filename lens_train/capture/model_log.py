@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from ..errors import LayerNotFoundError, suggestion_text
-from .layer_log import LayerLog
+from .layer_log import FILL_LOCK, LayerLog
 from .lookup import KeyMap, LayerKeys, resolve, select
 from .outlets import export_table
 from .printing import format_model_log
@@ -73,11 +73,13 @@ class ModelLog:
         True
     """
 
-    def __init__(self, model_name: str, layers: list[LayerLog], modules: ModuleTable, meta: dict[str, Any],
-                 keys: LayerKeys | None = None) -> None:
+    def __init__(self, model_name: str, layers: list[LayerLog], modules: ModuleTable | Callable[[], ModuleTable],
+                 meta: dict[str, Any], keys: LayerKeys | None = None) -> None:
+        """``modules``: the table, or a function that makes it (called once, when ``log.modules`` is first read)."""
         self.model_name = model_name
         self.layers = layers
-        self.modules = modules
+        self._module_table: ModuleTable | None = modules if isinstance(modules, ModuleTable) else None
+        self._module_source = None if isinstance(modules, ModuleTable) else modules
         self.meta = meta
         self.random_seed: int | None = meta.get("random_seed")
         self.elapsed_s: float = meta.get("elapsed_s", 0.0)
@@ -96,6 +98,22 @@ class ModelLog:
     @property
     def _keys(self) -> KeyMap:
         return self._key_index.map
+
+    @property
+    def modules(self) -> ModuleTable:
+        """Module address -> :class:`ModuleLog` of every module called (made when first read)."""
+        table = self._module_table
+        if table is None:
+            with FILL_LOCK:
+                if self._module_table is None:
+                    self._module_table = self._module_source()
+                    self._module_source = None
+            table = self._module_table
+        return table
+
+    @modules.setter
+    def modules(self, table: ModuleTable) -> None:
+        self._module_table, self._module_source = table, None
 
     # -- lookup -----------------------------------------------------------------------
     def __getitem__(self, key: str | int) -> LayerLog:

@@ -68,7 +68,7 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str],
             buckets[key] = [index]
         else:
             members.append(index)
-    ctx = _LoopContext(records, buckets, param_modules)
+    ctx = None  # made for the first place that repeats without parameters (many models have none)
     groups: list[LayerGroup] = []
     interleaved = False  # a bucket split into several layers: groups are no longer in order of first pass
     for members in buckets.values():
@@ -76,6 +76,8 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str],
         if len(members) == 1 or first.param_ids:  # (a source's key is unique: always one member)
             groups.append(LayerGroup(members, first.layer_type))
         else:
+            if ctx is None:
+                ctx = _LoopContext(records, buckets, param_modules)
             split = _split_loops(ctx, members)
             interleaved = interleaved or len(split) > 1
             groups.extend(split)

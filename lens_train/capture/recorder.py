@@ -59,7 +59,7 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 5  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
+HOT_PATH_ABI = 6  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:
@@ -207,7 +207,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
 
     def resolve_callsites(self, extra: list[OpRecord] | None = None) -> None:
         """Turn the raw call sites of the records (and ``extra`` ones) into site numbers and user frames."""
-        resolve_callsites(self.records if extra is None else [*self.records, *extra], self._codes, self._sites)
+        resolve_callsites(self.records if extra is None else [*self.records, *extra], self._codes, self._sites,
+                          _hotpath.resolve_sites if _hotpath is not None else None)
 
     # -- the hot path ---------------------------------------------------------------
     def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001
