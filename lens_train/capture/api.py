@@ -172,8 +172,9 @@ def check_supported(model: Any) -> tuple[tuple[str, nn.Module], ...]:
         shown = "" if "\n" in repr(model) or len(repr(model)) > 60 else f" {model!r}"
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{shown}.{hint}")
     modules = walk_modules(model)
+    script = torch.jit.ScriptModule
     for address, m in modules:
-        if isinstance(m, torch.jit.ScriptModule):
+        if isinstance(m, script):
             raise UnsupportedModelError(
                 f"TorchScript modules cannot be logged{_at(address)}: their ops run outside Python. "
                 "Log the original nn.Module instead of the torch.jit.script/trace result."
@@ -316,9 +317,10 @@ class BufferSwap:
 
     def __init__(self, model: nn.Module, modules: Any = None) -> None:
         """``modules``: ``(address, module)`` pairs of ``model`` when the caller walked it already."""
-        seen: set[int] = set()
-        self._saved = [(m, dict(m._buffers)) for _, m in (modules if modules is not None else walk_modules(model))
-                       if not (id(m) in seen or seen.add(id(m)))]
+        unique = {id(m): m for _, m in (modules if modules is not None else walk_modules(model))}.values()
+        self._saved = [(m, dict(m._buffers)) for m in unique if m._buffers]
+        # modules without buffers (most): any a pass gives them is dropped, as a new buffer of the others
+        self._bare = [m for m in unique if not m._buffers]
 
     def __enter__(self) -> BufferSwap:
         try:
@@ -333,6 +335,7 @@ class BufferSwap:
 
     def swap_in(self) -> None:
         """Give every module fresh clones of its original buffers (callable again between passes)."""
+        self._drop_bare()
         clones: dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for module, buffers in self._saved:
@@ -346,9 +349,15 @@ class BufferSwap:
 
     def restore(self) -> None:
         """Put the original buffer objects back (undoing reassignment and new buffers too)."""
+        self._drop_bare()
         for module, buffers in self._saved:
             self._drop_new(module, buffers)
             module._buffers.update(buffers)
+
+    def _drop_bare(self) -> None:
+        for module in self._bare:
+            if module._buffers:
+                module._buffers.clear()
 
     @staticmethod
     def _drop_new(module: nn.Module, buffers: dict) -> None:

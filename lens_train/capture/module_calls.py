@@ -104,18 +104,20 @@ class ModuleCalls:
         wrap = not _global_hooks()
         self._live[:] = (self._hot_calls(),) if self._hot is not None and self.edit_output is None else (
             self._opened, self._closed)
-        seen = {id(self.model)}
-        hooked = self._hooked
-        for _, module in self._modules:
-            if id(module) in seen:
+        hooked, wrapped, live = self._hooked, self._wrapped, self._live
+        root = self.model
+        # calls tracked in C: its version of _wrapper's tracked_forward (it passes torch's frame, not its own)
+        hot = self._hot.Wrapper if len(live) == 1 else None
+        for module in {id(m): m for _, m in self._modules}.values():
+            if module is root:
                 continue
-            seen.add(id(module))
             if wrap and not (module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
                              or module._backward_pre_hooks):
                 state = module.__dict__
-                wrapper = self._wrapper(module, module.forward)
+                wrapper = (hot(module, module.forward, live, _CALL_IMPL, _CALL_WITH_HOOKS) if hot is not None
+                           else self._wrapper(module, module.forward))
                 # listed before installing: detach() also undoes a half-finished attach()
-                self._wrapped.append((module, state.get("forward", _ABSENT), wrapper))
+                wrapped.append((module, state.get("forward", _ABSENT), wrapper))
                 state["forward"] = wrapper
                 continue
             hooked.append(module)  # before installing: detach() also undoes a half-finished attach()
@@ -152,8 +154,6 @@ class ModuleCalls:
     def _wrapper(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``forward`` of ``module``, opening and closing a module call around it."""
         live = self._live  # emptied by detach(): a wrapper a copy of the module kept holds nothing of the capture
-        if len(live) == 1:  # the C version of tracked_forward below (it passes torch's frame, not its own)
-            return self._hot.Wrapper(module, forward, live, _CALL_IMPL, _CALL_WITH_HOOKS)
 
         def tracked_forward(*args: Any, **kwargs: Any) -> Any:
             # (no local holds this frame: a frame holding itself would outlive the call, with its tensors)
