@@ -165,3 +165,36 @@ def test_once_every_layer_is_filled_the_records_go_and_lookups_still_work():
     log.layers[-1].parent_layers  # noqa: B018
     assert source.records is None and source.data is None
     assert log["1"].layer_label == "relu_1_2" and log["relu_1_2"].lookup_keys[:2] == ["1:1", "1"]
+
+
+class _Blocks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(2))
+        self.register_buffer("step", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.step += 1
+        for block in self.blocks:
+            x = block(x) + block(x)
+        return x
+
+
+def _module_table(log) -> dict:
+    return {a: (m.module_type, m.depth, m.num_params, m.calls) for a, m in log.modules.items()}
+
+
+def test_module_table_is_made_on_first_read_from_the_capture_alone():
+    torch.manual_seed(0)
+    model = _Blocks().train()
+    with torch.no_grad():  # (a log whose output is graph-connected cannot be deep-copied)
+        eager = lt.log_forward_pass(model, torch.ones(2, 4))
+        expected = _module_table(eager)
+        log = lt.log_forward_pass(model, torch.ones(2, 4))
+    assert log._module_table is None  # not made by the capture
+    clone = copy.deepcopy(log)
+    model.blocks[0] = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU())  # the model changes before the read
+    assert _module_table(log) == expected == _module_table(clone)
+    assert log.modules is log.modules
+    assert [len(expected[a][3]) for a in ("blocks.0", "blocks.0.0", "blocks.1.1")] == [2, 2, 2]
+    assert log.modules["blocks.1:2"]["inputs"] == log.modules["blocks.1:1"]["inputs"] == ["add_1_5"]
