@@ -343,7 +343,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 6) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 7) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

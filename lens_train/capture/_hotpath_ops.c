@@ -25,6 +25,7 @@ static double now(void) {
 
 
 enum { KIND_OP = 0, KIND_METADATA = 2 };
+enum { RECORD_ARGS = 14, MAX_SLOTS = 96 };
 
 typedef struct {
     PyObject_HEAD
@@ -51,6 +52,10 @@ typedef struct {
     PyObject *template_fn;   /* None, or fn(args, kwargs) -> call template (replayable captures) */
     PyObject *context_fn;    /* None, or fn() -> grad mode and autocast regions, with templates */
     PyObject *rng_fn;        /* None, or fn() -> random-number states */
+    PyObject *record_proto;  /* None, or an OpRecord its __init__ made: the defaults of new records (see make_record) */
+    PyObject *record_init;   /* the names of OpRecord.__init__'s first RECORD_ARGS arguments */
+    Py_ssize_t n_slots;      /* OpRecord's slots, or -1: new records are made by calling OpRecord */
+    Py_ssize_t slots[MAX_SLOTS]; /* their offsets: the RECORD_ARGS arguments first, in order */
     int save_all;
     int detach;              /* saved values are detached (not train mode) */
     int save_raw;
@@ -257,6 +262,53 @@ static int set_extras(PyObject *rec, const Extras *x) {
                : 0;
 }
 
+/* A new OpRecord from its first RECORD_ARGS fields: its slots are filled as OpRecord(*values) fills
+ * them (every other slot from the prototype: the defaults), without running the Python __init__.
+ * recorder.py passes a prototype only for a dataclass whose __init__ just stores its arguments. */
+static PyObject *make_record(Handler *h, PyObject *const *values) {
+    if (h->n_slots < 0)
+        return PyObject_Vectorcall(h->record_type, values, RECORD_ARGS, NULL);
+    PyTypeObject *type = (PyTypeObject *)h->record_type;
+    PyObject *rec = type->tp_alloc(type, 0);
+    if (rec == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < h->n_slots; i++) {
+        PyObject *v = i < RECORD_ARGS ? values[i] : *(PyObject **)((char *)h->record_proto + h->slots[i]);
+        *(PyObject **)((char *)rec + h->slots[i]) = Py_XNewRef(v);
+    }
+    return rec;
+}
+
+/* The slot offsets of make_record, or n_slots = -1 where the type is not laid out as expected. */
+static void find_slots(Handler *h) {
+    h->n_slots = -1;
+    PyTypeObject *type = (PyTypeObject *)h->record_type;
+    PyMemberDef *members = type->tp_members;
+    if (h->record_proto == Py_None || Py_TYPE(h->record_proto) != type || members == NULL ||
+        !PyTuple_CheckExact(h->record_init) || PyTuple_GET_SIZE(h->record_init) != RECORD_ARGS)
+        return;
+    Py_ssize_t n = 0, found = 0;
+    for (; members[n].name != NULL; n++)
+        if (n >= MAX_SLOTS || members[n].type != T_OBJECT_EX || (members[n].flags & READONLY))
+            return;
+    if (n < RECORD_ARGS || type->tp_basicsize != (Py_ssize_t)sizeof(PyObject) + n * (Py_ssize_t)sizeof(PyObject *))
+        return; /* the slots are all there is (no __dict__, no __weakref__, no base class fields) */
+    Py_ssize_t rest = RECORD_ARGS;
+    for (Py_ssize_t m = 0; m < n; m++) {
+        Py_ssize_t at = -1;
+        for (Py_ssize_t i = 0; i < RECORD_ARGS; i++) {
+            PyObject *name = PyTuple_GET_ITEM(h->record_init, i);
+            if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, members[m].name) == 0)
+                at = i;
+        }
+        if (at >= 0)
+            found++;
+        h->slots[at >= 0 ? at : rest++] = members[m].offset;
+    }
+    if (found == RECORD_ARGS && rest == n)
+        h->n_slots = n;
+}
+
 /* One record: tensor ``t``, output ``out_index`` of op ``op_id`` (Recorder._record_one / _record_op + _finish). */
 static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *t, PyObject *op_id, PyObject *out_index,
                          PyObject *parents, PyObject *params, PyObject *callsite, PyObject *stack, PyObject *elapsed,
@@ -270,9 +322,9 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
     PyObject *rec = NULL, *key = NULL;
     if (!index || !shape || !dtype || !device)
         goto done;
-    PyObject *argv[14] = {index, PyTuple_GET_ITEM(names, 0), PyTuple_GET_ITEM(names, 1), func, op_id, out_index,
-                          parents, stack, callsite, Py_None, params, shape, dtype, device};
-    rec = PyObject_Vectorcall(h->record_type, argv, 14, NULL);
+    PyObject *argv[RECORD_ARGS] = {index, PyTuple_GET_ITEM(names, 0), PyTuple_GET_ITEM(names, 1), func, op_id, out_index,
+                                   parents, stack, callsite, Py_None, params, shape, dtype, device};
+    rec = make_record(h, argv);
     if (rec == NULL)
         goto done;
     if (PyObject_SetAttr(rec, s_time_s, elapsed) < 0 || set_extras(rec, extras) < 0)
@@ -469,7 +521,7 @@ done:
     return result;
 }
 
-#define HANDLER_FIELDS HP_FIELDS(Handler, recorder, rng_fn)
+#define HANDLER_FIELDS HP_FIELDS(Handler, recorder, record_init)
 _Static_assert(offsetof(Handler, recorder) == sizeof(PyObject), "Handler's object fields follow the head");
 
 HP_GC_FUNCTIONS(handler, HANDLER_FIELDS)
@@ -478,19 +530,21 @@ static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"recorder", "fallback", "link", "note_failure", "record_outputs", "classified", "owner",
                              "records", "codes", "above", "stop", "tracker", "pending", "unindexed", "record_type",
                              "tensor_type", "param_type", "save_set", "postfunc", "sink", "template_fn", "context_fn",
-                             "rng_fn", "save_all", "detach", "save_raw", NULL};
-    PyObject *o[23];
+                             "rng_fn", "record_proto", "record_init", "save_all", "detach", "save_raw", NULL};
+    PyObject *o[25];
     int save_all, detach, save_raw;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!O!O!O!O!OOO!O!OO!O!OOOOOOppp", kwlist, &o[0], &o[1], &o[2],
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO!O!O!O!O!OOO!O!O!O!O!OOOOOOOOppp", kwlist, &o[0], &o[1], &o[2],
                                      &o[3], &o[4], &PyDict_Type, &o[5], &PyDict_Type, &o[6], &PyList_Type, &o[7],
                                      &PyDict_Type, &o[8], &PyDict_Type, &o[9], &o[10], &o[11], &PyList_Type, &o[12],
-                                     &PyList_Type, &o[13], &o[14], &PyType_Type, &o[15], &PyType_Type, &o[16], &o[17],
-                                     &o[18], &o[19], &o[20], &o[21], &o[22], &save_all, &detach, &save_raw))
+                                     &PyList_Type, &o[13], &PyType_Type, &o[14], &PyType_Type, &o[15], &PyType_Type,
+                                     &o[16], &o[17], &o[18], &o[19], &o[20], &o[21], &o[22], &o[23], &o[24], &save_all,
+                                     &detach, &save_raw))
         return NULL;
-    _Static_assert(HANDLER_FIELDS == 23, "one parsed argument per object field, in order");
+    _Static_assert(HANDLER_FIELDS == 25, "one parsed argument per object field, in order");
     Handler *h = (Handler *)hp_alloc(type, o, HANDLER_FIELDS);
     if (h == NULL)
         return NULL;
+    find_slots(h);
     h->save_all = save_all;
     h->detach = detach;
     h->save_raw = save_raw;
@@ -499,6 +553,8 @@ static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static PyMemberDef handler_members[] = {
     {"__self__", T_OBJECT, offsetof(Handler, recorder), READONLY, "the recorder (torch checks it is the mode)"},
+    {"record_slots", T_PYSSIZET, offsetof(Handler, n_slots), READONLY,
+     "the slots new records get without OpRecord.__init__, or -1 (made by calling OpRecord)"},
     {NULL},
 };
 

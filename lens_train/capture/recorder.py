@@ -20,6 +20,7 @@ operations.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -59,7 +60,7 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 6  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
+HOT_PATH_ABI = 7  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:
@@ -67,6 +68,19 @@ except ImportError:
 # LENS_TRAIN_PURE_PYTHON=1: every op on the Python path (debugging); a build older than this code is not used
 if os.environ.get("LENS_TRAIN_PURE_PYTHON") or getattr(_hotpath, "ABI", None) != HOT_PATH_ABI:
     _hotpath = None
+
+
+def _record_prototype() -> OpRecord | None:
+    """An OpRecord of default fields, from which the C handler copies new records' other fields
+    (it fills the first 14 itself); None when OpRecord's ``__init__`` does more than store them."""
+    fields = dataclasses.fields(OpRecord)
+    stores_only = not hasattr(OpRecord, "__post_init__") and all(
+        f.init and f.default_factory is dataclasses.MISSING for f in fields)
+    return OpRecord(*[None] * 14) if stores_only else None
+
+
+_RECORD_PROTO = _record_prototype()
+_RECORD_INIT = tuple(f.name for f in dataclasses.fields(OpRecord)[:14])
 
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter
@@ -187,8 +201,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
             tensor_type=_Tensor, param_type=_Parameter, save_set=plan.save if self._save_some else None,
             postfunc=plan.postfunc, sink=plan.sink, template_fn=self._template if plan.keep_templates else None,
             context_fn=_replay_context if plan.keep_templates else None,
-            rng_fn=rng_states if plan.record_rng else None, save_all=self._save_all, detach=not plan.train_mode,
-            save_raw=plan.save_raw)
+            rng_fn=rng_states if plan.record_rng else None, record_proto=_RECORD_PROTO, record_init=_RECORD_INIT,
+            save_all=self._save_all, detach=not plan.train_mode, save_raw=plan.save_raw)
 
     def _uninstall(self) -> None:
         """Remove the mode (wherever it is on the stack), the from_numpy patch and the hooks; idempotent."""

@@ -234,3 +234,40 @@ def test_both_paths_validate_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lt.validate_model_activations(model, x, random_seed=0)
     monkeypatch.setattr(recorder, "_hotpath", None)
     assert lt.validate_model_activations(model, x, random_seed=0)
+
+
+def _record_fields(rec: object, params: dict[int, str]) -> dict:
+    """Every field of a raw record, tensors by value, parameters by name, the run-dependent ones left out."""
+    out = {}
+    for name in rec.__slots__:
+        value = getattr(rec, name)
+        if name in ("time_s", "tensor_ref"):
+            continue
+        out[name] = (value.shape, value.dtype, value.tolist()) if isinstance(value, torch.Tensor) else value
+    out["param_ids"] = [params[p] for p in rec.param_ids]
+    return out
+
+
+def test_both_paths_make_the_same_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lens_train.capture.api import record_forward
+    from lens_train.capture.recorder import CapturePlan
+    from lens_train.capture.records import OpRecord
+
+    def fields(**plan: object) -> list[dict]:
+        torch.manual_seed(0)
+        model = Mixed()
+        rec = record_forward(model, (torch.randn(4, 6),), None, CapturePlan(**plan), 0)[0]
+        rec.resolve_callsites()
+        params = {id(p): name for name, p in model.named_parameters()}
+        return [_record_fields(r, params) for r in rec.records]
+
+    fields(save="all")  # (what a first capture learns, thin functionals, every later one shares)
+    for plan in ({"save": "all"}, {"save": frozenset({1, 3})}, {"save": "all", "train_mode": True}):
+        hot = fields(**plan)
+        assert sum(r["requires_grad"] for r in hot) > 10 and sum(r["activation"] is not None for r in hot) > 1
+        with monkeypatch.context() as m:
+            m.setattr(recorder, "_hotpath", None)
+            assert fields(**plan) == hot
+    if recorder._hotpath is not None:  # its records are made without OpRecord.__init__, from every slot
+        handler = recorder.Recorder(nn.Linear(1, 1), CapturePlan(save="all"), None)._hot_handler()
+        assert handler.record_slots == len(OpRecord.__slots__)
