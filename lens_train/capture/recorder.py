@@ -70,17 +70,19 @@ if os.environ.get("LENS_TRAIN_PURE_PYTHON") or getattr(_hotpath, "ABI", None) !=
     _hotpath = None
 
 
+# the OpRecord fields the C handler passes for each new record (the first 14 of __init__, in order)
+_RECORD_INIT = tuple(f.name for f in dataclasses.fields(OpRecord)[:14])
+
+
 def _record_prototype() -> OpRecord | None:
     """An OpRecord of default fields, from which the C handler copies new records' other fields
-    (it fills the first 14 itself); None when OpRecord's ``__init__`` does more than store them."""
-    fields = dataclasses.fields(OpRecord)
+    (it sets the :data:`_RECORD_INIT` ones itself); None when OpRecord's ``__init__`` does more than store them."""
     stores_only = not hasattr(OpRecord, "__post_init__") and all(
-        f.init and f.default_factory is dataclasses.MISSING for f in fields)
-    return OpRecord(*[None] * 14) if stores_only else None
+        f.init and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(OpRecord))
+    return OpRecord(*[None] * len(_RECORD_INIT)) if stores_only else None
 
 
 _RECORD_PROTO = _record_prototype()
-_RECORD_INIT = tuple(f.name for f in dataclasses.fields(OpRecord)[:14])
 
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter
