@@ -80,6 +80,71 @@ int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value) {
     return r;
 }
 
+static PyObject **const rnames[R_FIELDS] = {&s_index, &s_framework, &s_rec_version, &s_tensor_ref, &s_time_s,
+                                           &s_is_internally_generated, &s_requires_grad, &s_grad_fn_name, &s_activation,
+                                           &s_transformed_activation, &s_call_template, &s_replay_context, &s_rng_state,
+                                           &s_output_of_modules, &s_callsite, &s_frames};
+static PyTypeObject *rtype; /* held; NULL: every access by name */
+static Py_ssize_t roffset[R_FIELDS];
+
+void hp_rlayout(PyTypeObject *type) {
+    if (type == rtype)
+        return;
+    Py_CLEAR(rtype);
+    PyMemberDef *members = type->tp_members;
+    if (members == NULL || type->tp_getattro != PyObject_GenericGetAttr || type->tp_setattro != PyObject_GenericSetAttr)
+        return;
+    Py_ssize_t found = 0;
+    for (int f = 0; f < R_FIELDS; f++) {
+        for (PyMemberDef *m = members; m->name != NULL; m++) {
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY) && PyUnicode_CompareWithASCIIString(*rnames[f], m->name) == 0) {
+                /* the member must be what the type's attribute of that name is (no property over it) */
+                PyObject *descr = _PyType_Lookup(type, *rnames[f]);
+                if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) && ((PyMemberDescrObject *)descr)->d_member == m) {
+                    roffset[f] = m->offset;
+                    found++;
+                }
+                break;
+            }
+        }
+    }
+    if (found == R_FIELDS)
+        rtype = (PyTypeObject *)Py_NewRef((PyObject *)type);
+}
+
+PyObject *hp_rget(PyObject *rec, int field) {
+    if (Py_TYPE(rec) == rtype) {
+        PyObject *v = *(PyObject **)((char *)rec + roffset[field]);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(rec, *rnames[field]);
+}
+
+int hp_rset(PyObject *rec, int field, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    if (Py_TYPE(rec) == rtype) {
+        PyObject **slot = (PyObject **)((char *)rec + roffset[field]);
+        PyObject *old = *slot;
+        *slot = value;
+        Py_XDECREF(old);
+        return 0;
+    }
+    int r = PyObject_SetAttr(rec, *rnames[field], value);
+    Py_DECREF(value);
+    return r;
+}
+
+PyObject *hp_live(PyObject *rec) {
+    PyObject *ref = hp_rget(rec, R_TENSOR_REF);
+    if (ref == NULL)
+        return NULL;
+    PyObject *live = PyWeakref_CheckRefExact(ref) ? Py_NewRef(PyWeakref_GET_OBJECT(ref)) : PyObject_CallNoArgs(ref);
+    Py_DECREF(ref);
+    return live;
+}
+
 /* owner lookup: the record of that very tensor, or NULL (borrowed); -1 on error */
 int hp_lookup(PyObject *owner, PyObject *t, PyObject **found) {
     *found = NULL;
@@ -90,15 +155,57 @@ int hp_lookup(PyObject *owner, PyObject *t, PyObject **found) {
     Py_DECREF(key);
     if (rec == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    PyObject *ref = PyObject_GetAttr(rec, s_tensor_ref);
-    PyObject *live = ref ? PyObject_CallNoArgs(ref) : NULL;
-    Py_XDECREF(ref);
+    PyObject *live = hp_live(rec);
     if (live == NULL)
         return -1;
     if (live == t)
         *found = rec;
     Py_DECREF(live);
     return 0;
+}
+
+void hp_maker_init(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *names, Py_ssize_t n_args) {
+    m->type = type;
+    m->proto = proto;
+    m->n_args = n_args;
+    m->n_slots = -1;
+    PyMemberDef *members = type->tp_members;
+    if (proto == Py_None || Py_TYPE(proto) != type || members == NULL || !PyTuple_CheckExact(names) ||
+        PyTuple_GET_SIZE(names) != n_args)
+        return;
+    Py_ssize_t n = 0, found = 0;
+    for (; members[n].name != NULL; n++)
+        if (n >= HP_MAX_SLOTS || members[n].type != T_OBJECT_EX || (members[n].flags & READONLY))
+            return;
+    if (n < m->n_args || type->tp_basicsize != (Py_ssize_t)sizeof(PyObject) + n * (Py_ssize_t)sizeof(PyObject *))
+        return; /* the slots are all there is (no __dict__, no __weakref__, no base class fields) */
+    Py_ssize_t rest = m->n_args;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t at = -1;
+        for (Py_ssize_t i = 0; i < m->n_args; i++) {
+            PyObject *name = PyTuple_GET_ITEM(names, i);
+            if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, members[k].name) == 0)
+                at = i;
+        }
+        if (at >= 0)
+            found++;
+        m->slots[at >= 0 ? at : rest++] = members[k].offset;
+    }
+    if (found == m->n_args && rest == n)
+        m->n_slots = n;
+}
+
+PyObject *hp_make(HpMaker *m, PyObject *const *values) {
+    if (m->n_slots < 0)
+        return PyObject_Vectorcall((PyObject *)m->type, values, m->n_args, NULL);
+    PyObject *obj = m->type->tp_alloc(m->type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < m->n_slots; i++) {
+        PyObject *v = i < m->n_args ? values[i] : *(PyObject **)((char *)m->proto + m->slots[i]);
+        *(PyObject **)((char *)obj + m->slots[i]) = Py_XNewRef(v);
+    }
+    return obj;
 }
 
 static PyObject **fields(PyObject *self) {
@@ -264,13 +371,13 @@ static PyObject *py_resolve_sites(PyObject *mod, PyObject *const *args, Py_ssize
     PyObject *records = args[0];
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = Py_NewRef(PyList_GET_ITEM(records, i));
-        PyObject *frames = PyObject_GetAttr(rec, s_frames), *raw = NULL, *found = NULL;
+        PyObject *frames = hp_rget(rec, R_FRAMES), *raw = NULL, *found = NULL;
         int failed = frames == NULL;
         if (frames == Py_None) {
-            raw = PyObject_GetAttr(rec, s_callsite);
+            raw = hp_rget(rec, R_CALLSITE);
             found = raw ? resolve_site(&c, raw) : NULL;
-            failed = found == NULL || PyObject_SetAttr(rec, s_callsite, PyTuple_GET_ITEM(found, 0)) < 0 ||
-                     PyObject_SetAttr(rec, s_frames, PyTuple_GET_ITEM(found, 1)) < 0;
+            failed = found == NULL || hp_rset(rec, R_CALLSITE, Py_NewRef(PyTuple_GET_ITEM(found, 0))) < 0 ||
+                     hp_rset(rec, R_FRAMES, Py_NewRef(PyTuple_GET_ITEM(found, 1))) < 0;
         }
         Py_XDECREF(frames);
         Py_XDECREF(raw);
@@ -343,7 +450,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 7) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddIntConstant(m, "ABI", 8) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

@@ -25,10 +25,36 @@ HP_HIDDEN extern PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_gr
     *s_callsite, *s_frames;
 HP_HIDDEN extern PyObject *hp_one;
 
+/* Fields of OpRecord read and set here (hp_rget, hp_rset): by slot offset on an OpRecord of the layout
+ * hp_rlayout checked, by name (getattr, setattr) on anything else. */
+enum { R_INDEX, R_FRAMEWORK, R_VERSION, R_TENSOR_REF, R_TIME_S, R_INTERNAL, R_REQUIRES_GRAD, R_GRAD_FN_NAME,
+       R_ACTIVATION, R_TRANSFORMED, R_TEMPLATE, R_CONTEXT, R_RNG, R_OUTPUT_OF_MODULES, R_CALLSITE, R_FRAMES, R_FIELDS };
+/* learn the slot offsets of ``type`` (OpRecord): only a type of plain object slots with generic attribute access */
+HP_HIDDEN void hp_rlayout(PyTypeObject *type);
+HP_HIDDEN PyObject *hp_rget(PyObject *rec, int field);           /* new reference; NULL: error set */
+HP_HIDDEN int hp_rset(PyObject *rec, int field, PyObject *value); /* steals value (NULL: an error already set) */
+
+/* Makes instances of a slots dataclass whose __init__ only stores its arguments, without calling it:
+ * every slot from a prototype (the defaults), the first n_args from the caller (in __init__'s order). */
+enum { HP_MAX_SLOTS = 96 };
+typedef struct {
+    PyTypeObject *type;  /* borrowed: the owner holds it, and proto */
+    PyObject *proto;     /* an instance its __init__ made, or None */
+    Py_ssize_t n_args;
+    Py_ssize_t n_slots;  /* the type's slots, or -1: instances are made by calling the type */
+    Py_ssize_t slots[HP_MAX_SLOTS]; /* their offsets: the n_args arguments first, in order */
+} HpMaker;
+/* ``names``: the tuple of the first n_args arguments' names; otherwise, or for a type not laid out as
+ * expected, n_slots is -1 */
+HP_HIDDEN void hp_maker_init(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *names, Py_ssize_t n_args);
+HP_HIDDEN PyObject *hp_make(HpMaker *m, PyObject *const *values); /* type(*values): new reference */
+
 /* the raw call site from frame ``f`` up to code ``stop`` (callsites.find_callsite) */
 HP_HIDDEN PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f);
 /* obj.name = value, stealing value (NULL: an error already set) */
 HP_HIDDEN int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value);
+/* the tensor a record's tensor_ref names, or None (new reference; NULL: error set) */
+HP_HIDDEN PyObject *hp_live(PyObject *rec);
 /* *found = the record in ``owner`` of that very tensor (borrowed) or NULL; -1 on error */
 HP_HIDDEN int hp_lookup(PyObject *owner, PyObject *t, PyObject **found);
 

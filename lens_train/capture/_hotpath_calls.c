@@ -1,6 +1,41 @@
 /* Calls, Wrapper: module calls opened and closed in C (module_calls.ModuleCalls). */
 #include "_hotpath.h"
 
+#if PY_VERSION_HEX < 0x030C0000
+/* Python 3.11 has no public call that reads one local of a frame without making its whole locals dict
+ * (PyFrame_GetLocals: most of a module call's cost here); its frame layout is read instead. */
+#define Py_BUILD_CORE 1
+#include <internal/pycore_code.h>  /* CO_FAST_CELL, CO_FAST_FREE */
+#include <internal/pycore_frame.h> /* struct _frame, _PyInterpreterFrame */
+#undef Py_BUILD_CORE
+
+/* The value of local ``name`` (an argument, or a cell or free variable holding it) of frame f, as
+ * f.f_locals[name] gives it (new reference), or NULL with no error where it has none. */
+static PyObject *frame_local(PyFrameObject *f, PyObject *name) {
+    _PyInterpreterFrame *frame = ((struct _frame *)f)->f_frame;
+    PyCodeObject *code = frame->f_code;
+    PyObject *names = code->co_localsplusnames;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *here = PyTuple_GET_ITEM(names, i);
+        if (here != name && (!PyUnicode_Check(here) || PyUnicode_Compare(here, name) != 0))
+            continue;
+        PyObject *value = frame->localsplus[i];
+        unsigned char kind = (unsigned char)PyBytes_AS_STRING(code->co_localspluskinds)[i];
+        if (value != NULL && (kind & (CO_FAST_CELL | CO_FAST_FREE)) && PyCell_Check(value))
+            value = PyCell_GET(value);
+        return Py_XNewRef(value);
+    }
+    return NULL;
+}
+#else
+static PyObject *frame_local(PyFrameObject *f, PyObject *name) {
+    PyObject *value = PyFrame_GetVar(f, name);
+    if (value == NULL)
+        PyErr_Clear();
+    return value;
+}
+#endif
+
 /* The state of one capture's module calls (module_calls.ModuleCalls): its lists and dicts, shared
  * with its Python methods (the hook path, and outputs this does not take apart). */
 typedef struct {
@@ -17,7 +52,11 @@ typedef struct {
     PyObject *call_type; /* ModuleCall */
     PyObject *tensor_type;
     PyObject *py_closed; /* ModuleCalls._closed: outputs flatten does not take (dicts, dataclasses...) */
+    PyObject *call_proto, *call_init; /* ModuleCall's prototype (or None) and its CALL_ARGS argument names */
+    HpMaker maker;       /* makes ModuleCalls */
 } Calls;
+
+enum { CALL_ARGS = 8 };
 
 /* Append the index of the record of each tensor in ``tensors`` that has one (ModuleCall's records). */
 static int record_indices(Calls *c, PyObject *tensors, PyObject *out) {
@@ -26,7 +65,7 @@ static int record_indices(Calls *c, PyObject *tensors, PyObject *out) {
         if (hp_lookup(c->owner, PyList_GET_ITEM(tensors, i), &rec) < 0)
             return -1;
         if (rec != NULL) {
-            PyObject *index = PyObject_GetAttr(rec, s_index);
+            PyObject *index = hp_rget(rec, R_INDEX);
             int bad = index == NULL || PyList_Append(out, index) < 0;
             Py_XDECREF(index);
             if (bad)
@@ -115,9 +154,9 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     PyObject *depth_obj = PyLong_FromSsize_t(depth + 1);
     PyObject *first_op = PyLong_FromSsize_t(PyList_GET_SIZE(c->records));
     if (outputs && depth_obj && first_op) {
-        PyObject *argv[8] = {address, type_name, n, depth_obj, depth ? PyTuple_GET_ITEM(stack, depth - 1) : Py_None,
-                             inputs, outputs, first_op};
-        call = PyObject_Vectorcall(c->call_type, argv, 8, NULL);
+        PyObject *argv[CALL_ARGS] = {address, type_name, n, depth_obj,
+                                     depth ? PyTuple_GET_ITEM(stack, depth - 1) : Py_None, inputs, outputs, first_op};
+        call = hp_make(&c->maker, argv);
     }
     Py_XDECREF(outputs);
     Py_XDECREF(depth_obj);
@@ -164,8 +203,8 @@ static int note_output(PyObject *call, PyObject *rec) {
     PyObject *address = PyObject_GetAttr(call, s_address);
     PyObject *pass = address ? PyObject_GetAttr(call, s_pass_num) : NULL;
     PyObject *key = pass ? PyTuple_Pack(2, address, pass) : NULL;
-    PyObject *mods = key ? PyObject_GetAttr(rec, s_output_of_modules) : NULL;
-    PyObject *index = mods ? PyObject_GetAttr(rec, s_index) : NULL;
+    PyObject *mods = key ? hp_rget(rec, R_OUTPUT_OF_MODULES) : NULL;
+    PyObject *index = mods ? hp_rget(rec, R_INDEX) : NULL;
     PyObject *outs = index ? PyObject_GetAttr(call, s_output_records) : NULL;
     int ok = outs != NULL;
     if (ok) {
@@ -174,7 +213,7 @@ static int note_output(PyObject *call, PyObject *rec) {
             ok = 0;
         else if (!has) {
             PyObject *one_key = PyTuple_Pack(1, key);
-            ok = one_key && hp_set_attr(rec, s_output_of_modules, PySequence_Concat(mods, one_key)) == 0;
+            ok = one_key && hp_rset(rec, R_OUTPUT_OF_MODULES, PySequence_Concat(mods, one_key)) == 0;
             Py_XDECREF(one_key);
         }
     }
@@ -245,23 +284,33 @@ done:
     return result;
 }
 
-#define CALLS_FIELDS HP_FIELDS(Calls, tracker, py_closed)
+#define CALLS_FIELDS HP_FIELDS(Calls, tracker, call_init)
 _Static_assert(offsetof(Calls, tracker) == sizeof(PyObject), "Calls' object fields follow the head");
 
 HP_GC_FUNCTIONS(calls, CALLS_FIELDS)
 
 static PyObject *calls_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"tracker", "calls", "open", "count", "addresses", "types", "records", "owner", "above",
-                             "codes", "stop", "call_type", "tensor_type", "py_closed", NULL};
-    PyObject *o[14];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!O!O!O!O!OO!O!O", kwlist, &o[0], &PyList_Type, &o[1],
+                             "codes", "stop", "call_type", "tensor_type", "py_closed", "call_proto", "call_init", NULL};
+    PyObject *o[16];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!O!O!O!O!O!O!O!O!OO!O!OOO", kwlist, &o[0], &PyList_Type, &o[1],
                                      &PyList_Type, &o[2], &PyDict_Type, &o[3], &PyDict_Type, &o[4], &PyDict_Type,
                                      &o[5], &PyList_Type, &o[6], &PyDict_Type, &o[7], &PyDict_Type, &o[8],
-                                     &PyDict_Type, &o[9], &o[10], &PyType_Type, &o[11], &PyType_Type, &o[12], &o[13]))
+                                     &PyDict_Type, &o[9], &o[10], &PyType_Type, &o[11], &PyType_Type, &o[12], &o[13],
+                                     &o[14], &o[15]))
         return NULL;
-    _Static_assert(CALLS_FIELDS == 14, "one parsed argument per object field, in order");
-    return hp_alloc(type, o, CALLS_FIELDS);
+    _Static_assert(CALLS_FIELDS == 16, "one parsed argument per object field, in order");
+    Calls *c = (Calls *)hp_alloc(type, o, CALLS_FIELDS);
+    if (c != NULL)
+        hp_maker_init(&c->maker, (PyTypeObject *)c->call_type, c->call_proto, c->call_init, CALL_ARGS);
+    return (PyObject *)c;
 }
+
+static PyMemberDef calls_members[] = {
+    {"call_slots", T_PYSSIZET, offsetof(Calls, maker.n_slots), READONLY,
+     "the slots new ModuleCalls get without ModuleCall.__init__, or -1 (made by calling ModuleCall)"},
+    {NULL},
+};
 
 PyTypeObject CallsType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "lens_train.capture._hotpath.Calls",
@@ -272,6 +321,7 @@ PyTypeObject CallsType = {
     .tp_dealloc = calls_dealloc,
     .tp_traverse = calls_traverse,
     .tp_clear = calls_clear,
+    .tp_members = calls_members,
 };
 
 /* A module's forward for the pass (ModuleCalls._wrapper's tracked_forward): a call torch makes
@@ -292,15 +342,9 @@ static PyObject *wrapper_vectorcall(Wrapper *w, PyObject *const *args, size_t na
     Py_XDECREF(code);
     if (!from_torch) /* module.forward(x) called directly: no module call (as for hooks) */
         return PyObject_Vectorcall(w->forward, args, nargsf, kwnames);
-    PyObject *locals = PyFrame_GetLocals(caller);
-    if (locals == NULL)
-        return NULL;
-    PyObject *owner = PyMapping_Check(locals) ? PyObject_GetItem(locals, s_self) : NULL;
-    Py_DECREF(locals);
-    if (owner == NULL) {
-        PyErr_Clear();
+    PyObject *owner = frame_local(caller, s_self);
+    if (owner == NULL)
         return PyObject_Vectorcall(w->forward, args, nargsf, kwnames);
-    }
     if (owner != w->module || PyList_GET_SIZE(w->live) == 0) {
         /* a copy of the module took this attribute along (or the capture is over): its own forward */
         PyObject *forward = PyObject_GetAttr((PyObject *)Py_TYPE(owner), s_forward);

@@ -25,7 +25,7 @@ static double now(void) {
 
 
 enum { KIND_OP = 0, KIND_METADATA = 2 };
-enum { RECORD_ARGS = 14, MAX_SLOTS = 96 };
+enum { RECORD_ARGS = 14 };
 
 typedef struct {
     PyObject_HEAD
@@ -52,10 +52,9 @@ typedef struct {
     PyObject *template_fn;   /* None, or fn(args, kwargs) -> call template (replayable captures) */
     PyObject *context_fn;    /* None, or fn() -> grad mode and autocast regions, with templates */
     PyObject *rng_fn;        /* None, or fn() -> random-number states */
-    PyObject *record_proto;  /* None, or an OpRecord its __init__ made: the defaults of new records (see make_record) */
+    PyObject *record_proto;  /* None, or an OpRecord its __init__ made: the defaults of new records (see hp_make) */
     PyObject *record_init;   /* the names of OpRecord.__init__'s first RECORD_ARGS arguments */
-    Py_ssize_t n_slots;      /* OpRecord's slots, or -1: new records are made by calling OpRecord */
-    Py_ssize_t slots[MAX_SLOTS]; /* their offsets: the RECORD_ARGS arguments first, in order */
+    HpMaker maker;           /* makes new records */
     int save_all;
     int detach;              /* saved values are detached (not train mode) */
     int save_raw;
@@ -101,11 +100,8 @@ static int known_parent(Handler *h, PyObject *t, PyObject *pos, PyObject *parent
         return PyErr_Occurred() ? -1 : 0;
     Py_INCREF(rec);
     int ok = 0;
-    PyObject *ref = PyObject_GetAttr(rec, s_tensor_ref);
-    PyObject *live = NULL, *framework = NULL, *version = NULL, *current = NULL, *index = NULL;
-    if (ref == NULL)
-        goto done;
-    live = PyObject_CallNoArgs(ref);
+    PyObject *framework = NULL, *version = NULL, *current = NULL, *index = NULL;
+    PyObject *live = hp_live(rec);
     if (live == NULL)
         goto done;
     if (live != t) {
@@ -113,7 +109,7 @@ static int known_parent(Handler *h, PyObject *t, PyObject *pos, PyObject *parent
         ok = 0;
         goto done;
     }
-    framework = PyObject_GetAttr(rec, s_framework);
+    framework = hp_rget(rec, R_FRAMEWORK);
     if (framework == NULL)
         goto done;
     int fw = PyObject_IsTrue(framework);
@@ -121,7 +117,7 @@ static int known_parent(Handler *h, PyObject *t, PyObject *pos, PyObject *parent
         ok = fw < 0 ? -1 : 0;
         goto done;
     }
-    version = PyObject_GetAttr(rec, s_rec_version);
+    version = hp_rget(rec, R_VERSION);
     current = version ? PyObject_GetAttr(t, s_version) : NULL;
     if (current == NULL)
         goto done;
@@ -130,7 +126,7 @@ static int known_parent(Handler *h, PyObject *t, PyObject *pos, PyObject *parent
         ok = same;
         goto done;
     }
-    index = PyObject_GetAttr(rec, s_index);
+    index = hp_rget(rec, R_INDEX);
     if (index == NULL)
         goto done;
     PyObject *pair = PyTuple_Pack(2, index, pos);
@@ -146,7 +142,6 @@ done:
     Py_XDECREF(version);
     Py_XDECREF(framework);
     Py_XDECREF(live);
-    Py_XDECREF(ref);
     Py_DECREF(rec);
     return ok;
 }
@@ -213,6 +208,9 @@ static int collect_parents(Handler *h, PyObject *args, PyObject *kwargs, PyObjec
     return 0;
 }
 
+/* grad_fn type -> its name: one string per type (PyType_GetName makes a new one for a static type each time) */
+static PyObject *grad_fn_names;
+
 /* grad_fn's type name, or NULL with no error when there is none (autograd refuses some no_grad views). */
 static PyObject *grad_fn_name(PyObject *t) {
     PyObject *fn = PyObject_GetAttr(t, s_grad_fn);
@@ -221,7 +219,17 @@ static PyObject *grad_fn_name(PyObject *t) {
             PyErr_Clear();
         return NULL;
     }
-    PyObject *name = fn == Py_None ? NULL : PyType_GetName(Py_TYPE(fn));
+    PyObject *name = NULL;
+    if (fn != Py_None) {
+        PyObject *type = (PyObject *)Py_TYPE(fn);
+        name = Py_XNewRef(PyDict_GetItemWithError(grad_fn_names, type));
+        if (name == NULL && !PyErr_Occurred() && (name = PyType_GetName(Py_TYPE(fn))) != NULL) {
+            if (PyDict_GET_SIZE(grad_fn_names) >= 4096) /* types made at run time (autograd.Function subclasses) */
+                PyDict_Clear(grad_fn_names);
+            if (PyDict_SetItem(grad_fn_names, type, name) < 0)
+                Py_CLEAR(name);
+        }
+    }
     Py_DECREF(fn);
     return name;
 }
@@ -239,9 +247,9 @@ static int save(Handler *h, PyObject *rec, PyObject *t, PyObject *index) {
         return -1;
     int r = 0;
     if (h->postfunc != Py_None)
-        r = hp_set_attr(rec, s_transformed_activation, PyObject_CallOneArg(h->postfunc, value));
+        r = hp_rset(rec, R_TRANSFORMED, PyObject_CallOneArg(h->postfunc, value));
     if (r == 0 && h->save_raw) {
-        r = PyObject_SetAttr(rec, s_activation, value);
+        r = hp_rset(rec, R_ACTIVATION, Py_NewRef(value));
         if (r == 0)
             r = PyList_Append(h->unindexed, rec);
     }
@@ -255,58 +263,11 @@ typedef struct {
 } Extras;
 
 static int set_extras(PyObject *rec, const Extras *x) {
-    return (x->template && PyObject_SetAttr(rec, s_call_template, x->template) < 0) ||
-                   (x->context && PyObject_SetAttr(rec, s_replay_context, x->context) < 0) ||
-                   (x->rng && PyObject_SetAttr(rec, s_rng_state, x->rng) < 0)
+    return (x->template && hp_rset(rec, R_TEMPLATE, Py_NewRef(x->template)) < 0) ||
+                   (x->context && hp_rset(rec, R_CONTEXT, Py_NewRef(x->context)) < 0) ||
+                   (x->rng && hp_rset(rec, R_RNG, Py_NewRef(x->rng)) < 0)
                ? -1
                : 0;
-}
-
-/* A new OpRecord from its first RECORD_ARGS fields: its slots are filled as OpRecord(*values) fills
- * them (every other slot from the prototype: the defaults), without running the Python __init__.
- * recorder.py passes a prototype only for a dataclass whose __init__ just stores its arguments. */
-static PyObject *make_record(Handler *h, PyObject *const *values) {
-    if (h->n_slots < 0)
-        return PyObject_Vectorcall(h->record_type, values, RECORD_ARGS, NULL);
-    PyTypeObject *type = (PyTypeObject *)h->record_type;
-    PyObject *rec = type->tp_alloc(type, 0);
-    if (rec == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < h->n_slots; i++) {
-        PyObject *v = i < RECORD_ARGS ? values[i] : *(PyObject **)((char *)h->record_proto + h->slots[i]);
-        *(PyObject **)((char *)rec + h->slots[i]) = Py_XNewRef(v);
-    }
-    return rec;
-}
-
-/* The slot offsets of make_record, or n_slots = -1 where the type is not laid out as expected. */
-static void find_slots(Handler *h) {
-    h->n_slots = -1;
-    PyTypeObject *type = (PyTypeObject *)h->record_type;
-    PyMemberDef *members = type->tp_members;
-    if (h->record_proto == Py_None || Py_TYPE(h->record_proto) != type || members == NULL ||
-        !PyTuple_CheckExact(h->record_init) || PyTuple_GET_SIZE(h->record_init) != RECORD_ARGS)
-        return;
-    Py_ssize_t n = 0, found = 0;
-    for (; members[n].name != NULL; n++)
-        if (n >= MAX_SLOTS || members[n].type != T_OBJECT_EX || (members[n].flags & READONLY))
-            return;
-    if (n < RECORD_ARGS || type->tp_basicsize != (Py_ssize_t)sizeof(PyObject) + n * (Py_ssize_t)sizeof(PyObject *))
-        return; /* the slots are all there is (no __dict__, no __weakref__, no base class fields) */
-    Py_ssize_t rest = RECORD_ARGS;
-    for (Py_ssize_t m = 0; m < n; m++) {
-        Py_ssize_t at = -1;
-        for (Py_ssize_t i = 0; i < RECORD_ARGS; i++) {
-            PyObject *name = PyTuple_GET_ITEM(h->record_init, i);
-            if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, members[m].name) == 0)
-                at = i;
-        }
-        if (at >= 0)
-            found++;
-        h->slots[at >= 0 ? at : rest++] = members[m].offset;
-    }
-    if (found == RECORD_ARGS && rest == n)
-        h->n_slots = n;
 }
 
 /* One record: tensor ``t``, output ``out_index`` of op ``op_id`` (Recorder._record_one / _record_op + _finish). */
@@ -316,7 +277,7 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
     int r = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(h->records));
     PyObject *size = PyObject_GetAttr(t, s_shape);
-    PyObject *shape = size ? PySequence_Tuple(size) : NULL;
+    PyObject *shape = size ? (PyTuple_Check(size) ? PyTuple_GetSlice(size, 0, PY_SSIZE_T_MAX) : PySequence_Tuple(size)) : NULL;
     PyObject *dtype = PyObject_GetAttr(t, s_dtype);
     PyObject *device = PyObject_GetAttr(t, s_device);
     PyObject *rec = NULL, *key = NULL;
@@ -324,30 +285,30 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
         goto done;
     PyObject *argv[RECORD_ARGS] = {index, PyTuple_GET_ITEM(names, 0), PyTuple_GET_ITEM(names, 1), func, op_id, out_index,
                                    parents, stack, callsite, Py_None, params, shape, dtype, device};
-    rec = make_record(h, argv);
+    rec = hp_make(&h->maker, argv);
     if (rec == NULL)
         goto done;
-    if (PyObject_SetAttr(rec, s_time_s, elapsed) < 0 || set_extras(rec, extras) < 0)
+    if (hp_rset(rec, R_TIME_S, Py_NewRef(elapsed)) < 0 || set_extras(rec, extras) < 0)
         goto done;
-    if (PyList_GET_SIZE(parents) == 0 && PyObject_SetAttr(rec, s_is_internally_generated, Py_True) < 0)
+    if (PyList_GET_SIZE(parents) == 0 && hp_rset(rec, R_INTERNAL, Py_NewRef(Py_True)) < 0)
         goto done;
     PyObject *rg = PyObject_GetAttr(t, s_requires_grad);
     if (rg == NULL)
         goto done;
     int requires_grad = PyObject_IsTrue(rg);
     Py_DECREF(rg);
-    if (requires_grad < 0 || (requires_grad && PyObject_SetAttr(rec, s_requires_grad, Py_True) < 0))
+    if (requires_grad < 0 || (requires_grad && hp_rset(rec, R_REQUIRES_GRAD, Py_NewRef(Py_True)) < 0))
         goto done;
     if (requires_grad) {
         PyObject *name = grad_fn_name(t);
         if (name == NULL && PyErr_Occurred())
             goto done;
-        if (name != NULL && hp_set_attr(rec, s_grad_fn_name, name) < 0)
+        if (name != NULL && hp_rset(rec, R_GRAD_FN_NAME, name) < 0)
             goto done;
     }
-    if (hp_set_attr(rec, s_rec_version, PyObject_GetAttr(t, s_version)) < 0)
+    if (hp_rset(rec, R_VERSION, PyObject_GetAttr(t, s_version)) < 0)
         goto done;
-    if (hp_set_attr(rec, s_tensor_ref, PyWeakref_NewRef(t, NULL)) < 0)
+    if (hp_rset(rec, R_TENSOR_REF, PyWeakref_NewRef(t, NULL)) < 0)
         goto done;
     if (PyList_Append(h->records, rec) < 0)
         goto done;
@@ -527,6 +488,8 @@ _Static_assert(offsetof(Handler, recorder) == sizeof(PyObject), "Handler's objec
 HP_GC_FUNCTIONS(handler, HANDLER_FIELDS)
 
 static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if (grad_fn_names == NULL && (grad_fn_names = PyDict_New()) == NULL)
+        return NULL;
     static char *kwlist[] = {"recorder", "fallback", "link", "note_failure", "record_outputs", "classified", "owner",
                              "records", "codes", "above", "stop", "tracker", "pending", "unindexed", "record_type",
                              "tensor_type", "param_type", "save_set", "postfunc", "sink", "template_fn", "context_fn",
@@ -544,7 +507,8 @@ static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     Handler *h = (Handler *)hp_alloc(type, o, HANDLER_FIELDS);
     if (h == NULL)
         return NULL;
-    find_slots(h);
+    hp_maker_init(&h->maker, (PyTypeObject *)h->record_type, h->record_proto, h->record_init, RECORD_ARGS);
+    hp_rlayout((PyTypeObject *)h->record_type);
     h->save_all = save_all;
     h->detach = detach;
     h->save_raw = save_raw;
@@ -553,7 +517,7 @@ static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static PyMemberDef handler_members[] = {
     {"__self__", T_OBJECT, offsetof(Handler, recorder), READONLY, "the recorder (torch checks it is the mode)"},
-    {"record_slots", T_PYSSIZET, offsetof(Handler, n_slots), READONLY,
+    {"record_slots", T_PYSSIZET, offsetof(Handler, maker.n_slots), READONLY,
      "the slots new records get without OpRecord.__init__, or -1 (made by calling OpRecord)"},
     {NULL},
 };

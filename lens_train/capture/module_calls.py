@@ -23,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .calls import _flatten_output, _tensors_in
 from .model_index import walk_modules
-from .records import OpRecord
+from .records import OpRecord, stored_prototype
 
 _Tensor = torch.Tensor
 _getframe = sys._getframe
@@ -149,7 +149,8 @@ class ModuleCalls:
         return self._hot.Calls(
             tracker=self, calls=self.calls, open=self._open, count=self._count, addresses=self._addresses,
             types=self._types, records=self._records, owner=self._owner, above=calls.above, codes=calls.codes,
-            stop=calls.stop, call_type=ModuleCall, tensor_type=_Tensor, py_closed=self._closed)
+            stop=calls.stop, call_type=ModuleCall, tensor_type=_Tensor, py_closed=self._closed, call_proto=_CALL_PROTO,
+            call_init=_CALL_INIT)
 
     def _wrapper(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``forward`` of ``module``, opening and closing a module call around it."""
@@ -229,6 +230,10 @@ class ModuleCalls:
             if replaced is not None:
                 return replaced
         return output
+
+
+# the ModuleCall fields the C side passes for each call (the first 8), and the defaults of the others
+_CALL_INIT, _CALL_PROTO = stored_prototype(ModuleCall, 8)
 
 
 def _global_hooks() -> bool:

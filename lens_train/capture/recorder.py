@@ -55,12 +55,12 @@ from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_
 from .model_index import ModelIndex, index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .recorder_edits import _VALUE_READS, InterventionHooks, _grad_fn_name, rng_states
-from .records import OpRecord, TensorArg, ViewBaseTemplate
+from .records import OpRecord, TensorArg, ViewBaseTemplate, stored_prototype
 from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 7  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
+HOT_PATH_ABI = 8  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:
@@ -70,19 +70,9 @@ if os.environ.get("LENS_TRAIN_PURE_PYTHON") or getattr(_hotpath, "ABI", None) !=
     _hotpath = None
 
 
-# the OpRecord fields the C handler passes for each new record (the first 14 of __init__, in order)
-_RECORD_INIT = tuple(f.name for f in dataclasses.fields(OpRecord)[:14])
-
-
-def _record_prototype() -> OpRecord | None:
-    """An OpRecord of default fields, from which the C handler copies new records' other fields
-    (it sets the :data:`_RECORD_INIT` ones itself); None when OpRecord's ``__init__`` does more than store them."""
-    stores_only = not hasattr(OpRecord, "__post_init__") and all(
-        f.init and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(OpRecord))
-    return OpRecord(*[None] * len(_RECORD_INIT)) if stores_only else None
-
-
-_RECORD_PROTO = _record_prototype()
+# the OpRecord fields the C handler passes for each new record (the first 14 of __init__, in order), and the
+# defaults of the others (records are made without OpRecord.__init__ where it only stores fields)
+_RECORD_INIT, _RECORD_PROTO = stored_prototype(OpRecord, 14)
 
 _Tensor = torch.Tensor
 _Parameter = nn.Parameter

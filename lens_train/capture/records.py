@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from math import prod
 from typing import Any, Callable
@@ -84,3 +85,23 @@ class ViewBaseTemplate:
     size: tuple[int, ...]
     stride: tuple[int, ...]
     offset: int
+
+
+def stored_prototype(cls: type, n_args: int) -> Any:
+    """``(names, prototype)`` for making slots dataclass ``cls`` without its ``__init__`` (the C hot path).
+
+    ``names`` are the first ``n_args`` fields (the arguments the C side passes, in order); the
+    prototype is an instance holding every other field's default, copied into new instances.
+    The prototype is None when ``__init__`` does more than store its arguments (a ``__post_init__``,
+    a default factory past the passed arguments): the C side then calls ``cls``.
+
+    Example:
+        >>> names, proto = stored_prototype(TensorArg, 1)
+        >>> names, proto.constant
+        (('record_index',), None)
+    """
+    fields = dataclasses.fields(cls)
+    names = tuple(f.name for f in fields[:n_args])
+    stores_only = not hasattr(cls, "__post_init__") and all(
+        f.init and f.default_factory is dataclasses.MISSING for f in fields[n_args:])
+    return names, (cls(*[None] * n_args) if stores_only else None)

@@ -253,21 +253,26 @@ def test_both_paths_make_the_same_records(monkeypatch: pytest.MonkeyPatch) -> No
     from lens_train.capture.recorder import CapturePlan
     from lens_train.capture.records import OpRecord
 
-    def fields(**plan: object) -> list[dict]:
+    def fields(**plan: object) -> tuple[list[dict], list[dict]]:
         torch.manual_seed(0)
         model = Mixed()
         rec = record_forward(model, (torch.randn(4, 6),), None, CapturePlan(**plan), 0)[0]
         rec.resolve_callsites()
         params = {id(p): name for name, p in model.named_parameters()}
-        return [_record_fields(r, params) for r in rec.records]
+        calls = [{name: getattr(c, name) for name in c.__slots__} for c in rec.module_calls]
+        return [_record_fields(r, params) for r in rec.records], calls
 
     fields(save="all")  # (what a first capture learns, thin functionals, every later one shares)
     for plan in ({"save": "all"}, {"save": frozenset({1, 3})}, {"save": "all", "train_mode": True}):
-        hot = fields(**plan)
+        hot, hot_calls = fields(**plan)
         assert sum(r["requires_grad"] for r in hot) > 10 and sum(r["activation"] is not None for r in hot) > 1
+        assert len(hot_calls) >= 3 and all(c["last_op"] >= c["first_op"] >= 0 for c in hot_calls)
         with monkeypatch.context() as m:
             m.setattr(recorder, "_hotpath", None)
-            assert fields(**plan) == hot
-    if recorder._hotpath is not None:  # its records are made without OpRecord.__init__, from every slot
-        handler = recorder.Recorder(nn.Linear(1, 1), CapturePlan(save="all"), None)._hot_handler()
-        assert handler.record_slots == len(OpRecord.__slots__)
+            assert fields(**plan) == (hot, hot_calls)
+    if recorder._hotpath is not None:  # records and module calls are made without their __init__, from every slot
+        from lens_train.capture.module_calls import ModuleCall
+
+        rec = recorder.Recorder(nn.Linear(1, 1), CapturePlan(save="all"), None)
+        assert rec._hot_handler().record_slots == len(OpRecord.__slots__)
+        assert rec.module_tracker._hot_calls().call_slots == len(ModuleCall.__slots__)
