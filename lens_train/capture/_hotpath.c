@@ -6,6 +6,7 @@
  *
  *   _hotpath_ops.c    Handler: the recorder's instance __torch_function__ during a pass
  *   _hotpath_calls.c  Calls, Wrapper: module calls opened and closed around forward
+ *   _hotpath_build.c  pass grouping and labels after the pass (passes.group_passes, pass_labels)
  *   _hotpath.c        what both use (call-site walks, owner lookups), the module itself
  */
 #include "_hotpath.h"
@@ -15,7 +16,8 @@ PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version
     *s_is_internally_generated, *s_grad_fn_name, *s_activation, *s_transformed_activation,
     *s_inplace, *s_out, *s_setitem, *s_batchnorm, *s_instancenorm, *s_last_op, *s_address,
     *s_pass_num, *s_output_of_modules, *s_output_records, *s_self, *s_forward, *s_call_template,
-    *s_replay_context, *s_rng_state, *s_callsite, *s_frames;
+    *s_replay_context, *s_rng_state, *s_callsite, *s_frames, *s_func, *s_layer_type, *s_output_index, *s_module_stack,
+    *s_param_ids, *s_source, *s_empty;
 PyObject *hp_one;
 
 /* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
@@ -83,33 +85,41 @@ int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value) {
 static PyObject **const rnames[R_FIELDS] = {&s_index, &s_framework, &s_rec_version, &s_tensor_ref, &s_time_s,
                                            &s_is_internally_generated, &s_requires_grad, &s_grad_fn_name, &s_activation,
                                            &s_transformed_activation, &s_call_template, &s_replay_context, &s_rng_state,
-                                           &s_output_of_modules, &s_callsite, &s_frames};
+                                           &s_output_of_modules, &s_callsite, &s_frames, &s_func, &s_layer_type,
+                                           &s_output_index, &s_module_stack, &s_param_ids};
 static PyTypeObject *rtype; /* held; NULL: every access by name */
 static Py_ssize_t roffset[R_FIELDS];
+
+Py_ssize_t hp_slot_offset(PyTypeObject *type, const char *name) {
+    PyMemberDef *members = type->tp_members;
+    if (members == NULL || type->tp_getattro != PyObject_GenericGetAttr || type->tp_setattro != PyObject_GenericSetAttr)
+        return -1;
+    for (PyMemberDef *m = members; m->name != NULL; m++) {
+        if (strcmp(m->name, name) != 0)
+            continue;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+            return -1;
+        /* the member must be what the type's attribute of that name is (no property over it) */
+        PyObject *key = PyUnicode_InternFromString(name);
+        PyObject *descr = key ? _PyType_Lookup(type, key) : NULL;
+        if (key == NULL)
+            PyErr_Clear();
+        Py_XDECREF(key);
+        return descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) && ((PyMemberDescrObject *)descr)->d_member == m
+                   ? m->offset
+                   : -1;
+    }
+    return -1;
+}
 
 void hp_rlayout(PyTypeObject *type) {
     if (type == rtype)
         return;
     Py_CLEAR(rtype);
-    PyMemberDef *members = type->tp_members;
-    if (members == NULL || type->tp_getattro != PyObject_GenericGetAttr || type->tp_setattro != PyObject_GenericSetAttr)
-        return;
-    Py_ssize_t found = 0;
-    for (int f = 0; f < R_FIELDS; f++) {
-        for (PyMemberDef *m = members; m->name != NULL; m++) {
-            if (m->type == T_OBJECT_EX && !(m->flags & READONLY) && PyUnicode_CompareWithASCIIString(*rnames[f], m->name) == 0) {
-                /* the member must be what the type's attribute of that name is (no property over it) */
-                PyObject *descr = _PyType_Lookup(type, *rnames[f]);
-                if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) && ((PyMemberDescrObject *)descr)->d_member == m) {
-                    roffset[f] = m->offset;
-                    found++;
-                }
-                break;
-            }
-        }
-    }
-    if (found == R_FIELDS)
-        rtype = (PyTypeObject *)Py_NewRef((PyObject *)type);
+    for (int f = 0; f < R_FIELDS; f++)
+        if ((roffset[f] = hp_slot_offset(type, PyUnicode_AsUTF8(*rnames[f]))) < 0)
+            return;
+    rtype = (PyTypeObject *)Py_NewRef((PyObject *)type);
 }
 
 PyObject *hp_rget(PyObject *rec, int field) {
@@ -437,7 +447,14 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_replay_context, "replay_context"},
                    {&s_rng_state, "rng_state"},
                    {&s_callsite, "callsite"},
-                   {&s_frames, "frames"}};
+                   {&s_frames, "frames"},
+                   {&s_func, "func"},
+                   {&s_layer_type, "layer_type"},
+                   {&s_output_index, "output_index"},
+                   {&s_module_stack, "module_stack"},
+                   {&s_param_ids, "param_ids"},
+                   {&s_source, "source"},
+                   {&s_empty, ""}};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
         if (*strings[i].slot == NULL)
@@ -450,7 +467,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddIntConstant(m, "ABI", 8) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddIntConstant(m, "ABI", 8) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

@@ -11,7 +11,8 @@ from .bookkeeping import bookkeeping_flags
 from .layer_log import FILL_LOCK, LayerLog, PendingLayerLog
 from .lookup import LayerKeys
 from .model_log import ModelLog, ModuleLog, ModuleTable
-from .passes import LayerGroup, group_passes, pass_labels
+from . import recorder as recorder_module
+from .passes import LayerGroup, group_passes, grouped_labels, pass_labels
 from .recorder import Recorder
 
 
@@ -75,8 +76,7 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
         param_info[id(p)] = (a, tuple(p.shape), n, n * p.element_size())
     counts = _param_counts((info[0], info[2]) for info in param_info.values())
     side = bookkeeping_flags(records)
-    groups = group_passes(records, frozenset(counts), side)
-    pass_label, group_of, pass_num = pass_labels(groups, len(records))
+    groups, pass_label, group_of, pass_num = grouped_labels(records, frozenset(counts), side, recorder_module._hotpath)
     data = [rec for rec in records if not side[rec.index]]
     source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, param_info)
     keys = LayerKeys(source=source)

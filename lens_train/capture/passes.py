@@ -27,9 +27,10 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from .bookkeeping import bookkeeping_flags
-from .records import OpRecord
+from .records import OpRecord, stored_prototype
 
 _SOURCE_TYPES = frozenset({"input", "output", "buffer", "tensor"})
 _MAX_WALK = 20000
@@ -98,6 +99,30 @@ def group_passes(records: list[OpRecord], param_modules: frozenset[str],
     return groups + side
 
 
+def grouped_labels(records: list[OpRecord], param_modules: frozenset[str], bookkeeping: bytearray,
+                   hot: Any = None) -> tuple[list[LayerGroup], list[str], list[int], list[int]]:
+    """(groups, then :func:`pass_labels`' three lists) of :func:`group_passes` on ``records``.
+
+    ``hot``: the C extension (``_hotpath``), which runs the same per-record loops; a bucket
+    that repeats without parameters is split here, by :func:`_split_loops`, either way.
+    """
+    if hot is None:
+        groups = group_passes(records, param_modules, bookkeeping)
+        return (groups, *pass_labels(groups, len(records)))
+    ctx: list[_LoopContext] = []  # made for the first place that repeats without parameters
+
+    def split(buckets: dict[tuple, list[int]], members: list[int]) -> list[LayerGroup]:
+        if not ctx:
+            ctx.append(_LoopContext(records, buckets, param_modules))
+        return _split_loops(ctx[0], members)
+
+    groups, side, interleaved = hot.group_buckets(records, bookkeeping, _SOURCE_TYPES, LayerGroup, _GROUP_PROTO,
+                                                  _GROUP_INIT, split)
+    if interleaved:
+        groups.sort(key=lambda g: g.members[0])
+    return hot.label_groups(groups, side, len(records), LayerGroup)
+
+
 def pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int], list[int]]:
     """(label with ``:pass`` suffix when needed, group index, pass number) of every record.
 
@@ -115,6 +140,10 @@ def pass_labels(groups: list[LayerGroup], n: int) -> tuple[list[str], list[int],
             group_of[idx] = gi
             pass_num[idx] = p
     return labels, group_of, pass_num
+
+
+# the LayerGroup fields the C side passes (members, layer_type), and the defaults of the others
+_GROUP_INIT, _GROUP_PROTO = stored_prototype(LayerGroup, 2)
 
 
 def _pass_key(rec: OpRecord) -> tuple:

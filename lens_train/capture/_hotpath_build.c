@@ -1,0 +1,302 @@
+/* What build_log runs once per record after the pass, in C: the common path of passes.group_passes
+ * (a key per record, buckets, one LayerGroup per place) and its numbering, and passes.pass_labels.
+ * passes.py stays the one description of both; where a bucket repeats without parameters this calls
+ * back into it (passes._split_loops), so every rule of loop detection has one implementation. */
+#include "_hotpath.h"
+
+/* A LayerGroup's fields, read and set by slot where the type is laid out as checked (else by name). */
+enum { G_MEMBERS, G_LAYER_TYPE, G_LABEL, G_TYPE_INDEX, G_LAYER_INDEX, G_BOOKKEEPING, G_FIELDS };
+static const char *const gnames[G_FIELDS] = {"members", "layer_type", "label", "type_index", "layer_index", "bookkeeping"};
+
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t offset[G_FIELDS]; /* -1: by name */
+} Groups;
+
+static void groups_layout(Groups *g, PyTypeObject *type) {
+    g->type = type;
+    for (int f = 0; f < G_FIELDS; f++)
+        g->offset[f] = hp_slot_offset(type, gnames[f]);
+}
+
+static int gset(Groups *g, PyObject *group, int field, PyObject *value) { /* steals value */
+    if (value == NULL)
+        return -1;
+    if (Py_TYPE(group) == g->type && g->offset[field] >= 0) {
+        PyObject **slot = (PyObject **)((char *)group + g->offset[field]);
+        PyObject *old = *slot;
+        *slot = value;
+        Py_XDECREF(old);
+        return 0;
+    }
+    int r = PyObject_SetAttrString(group, gnames[field], value);
+    Py_DECREF(value);
+    return r;
+}
+
+static PyObject *gget(Groups *g, PyObject *group, int field) { /* new reference */
+    if (Py_TYPE(group) == g->type && g->offset[field] >= 0) {
+        PyObject *v = *(PyObject **)((char *)group + g->offset[field]);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttrString(group, gnames[field]);
+}
+
+/* passes._pass_key(rec) (new reference) */
+static PyObject *pass_key(PyObject *rec, PyObject *index, PyObject *layer_type, PyObject *sources) {
+    int source = PySet_Contains(sources, layer_type);
+    if (source < 0)
+        return NULL;
+    if (source) {
+        PyObject *func = hp_rget(rec, R_FUNC);
+        if (func == NULL)
+            return NULL;
+        Py_DECREF(func);
+        if (func == Py_None)
+            return PyTuple_Pack(2, s_source, index);
+    }
+    PyObject *stack = hp_rget(rec, R_MODULE_STACK), *module = NULL, *key = NULL;
+    PyObject *out_index = NULL, *callsite = NULL, *params = NULL;
+    if (stack == NULL)
+        return NULL;
+    int nonempty = PyObject_IsTrue(stack);
+    if (nonempty < 0)
+        goto done;
+    if (nonempty) {
+        PyObject *last = PySequence_GetItem(stack, -1);
+        module = last ? PySequence_GetItem(last, 0) : NULL;
+        Py_XDECREF(last);
+    } else {
+        module = Py_NewRef(s_empty);
+    }
+    if (module == NULL || (out_index = hp_rget(rec, R_OUTPUT_INDEX)) == NULL ||
+        (callsite = hp_rget(rec, R_CALLSITE)) == NULL || (params = hp_rget(rec, R_PARAM_IDS)) == NULL)
+        goto done;
+    key = PyTuple_Pack(5, layer_type, out_index, module, callsite, params);
+done:
+    Py_XDECREF(params);
+    Py_XDECREF(callsite);
+    Py_XDECREF(out_index);
+    Py_XDECREF(module);
+    Py_DECREF(stack);
+    return key;
+}
+
+/* group_buckets(records, flags, sources, group_type, group_proto, group_init, split) -> (groups, side, interleaved):
+ * passes.group_passes up to the numbering. split(buckets, members) gives the groups of a bucket that
+ * repeats without parameters (passes._split_loops, with the loop context it makes once). */
+static PyObject *py_group_buckets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyByteArray_Check(args[1]) || !PyAnySet_Check(args[2]) ||
+        !PyType_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "group_buckets(records: list, flags: bytearray, sources: set, group_type, group_proto, group_init, split)");
+        return NULL;
+    }
+    PyObject *records = args[0], *flags = args[1], *sources = args[2], *split = args[6];
+    HpMaker maker;
+    hp_maker_init(&maker, (PyTypeObject *)args[3], args[4], args[5], 2);
+    Groups layout;
+    groups_layout(&layout, (PyTypeObject *)args[3]);
+    PyObject *buckets = PyDict_New(), *side = PyList_New(0), *groups = PyList_New(0), *out = NULL;
+    int interleaved = 0;
+    if (buckets == NULL || side == NULL || groups == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = Py_NewRef(PyList_GET_ITEM(records, i));
+        PyObject *index = hp_rget(rec, R_INDEX), *layer_type = NULL, *key = NULL, *members = NULL;
+        int failed = 1;
+        Py_ssize_t at = index ? PyLong_AsSsize_t(index) : -1;
+        if (at < 0 || at >= PyByteArray_GET_SIZE(flags)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_IndexError, "a record's index is outside the bookkeeping flags");
+            goto next;
+        }
+        if ((layer_type = hp_rget(rec, R_LAYER_TYPE)) == NULL)
+            goto next;
+        if (PyByteArray_AS_STRING(flags)[at]) {
+            PyObject *one = PyList_New(1);
+            if (one == NULL)
+                goto next;
+            PyList_SET_ITEM(one, 0, Py_NewRef(index));
+            PyObject *argv[2] = {one, layer_type};
+            PyObject *group = hp_make(&maker, argv);
+            Py_DECREF(one);
+            failed = group == NULL || gset(&layout, group, G_BOOKKEEPING, Py_NewRef(Py_True)) < 0 ||
+                     PyList_Append(side, group) < 0;
+            Py_XDECREF(group);
+            goto next;
+        }
+        if ((key = pass_key(rec, index, layer_type, sources)) == NULL)
+            goto next;
+        members = Py_XNewRef(PyDict_GetItemWithError(buckets, key));
+        if (members != NULL) {
+            failed = PyList_Append(members, index) < 0;
+        } else if (!PyErr_Occurred() && (members = PyList_New(1)) != NULL) {
+            PyList_SET_ITEM(members, 0, Py_NewRef(index));
+            failed = PyDict_SetItem(buckets, key, members) < 0;
+        }
+    next:
+        Py_XDECREF(members);
+        Py_XDECREF(key);
+        Py_XDECREF(layer_type);
+        Py_XDECREF(index);
+        Py_DECREF(rec);
+        if (failed)
+            goto done;
+    }
+    PyObject *key, *members;
+    Py_ssize_t it = 0;
+    while (PyDict_Next(buckets, &it, &key, &members)) {
+        Py_INCREF(members);
+        PyObject *first = NULL, *layer_type = NULL, *params = NULL, *made = NULL;
+        int failed = 1;
+        Py_ssize_t at = PyList_Check(members) && PyList_GET_SIZE(members) ? PyLong_AsSsize_t(PyList_GET_ITEM(members, 0)) : -1;
+        if (at < 0 || at >= PyList_GET_SIZE(records)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_IndexError, "a record's index is not its place in the records");
+            goto again;
+        }
+        first = Py_NewRef(PyList_GET_ITEM(records, at));
+        if ((layer_type = hp_rget(first, R_LAYER_TYPE)) == NULL || (params = hp_rget(first, R_PARAM_IDS)) == NULL)
+            goto again;
+        int has_params = PyObject_IsTrue(params);
+        if (has_params < 0)
+            goto again;
+        if (PyList_GET_SIZE(members) == 1 || has_params) {
+            PyObject *argv[2] = {members, layer_type};
+            made = hp_make(&maker, argv);
+            failed = made == NULL || PyList_Append(groups, made) < 0;
+        } else {
+            made = PyObject_CallFunctionObjArgs(split, buckets, members, NULL);
+            if (made != NULL && !PyList_Check(made))
+                PyErr_SetString(PyExc_TypeError, "split(buckets, members) returns a list of groups");
+            else if (made != NULL) {
+                interleaved = interleaved || PyList_GET_SIZE(made) > 1;
+                failed = PyList_SetSlice(groups, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, made) < 0;
+            }
+        }
+    again:
+        Py_XDECREF(made);
+        Py_XDECREF(params);
+        Py_XDECREF(layer_type);
+        Py_XDECREF(first);
+        Py_DECREF(members);
+        if (failed)
+            goto done;
+    }
+    out = Py_BuildValue("(OOO)", groups, side, interleaved ? Py_True : Py_False);
+done:
+    Py_XDECREF(groups);
+    Py_XDECREF(side);
+    Py_XDECREF(buckets);
+    return out;
+}
+
+/* Number and label ``groups`` (passes.group_passes' last loops): ``{type}_{count}_{index}``, and
+ * ``{type}_bk_{count}`` for the bookkeeping ones (``bookkeeping`` true: layer_index -1). */
+static int number_groups(Groups *layout, PyObject *groups, int bookkeeping) {
+    PyObject *counts = PyDict_New();
+    if (counts == NULL)
+        return -1;
+    int failed = 0;
+    for (Py_ssize_t i = 0; !failed && i < PyList_GET_SIZE(groups); i++) {
+        PyObject *g = Py_NewRef(PyList_GET_ITEM(groups, i));
+        PyObject *type = gget(layout, g, G_LAYER_TYPE), *count = NULL;
+        failed = 1;
+        if (type != NULL) {
+            PyObject *sofar = PyDict_GetItemWithError(counts, type);
+            Py_ssize_t n = sofar ? PyLong_AsSsize_t(sofar) + 1 : 1;
+            count = (sofar || !PyErr_Occurred()) && n > 0 ? PyLong_FromSsize_t(n) : NULL;
+            PyObject *label = count == NULL ? NULL
+                              : bookkeeping ? PyUnicode_FromFormat("%S_bk_%zd", type, n)
+                                            : PyUnicode_FromFormat("%S_%zd_%zd", type, n, i);
+            failed = label == NULL || PyDict_SetItem(counts, type, count) < 0 ||
+                     gset(layout, g, G_TYPE_INDEX, Py_NewRef(count)) < 0 ||
+                     gset(layout, g, G_LAYER_INDEX, PyLong_FromSsize_t(bookkeeping ? -1 : i)) < 0 ||
+                     gset(layout, g, G_LABEL, label) < 0;
+        }
+        Py_XDECREF(count);
+        Py_XDECREF(type);
+        Py_DECREF(g);
+    }
+    Py_DECREF(counts);
+    return failed ? -1 : 0;
+}
+
+/* label_groups(groups, side, n, group_type) -> (groups + side, labels, group_of, pass_num): the numbering of
+ * passes.group_passes, then passes.pass_labels of its result. */
+static PyObject *py_label_groups(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyList_Check(args[1]) || !PyLong_Check(args[2]) || !PyType_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "label_groups(groups: list, side: list, n: int, group_type)");
+        return NULL;
+    }
+    Groups layout;
+    groups_layout(&layout, (PyTypeObject *)args[3]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n < 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "n is negative");
+    if (number_groups(&layout, args[0], 0) < 0 || number_groups(&layout, args[1], 1) < 0)
+        return NULL;
+    PyObject *all = PySequence_Concat(args[0], args[1]);
+    PyObject *labels = all ? PyList_New(n) : NULL, *group_of = labels ? PyList_New(n) : NULL;
+    PyObject *pass_num = group_of ? PyList_New(n) : NULL, *out = NULL;
+    if (pass_num == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyList_SET_ITEM(labels, i, Py_NewRef(s_empty));
+        PyList_SET_ITEM(group_of, i, PyLong_FromLong(0));
+        PyList_SET_ITEM(pass_num, i, Py_NewRef(hp_one));
+    }
+    for (Py_ssize_t gi = 0; gi < PyList_GET_SIZE(all); gi++) {
+        PyObject *g = Py_NewRef(PyList_GET_ITEM(all, gi));
+        PyObject *members = gget(&layout, g, G_MEMBERS), *label = members ? gget(&layout, g, G_LABEL) : NULL;
+        PyObject *gi_obj = label ? PyLong_FromSsize_t(gi) : NULL;
+        int failed = gi_obj == NULL;
+        if (!failed && (!PyList_Check(members) || !PyUnicode_Check(label))) {
+            PyErr_SetString(PyExc_TypeError, "a group's members are a list and its label a str");
+            failed = 1;
+        }
+        Py_ssize_t m = failed ? 0 : PyList_GET_SIZE(members);
+        for (Py_ssize_t p = 0; !failed && p < m; p++) {
+            Py_ssize_t idx = PyLong_AsSsize_t(PyList_GET_ITEM(members, p));
+            if (idx < 0 || idx >= n) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_IndexError, "a group member is not a record index");
+                failed = 1;
+                break;
+            }
+            PyObject *text = m > 1 ? PyUnicode_FromFormat("%U:%zd", label, p + 1) : Py_NewRef(label);
+            PyObject *num = text ? PyLong_FromSsize_t(p + 1) : NULL;
+            if (num == NULL) {
+                Py_XDECREF(text);
+                failed = 1;
+                break;
+            }
+            Py_SETREF(PyList_GET_ITEM(labels, idx), text); /* (the list's own reference is replaced) */
+            Py_SETREF(PyList_GET_ITEM(group_of, idx), Py_NewRef(gi_obj));
+            Py_SETREF(PyList_GET_ITEM(pass_num, idx), num);
+        }
+        Py_XDECREF(gi_obj);
+        Py_XDECREF(label);
+        Py_XDECREF(members);
+        Py_DECREF(g);
+        if (failed)
+            goto done;
+    }
+    out = PyTuple_Pack(4, all, labels, group_of, pass_num);
+done:
+    Py_XDECREF(pass_num);
+    Py_XDECREF(group_of);
+    Py_XDECREF(labels);
+    Py_XDECREF(all);
+    return out;
+}
+
+PyMethodDef hp_build_functions[] = {
+    {"group_buckets", (PyCFunction)(void (*)(void))py_group_buckets, METH_FASTCALL,
+     "passes.group_passes up to the numbering: (groups, bookkeeping groups, interleaved)."},
+    {"label_groups", (PyCFunction)(void (*)(void))py_label_groups, METH_FASTCALL,
+     "The numbering of passes.group_passes, then passes.pass_labels."},
+    {NULL},
+};
