@@ -193,6 +193,52 @@ done:
     return out;
 }
 
+/* Append the decimal digits of v >= 0 at p: their count. */
+static Py_ssize_t put_number(char *p, Py_ssize_t v) {
+    char digits[24];
+    Py_ssize_t n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0 && n < 24);
+    for (Py_ssize_t i = 0; i < n; i++)
+        p[i] = digits[n - 1 - i];
+    return n;
+}
+
+/* f"{text}{sep}{a}" or, with sep2, f"{text}{sep}{a}{sep2}{b}" (a, b >= 0): written straight into a new
+ * ASCII string for ASCII text (FromFormat parses its format on every call; labels are made per record). */
+static PyObject *label_text(PyObject *text, const char *sep, Py_ssize_t a, const char *sep2, Py_ssize_t b) {
+    char buf[256];
+    Py_ssize_t size = 0;
+    const char *chars = PyUnicode_Check(text) && PyUnicode_IS_ASCII(text) ? (const char *)PyUnicode_DATA(text) : NULL;
+    size_t extra = strlen(sep) + (sep2 ? strlen(sep2) : 0) + 48;
+    if (chars != NULL && (size = PyUnicode_GET_LENGTH(text)) + (Py_ssize_t)extra < (Py_ssize_t)sizeof(buf) && a >= 0 && b >= 0) {
+        memcpy(buf, chars, (size_t)size);
+        Py_ssize_t n = size;
+        memcpy(buf + n, sep, strlen(sep));
+        n += (Py_ssize_t)strlen(sep);
+        n += put_number(buf + n, a);
+        if (sep2 != NULL) {
+            memcpy(buf + n, sep2, strlen(sep2));
+            n += (Py_ssize_t)strlen(sep2);
+            n += put_number(buf + n, b);
+        }
+        PyObject *out = PyUnicode_New(n, 127);
+        if (out != NULL)
+            memcpy(PyUnicode_DATA(out), buf, (size_t)n);
+        return out;
+    }
+    PyObject *head = PyObject_Str(text);
+    PyObject *tail = head == NULL ? NULL
+                     : sep2 ? PyUnicode_FromFormat("%s%zd%s%zd", sep, a, sep2, b)
+                            : PyUnicode_FromFormat("%s%zd", sep, a);
+    PyObject *out = tail ? PyUnicode_Concat(head, tail) : NULL;
+    Py_XDECREF(head);
+    Py_XDECREF(tail);
+    return out;
+}
+
 /* Number and label ``groups`` (passes.group_passes' last loops): ``{type}_{count}_{index}``, and
  * ``{type}_bk_{count}`` for the bookkeeping ones (``bookkeeping`` true: layer_index -1). */
 static int number_groups(Groups *layout, PyObject *groups, int bookkeeping) {
@@ -209,8 +255,8 @@ static int number_groups(Groups *layout, PyObject *groups, int bookkeeping) {
             Py_ssize_t n = sofar ? PyLong_AsSsize_t(sofar) + 1 : 1;
             count = (sofar || !PyErr_Occurred()) && n > 0 ? PyLong_FromSsize_t(n) : NULL;
             PyObject *label = count == NULL ? NULL
-                              : bookkeeping ? PyUnicode_FromFormat("%S_bk_%zd", type, n)
-                                            : PyUnicode_FromFormat("%S_%zd_%zd", type, n, i);
+                              : bookkeeping ? label_text(type, "_bk_", n, NULL, 0)
+                                            : label_text(type, "_", n, "_", i);
             failed = label == NULL || PyDict_SetItem(counts, type, count) < 0 ||
                      gset(layout, g, G_TYPE_INDEX, Py_NewRef(count)) < 0 ||
                      gset(layout, g, G_LAYER_INDEX, PyLong_FromSsize_t(bookkeeping ? -1 : i)) < 0 ||
@@ -266,7 +312,7 @@ static PyObject *py_label_groups(PyObject *mod, PyObject *const *args, Py_ssize_
                 failed = 1;
                 break;
             }
-            PyObject *text = m > 1 ? PyUnicode_FromFormat("%U:%zd", label, p + 1) : Py_NewRef(label);
+            PyObject *text = m > 1 ? label_text(label, ":", p + 1, NULL, 0) : Py_NewRef(label);
             PyObject *num = text ? PyLong_FromSsize_t(p + 1) : NULL;
             if (num == NULL) {
                 Py_XDECREF(text);

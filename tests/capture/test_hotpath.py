@@ -276,3 +276,22 @@ def test_both_paths_make_the_same_records(monkeypatch: pytest.MonkeyPatch) -> No
         rec = recorder.Recorder(nn.Linear(1, 1), CapturePlan(save="all"), None)
         assert rec._hot_handler().record_slots == len(OpRecord.__slots__)
         assert rec.module_tracker._hot_calls().call_slots == len(ModuleCall.__slots__)
+
+
+@pytest.mark.skipif(recorder._hotpath is None, reason="the C extension is not built")
+def test_c_labels_match_python_for_any_layer_type_text() -> None:
+    """Labels are written straight into ASCII strings; other text takes the general path, to the same labels."""
+    from lens_train.capture.passes import LayerGroup, pass_labels
+
+    def groups() -> tuple[list, list]:
+        main = [LayerGroup([0], "relu"), LayerGroup([1, 3], "süm" * 3), LayerGroup([2], "x" * 300)]
+        return main, [LayerGroup([4], "add", bookkeeping=True)]
+
+    main, side = groups()
+    made, *lists = recorder._hotpath.label_groups(main, side, 5, LayerGroup)
+    labels = [g.label for g in made]
+    assert labels == ["relu_1_0", "sümsümsüm_1_1", "x" * 300 + "_1_2", "add_bk_1"]
+    assert lists[0] == ["relu_1_0", "sümsümsüm_1_1:1", "x" * 300 + "_1_2", "sümsümsüm_1_1:2", "add_bk_1"]
+    assert lists[1:] == [[0, 1, 2, 1, 3], [1, 1, 1, 2, 1]]
+    assert (made[3].layer_index, made[3].type_index) == (-1, 1)
+    assert pass_labels(made, 5) == tuple(lists)
