@@ -17,7 +17,7 @@ PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version
     *s_inplace, *s_out, *s_setitem, *s_batchnorm, *s_instancenorm, *s_last_op, *s_address,
     *s_pass_num, *s_output_of_modules, *s_output_records, *s_self, *s_forward, *s_call_template,
     *s_replay_context, *s_rng_state, *s_callsite, *s_frames, *s_func, *s_layer_type, *s_output_index, *s_module_stack,
-    *s_param_ids, *s_source, *s_empty;
+    *s_param_ids, *s_source, *s_empty, *s_original;
 PyObject *hp_one;
 
 /* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
@@ -86,7 +86,7 @@ static PyObject **const rnames[R_FIELDS] = {&s_index, &s_framework, &s_rec_versi
                                            &s_is_internally_generated, &s_requires_grad, &s_grad_fn_name, &s_activation,
                                            &s_transformed_activation, &s_call_template, &s_replay_context, &s_rng_state,
                                            &s_output_of_modules, &s_callsite, &s_frames, &s_func, &s_layer_type,
-                                           &s_output_index, &s_module_stack, &s_param_ids};
+                                           &s_output_index, &s_module_stack, &s_param_ids, &s_original};
 static PyTypeObject *rtype; /* held; NULL: every access by name */
 static Py_ssize_t roffset[R_FIELDS];
 
@@ -454,7 +454,8 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_module_stack, "module_stack"},
                    {&s_param_ids, "param_ids"},
                    {&s_source, "source"},
-                   {&s_empty, ""}};
+                   {&s_empty, ""},
+                   {&s_original, "original"}};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
         if (*strings[i].slot == NULL)

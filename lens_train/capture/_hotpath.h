@@ -22,14 +22,14 @@ HP_HIDDEN extern PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_gr
     *s_grad_fn_name, *s_activation, *s_transformed_activation, *s_inplace, *s_out, *s_setitem,
     *s_batchnorm, *s_instancenorm, *s_last_op, *s_address, *s_pass_num, *s_output_of_modules,
     *s_output_records, *s_self, *s_forward, *s_call_template, *s_replay_context, *s_rng_state,
-    *s_callsite, *s_frames, *s_func, *s_layer_type, *s_output_index, *s_module_stack, *s_param_ids, *s_source, *s_empty;
+    *s_callsite, *s_frames, *s_func, *s_layer_type, *s_output_index, *s_module_stack, *s_param_ids, *s_source, *s_empty, *s_original;
 HP_HIDDEN extern PyObject *hp_one;
 
 /* Fields of OpRecord read and set here (hp_rget, hp_rset): by slot offset on an OpRecord of the layout
  * hp_rlayout checked, by name (getattr, setattr) on anything else. */
 enum { R_INDEX, R_FRAMEWORK, R_VERSION, R_TENSOR_REF, R_TIME_S, R_INTERNAL, R_REQUIRES_GRAD, R_GRAD_FN_NAME,
        R_ACTIVATION, R_TRANSFORMED, R_TEMPLATE, R_CONTEXT, R_RNG, R_OUTPUT_OF_MODULES, R_CALLSITE, R_FRAMES,
-       R_FUNC, R_LAYER_TYPE, R_OUTPUT_INDEX, R_MODULE_STACK, R_PARAM_IDS, R_FIELDS };
+       R_FUNC, R_LAYER_TYPE, R_OUTPUT_INDEX, R_MODULE_STACK, R_PARAM_IDS, R_ORIGINAL, R_FIELDS };
 /* the offset of the object slot ``name`` of ``type`` that plain attribute access reads and sets, or -1 */
 HP_HIDDEN Py_ssize_t hp_slot_offset(PyTypeObject *type, const char *name);
 /* learn the slot offsets of ``type`` (OpRecord): only a type of plain object slots with generic attribute access */

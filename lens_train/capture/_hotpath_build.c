@@ -339,7 +339,65 @@ done:
     return out;
 }
 
+/* The fields build._pending_layers sets (layer_log.PENDING_FIELDS), in this order. */
+enum { P_LABEL, P_CONTENTS, P_TRANSFORMED, P_GRADIENT, P_ORIGINAL, P_MATERIALIZE, P_LOOKUP_KEYS, P_KEY_INDEX, P_KEY_POS, P_FIELDS };
+static const char *const pnames[P_FIELDS] = {"layer_label", "tensor_contents", "transformed_activation", "gradient",
+                                             "original_activation", "_materialize", "_lookup_keys", "_key_index", "_key_pos"};
+
+/* pending_layers(data, labels, keys, layer_type, pending_type): build._pending_layers, or None where the types
+ * are not laid out as it needs (plain slots of layer_type, which pending_type adds nothing to). */
+static PyObject *py_pending_layers(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyList_Check(args[1]) || !PyType_Check(args[3]) || !PyType_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "pending_layers(data: list, labels: list, keys, layer_type, pending_type)");
+        return NULL;
+    }
+    PyObject *data = args[0], *labels = args[1], *keys = args[2];
+    PyTypeObject *layer = (PyTypeObject *)args[3], *pending = (PyTypeObject *)args[4];
+    Py_ssize_t offset[P_FIELDS];
+    for (int f = 0; f < P_FIELDS; f++)
+        if ((offset[f] = hp_slot_offset(layer, pnames[f])) < 0)
+            Py_RETURN_NONE;
+    if (!PyType_IsSubtype(pending, layer) || pending->tp_basicsize != layer->tp_basicsize ||
+        pending->tp_itemsize != 0 || pending->tp_alloc != PyType_GenericAlloc)
+        Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t pos = 0; out != NULL && pos < PyList_GET_SIZE(data); pos++) {
+        PyObject *rec = Py_NewRef(PyList_GET_ITEM(data, pos));
+        PyObject *v[P_FIELDS] = {NULL};
+        PyObject *index = hp_rget(rec, R_INDEX), *obj = NULL;
+        Py_ssize_t at = index ? PyLong_AsSsize_t(index) : -1;
+        int failed = 1;
+        if (at < 0 || at >= PyList_GET_SIZE(labels)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_IndexError, "a record's index has no label");
+        } else if ((v[P_CONTENTS] = hp_rget(rec, R_ACTIVATION)) && (v[P_TRANSFORMED] = hp_rget(rec, R_TRANSFORMED)) &&
+                   (v[P_ORIGINAL] = hp_rget(rec, R_ORIGINAL)) && (v[P_KEY_POS] = PyLong_FromSsize_t(pos)) &&
+                   (obj = pending->tp_alloc(pending, 0))) {
+            v[P_LABEL] = Py_NewRef(PyList_GET_ITEM(labels, at));
+            v[P_GRADIENT] = Py_NewRef(Py_None);
+            v[P_MATERIALIZE] = Py_NewRef(Py_None);
+            v[P_LOOKUP_KEYS] = Py_NewRef(Py_None);
+            v[P_KEY_INDEX] = Py_NewRef(keys);
+            for (int f = 0; f < P_FIELDS; f++) { /* a fresh object: every slot is empty */
+                *(PyObject **)((char *)obj + offset[f]) = v[f];
+                v[f] = NULL;
+            }
+            failed = PyList_Append(out, obj) < 0;
+        }
+        for (int f = 0; f < P_FIELDS; f++)
+            Py_XDECREF(v[f]);
+        Py_XDECREF(obj);
+        Py_XDECREF(index);
+        Py_DECREF(rec);
+        if (failed)
+            Py_CLEAR(out);
+    }
+    return out;
+}
+
 PyMethodDef hp_build_functions[] = {
+    {"pending_layers", (PyCFunction)(void (*)(void))py_pending_layers, METH_FASTCALL,
+     "build._pending_layers: one PendingLayerLog per data-path record."},
     {"group_buckets", (PyCFunction)(void (*)(void))py_group_buckets, METH_FASTCALL,
      "passes.group_passes up to the numbering: (groups, bookkeeping groups, interleaved)."},
     {"label_groups", (PyCFunction)(void (*)(void))py_label_groups, METH_FASTCALL,

@@ -80,7 +80,7 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     data = [rec for rec in records if not side[rec.index]]
     source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, param_info)
     keys = LayerKeys(source=source)
-    layers = _pending_layers(data, pass_label, keys)
+    layers = _pending_layers(data, pass_label, keys, recorder_module._hotpath)
     meta = dict(meta)
     meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping])
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
@@ -91,11 +91,15 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     return ModelLog(type(model).__name__, layers, table, meta, keys)
 
 
-def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys) -> list[LayerLog]:
+def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys, hot: Any = None) -> list[LayerLog]:
     """One :class:`PendingLayerLog` per data-path record: its label, values and position (the hot loop).
 
     Each is made a plain ``LayerLog`` (plain attribute stores) and then given its pending class.
+    ``hot``: the C extension, which makes the same objects (None where the classes are not laid out for it).
     """
+    made = hot.pending_layers(data, labels, keys, LayerLog, PendingLayerLog) if hot is not None else None
+    if made is not None:
+        return made
     new = LayerLog.__new__
     out = []
     append = out.append

@@ -295,3 +295,39 @@ def test_c_labels_match_python_for_any_layer_type_text() -> None:
     assert lists[1:] == [[0, 1, 2, 1, 3], [1, 1, 1, 2, 1]]
     assert (made[3].layer_index, made[3].type_index) == (-1, 1)
     assert pass_labels(made, 5) == tuple(lists)
+
+
+@pytest.mark.skipif(recorder._hotpath is None, reason="the C extension is not built")
+def test_c_pending_layers_are_the_python_ones() -> None:
+    """build._pending_layers in C: the same class, the same pending fields, nothing else set (filled alike later)."""
+    from lens_train.capture import build
+    from lens_train.capture.layer_log import PENDING_FIELDS, PendingLayerLog
+
+    from lens_train.capture.api import record_forward
+    from lens_train.capture.recorder import CapturePlan
+
+    torch.manual_seed(0)
+    model = Mixed()
+    log = build.build_log(record_forward(model, (torch.randn(4, 6),), None, CapturePlan(save="all"), 0)[0], model, {})
+    source = log.layers[0]._key_index.source
+    data, labels, keys = source.data, source.labels, log.layers[0]._key_index
+
+    def state(layers: list) -> list:
+        out = []
+        for layer in layers:
+            assert type(layer) is PendingLayerLog
+            row = {}
+            for name in type(layer).__mro__[1].__slots__:
+                try:
+                    row[name] = object.__getattribute__(layer, name)
+                except AttributeError:
+                    continue
+            assert set(row) == set(PENDING_FIELDS)
+            out.append(row)
+        return out
+
+    made = state(build._pending_layers(data, labels, keys, recorder._hotpath))
+    assert made == state(build._pending_layers(data, labels, keys)) and len(made) == len(log.layers) > 5
+    assert any(row["tensor_contents"] is not None for row in made)
+    filled = build._pending_layers(data, labels, keys, recorder._hotpath)[2]
+    assert filled.layer_type == log.layers[2].layer_type and type(filled) is not PendingLayerLog
