@@ -20,6 +20,46 @@ PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version
     *s_param_ids, *s_source, *s_empty, *s_original;
 PyObject *hp_one;
 
+/* The walk above frame f when f runs an open module call (above: id(frame) -> (frame, walk above)):
+ * borrowed, or NULL (an error set, or none). A few open calls are compared directly, more looked up. */
+static PyObject *above_of(PyObject *above, PyFrameObject *f) {
+    if (PyDict_GET_SIZE(above) <= 8) {
+        PyObject *key, *value;
+        Py_ssize_t it = 0;
+        while (PyDict_Next(above, &it, &key, &value))
+            if (PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2 && PyTuple_GET_ITEM(value, 0) == (PyObject *)f)
+                return PyTuple_GET_ITEM(value, 1);
+        return NULL;
+    }
+    PyObject *fid = PyLong_FromVoidPtr(f);
+    if (fid == NULL)
+        return NULL;
+    PyObject *known = PyDict_GetItemWithError(above, fid);
+    Py_DECREF(fid);
+    return known != NULL && PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2 && PyTuple_GET_ITEM(known, 0) == (PyObject *)f
+               ? PyTuple_GET_ITEM(known, 1)
+               : NULL;
+}
+
+/* codes[id(code)] = code, skipped for a code this very dict was given lately: a small direct-mapped memo
+ * of (dict, code) pairs; the memo holds the dict, so no other dict is ever taken for it. */
+static PyObject *memo_codes;
+static PyObject *memo[128];
+
+static int note_code(PyObject *codes, PyObject *cid, PyObject *code) {
+    size_t slot = ((size_t)code >> 4) & 127;
+    if (codes == memo_codes && memo[slot] == code)
+        return 0;
+    if (PyDict_SetItem(codes, cid, code) < 0)
+        return -1;
+    if (codes != memo_codes) {
+        Py_XSETREF(memo_codes, Py_NewRef(codes));
+        memset(memo, 0, sizeof(memo));
+    }
+    memo[slot] = code; /* (the dict holds it) */
+    return 0;
+}
+
 /* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
 PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
     PyObject *out = PyList_New(0);
@@ -35,7 +75,7 @@ PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObjec
         }
         PyObject *cid = PyLong_FromVoidPtr(code);
         PyObject *lasti = cid ? PyLong_FromLong(PyFrame_GetLasti(f)) : NULL;
-        int bad = lasti == NULL || PyDict_SetItem(codes, cid, code) < 0 || PyList_Append(out, cid) < 0 ||
+        int bad = lasti == NULL || note_code(codes, cid, code) < 0 || PyList_Append(out, cid) < 0 ||
                   PyList_Append(out, lasti) < 0;
         Py_XDECREF(cid);
         Py_XDECREF(lasti);
@@ -43,17 +83,12 @@ PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObjec
         if (bad)
             goto fail;
         if (check_above) {
-            PyObject *fid = PyLong_FromVoidPtr(f);
-            if (fid == NULL)
+            PyObject *walk = above_of(above, f);
+            if (walk == NULL && PyErr_Occurred())
                 goto fail;
-            PyObject *known = PyDict_GetItemWithError(above, fid);
-            Py_DECREF(fid);
-            if (known == NULL && PyErr_Occurred())
-                goto fail;
-            if (known != NULL && PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2 &&
-                PyTuple_GET_ITEM(known, 0) == (PyObject *)f) {
+            if (walk != NULL) {
                 PyObject *own = PyList_AsTuple(out);
-                PyObject *site = own ? PyTuple_Pack(2, own, PyTuple_GET_ITEM(known, 1)) : NULL;
+                PyObject *site = own ? PyTuple_Pack(2, own, walk) : NULL;
                 Py_XDECREF(own);
                 Py_DECREF(out);
                 Py_DECREF(f);

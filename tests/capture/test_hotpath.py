@@ -331,3 +331,29 @@ def test_c_pending_layers_are_the_python_ones() -> None:
     assert any(row["tensor_contents"] is not None for row in made)
     filled = build._pending_layers(data, labels, keys, recorder._hotpath)[2]
     assert filled.layer_type == log.layers[2].layer_type and type(filled) is not PendingLayerLog
+
+
+class _Nest(nn.Module):
+    """``depth`` modules each calling the next: more open calls than the C walk compares one by one."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.inner = _Nest(depth - 1) if depth > 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.lin(x)) + 1
+        return self.inner(x) * 2 if self.inner is not None else x
+
+
+@pytest.mark.parametrize("depth", [3, 12])
+def test_both_paths_find_the_same_call_sites_at_any_nesting(monkeypatch: pytest.MonkeyPatch, depth: int) -> None:
+    def sites() -> list[tuple]:
+        torch.manual_seed(0)
+        log = lt.log_forward_pass(_Nest(depth), torch.randn(2, 3), layers_to_save=None)
+        return [(layer.layer_label, [(f.function, f.line) for f in layer.func_call_stack]) for layer in log.layers]
+
+    hot = sites()
+    assert len(hot) > 4 * depth and len({labels for labels, _ in hot}) == len(hot)
+    monkeypatch.setattr(recorder, "_hotpath", None)
+    assert sites() == hot
