@@ -46,11 +46,14 @@ static PyObject *above_of(PyObject *above, PyFrameObject *f) {
 static PyObject *memo_codes;
 static PyObject *memo[128];
 
-static int note_code(PyObject *codes, PyObject *cid, PyObject *code) {
+static int note_code(PyObject *codes, PyObject *code, PyObject *cid /* NULL: made here */) {
     size_t slot = ((size_t)code >> 4) & 127;
     if (codes == memo_codes && memo[slot] == code)
         return 0;
-    if (PyDict_SetItem(codes, cid, code) < 0)
+    PyObject *key = cid ? Py_NewRef(cid) : PyLong_FromVoidPtr(code);
+    int r = key ? PyDict_SetItem(codes, key, code) : -1;
+    Py_XDECREF(key);
+    if (r < 0)
         return -1;
     if (codes != memo_codes) {
         Py_XSETREF(memo_codes, Py_NewRef(codes));
@@ -60,8 +63,8 @@ static int note_code(PyObject *codes, PyObject *cid, PyObject *code) {
     return 0;
 }
 
-/* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
-PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
+/* hp_walk for a walk longer than the cache keeps (any length). */
+static PyObject *walk_long(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
@@ -75,7 +78,7 @@ PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObjec
         }
         PyObject *cid = PyLong_FromVoidPtr(code);
         PyObject *lasti = cid ? PyLong_FromLong(PyFrame_GetLasti(f)) : NULL;
-        int bad = lasti == NULL || note_code(codes, cid, code) < 0 || PyList_Append(out, cid) < 0 ||
+        int bad = lasti == NULL || note_code(codes, code, cid) < 0 || PyList_Append(out, cid) < 0 ||
                   PyList_Append(out, lasti) < 0;
         Py_XDECREF(cid);
         Py_XDECREF(lasti);
@@ -107,6 +110,98 @@ fail:
     Py_XDECREF(f);
     Py_DECREF(out);
     return NULL;
+}
+
+/* Recent walks (code, offset pairs) and the tuple made for each: a statement run again gets the same
+ * tuple back instead of new ints and a new tuple. Keyed by content (a tuple of ints: an entry can never
+ * hold another walk's tuple), direct-mapped, process-wide; it holds only those tuples. */
+enum { WALK_FRAMES = 16, WALK_CACHE = 1024 };
+typedef struct {
+    uint64_t hash;
+    Py_ssize_t n;
+    void *code[WALK_FRAMES];
+    int lasti[WALK_FRAMES];
+    PyObject *walk;
+} WalkEntry;
+static WalkEntry walk_cache[WALK_CACHE];
+
+/* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
+PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
+    PyObject *code[WALK_FRAMES], *walk_above = NULL, *own = NULL, *site = NULL;
+    int lasti[WALK_FRAMES];
+    Py_ssize_t n = 0;
+    uint64_t hash = 1469598103934665603ULL;
+    int check_above = PyDict_GET_SIZE(above) > 0, failed = 0;
+    PyFrameObject *start = f;
+    Py_XINCREF(f);
+    while (f != NULL) {
+        PyObject *c = (PyObject *)PyFrame_GetCode(f);
+        if (c == stop || n == WALK_FRAMES) {
+            Py_DECREF(c);
+            break;
+        }
+        code[n] = c;
+        lasti[n] = PyFrame_GetLasti(f);
+        hash = (hash ^ (uint64_t)(uintptr_t)c) * 1099511628211ULL;
+        hash = (hash ^ (uint64_t)(unsigned int)lasti[n]) * 1099511628211ULL;
+        n++;
+        if (check_above) {
+            walk_above = Py_XNewRef(above_of(above, f));
+            if (walk_above == NULL && PyErr_Occurred()) {
+                failed = 1;
+                break;
+            }
+            if (walk_above != NULL)
+                break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    int more = f != NULL && walk_above == NULL && !failed && n == WALK_FRAMES; /* (stopped for length) */
+    Py_XDECREF(f);
+    for (Py_ssize_t i = 0; !failed && !more && i < n; i++)
+        failed = note_code(codes, code[i], NULL) < 0;
+    if (failed || more)
+        goto done;
+    hash ^= (uint64_t)n;
+    WalkEntry *e = &walk_cache[hash % WALK_CACHE];
+    int same = e->walk != NULL && e->hash == hash && e->n == n;
+    for (Py_ssize_t i = 0; same && i < n; i++)
+        same = e->code[i] == (void *)code[i] && e->lasti[i] == lasti[i];
+    if (same) {
+        own = Py_NewRef(e->walk);
+    } else {
+        own = PyTuple_New(2 * n);
+        for (Py_ssize_t i = 0; own != NULL && i < n; i++) {
+            PyObject *cid = PyLong_FromVoidPtr(code[i]), *at = cid ? PyLong_FromLong(lasti[i]) : NULL;
+            if (at == NULL) {
+                Py_XDECREF(cid);
+                Py_CLEAR(own);
+                break;
+            }
+            PyTuple_SET_ITEM(own, 2 * i, cid);
+            PyTuple_SET_ITEM(own, 2 * i + 1, at);
+        }
+        if (own != NULL) {
+            Py_XSETREF(e->walk, Py_NewRef(own));
+            e->hash = hash;
+            e->n = n;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                e->code[i] = code[i];
+                e->lasti[i] = lasti[i];
+            }
+        }
+    }
+    site = own == NULL || walk_above == NULL ? Py_XNewRef(own) : PyTuple_Pack(2, own, walk_above);
+done:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(code[i]);
+    Py_XDECREF(own);
+    Py_XDECREF(walk_above);
+    if (more)
+        return walk_long(stop, codes, above, start);
+    return site;
 }
 
 int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value) {

@@ -15,6 +15,7 @@ import sys
 import sysconfig
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -346,14 +347,30 @@ class _Nest(nn.Module):
         return self.inner(x) * 2 if self.inner is not None else x
 
 
-@pytest.mark.parametrize("depth", [3, 12])
-def test_both_paths_find_the_same_call_sites_at_any_nesting(monkeypatch: pytest.MonkeyPatch, depth: int) -> None:
+class _Deep(nn.Module):
+    """Ops ``depth`` plain Python calls below forward: walks longer than the C side keeps."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(x, self.depth)
+
+    def down(self, x: torch.Tensor, left: int) -> torch.Tensor:
+        x = x + left
+        return self.down(x, left - 1) * 2 if left else x.relu()
+
+
+@pytest.mark.parametrize("model", [lambda: _Nest(3), lambda: _Nest(12), lambda: _Deep(3), lambda: _Deep(40)])
+def test_both_paths_find_the_same_call_sites_at_any_nesting(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
     def sites() -> list[tuple]:
         torch.manual_seed(0)
-        log = lt.log_forward_pass(_Nest(depth), torch.randn(2, 3), layers_to_save=None)
+        log = lt.log_forward_pass(model(), torch.randn(2, 3), layers_to_save=None)
         return [(layer.layer_label, [(f.function, f.line) for f in layer.func_call_stack]) for layer in log.layers]
 
     hot = sites()
-    assert len(hot) > 4 * depth and len({labels for labels, _ in hot}) == len(hot)
+    assert len(hot) > 8 and len({label for label, _ in hot}) == len(hot)
+    assert sites() == hot  # (walks the C side keeps from the first capture)
     monkeypatch.setattr(recorder, "_hotpath", None)
     assert sites() == hot
