@@ -319,9 +319,14 @@ static PyObject *py_label_groups(PyObject *mod, PyObject *const *args, Py_ssize_
                 failed = 1;
                 break;
             }
-            Py_SETREF(PyList_GET_ITEM(labels, idx), text); /* (the list's own reference is replaced) */
-            Py_SETREF(PyList_GET_ITEM(group_of, idx), Py_NewRef(gi_obj));
-            Py_SETREF(PyList_GET_ITEM(pass_num, idx), num);
+            /* (each steals the new value and drops the one it replaces; idx is in range) */
+            int bad = PyList_SetItem(labels, idx, text) < 0;
+            bad = PyList_SetItem(group_of, idx, Py_NewRef(gi_obj)) < 0 || bad;
+            bad = PyList_SetItem(pass_num, idx, num) < 0 || bad;
+            if (bad) {
+                failed = 1;
+                break;
+            }
         }
         Py_XDECREF(gi_obj);
         Py_XDECREF(label);
