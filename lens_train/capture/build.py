@@ -71,9 +71,11 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     records = recorder.records
     # id -> (address, shape, count, bytes) of each parameter (first name): read now, the log never holds the model's
     param_info: dict[int, tuple] = {}
-    for a, p in recorder.index.unique_params():
-        n = p.numel()
-        param_info[id(p)] = (a, tuple(p.shape), n, n * p.element_size())
+    for a, p in recorder.index.params:  # (a shared parameter under its first name, as unique_params gives it)
+        key = id(p)
+        if key not in param_info:
+            n = p.numel()
+            param_info[key] = (a, tuple(p.shape), n, n * p.itemsize)
     counts = _param_counts((info[0], info[2]) for info in param_info.values())
     side = bookkeeping_flags(records)
     groups, pass_label, group_of, pass_num = grouped_labels(records, frozenset(counts), side, recorder_module._hotpath)
