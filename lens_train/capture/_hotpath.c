@@ -1,23 +1,19 @@
 /* lens_train.capture._hotpath: the recorder's common cases in C.
  *
- * Built by setup.py where a compiler is available (CPython 3.11+: PyFrame_GetLasti,
- * PyType_GetName, PyFrame_GetLocals); without it the package captures on the Python path,
+ * Built by setup.py where a compiler is available (CPython 3.11+: PyFrame_GetLasti, PyType_GetName;
+ * a frame's local read from 3.11's frame layout, with PyFrame_GetVar from 3.12); without it the package captures on the Python path,
  * which stays the one implementation of every rare case (lens_train/capture/recorder.py).
  *
  *   _hotpath_ops.c    Handler: the recorder's instance __torch_function__ during a pass
  *   _hotpath_calls.c  Calls, Wrapper: module calls opened and closed around forward
- *   _hotpath_build.c  pass grouping and labels after the pass (passes.group_passes, pass_labels)
- *   _hotpath.c        what both use (call-site walks, owner lookups), the module itself
+ *   _hotpath_build.c  after the pass: pass grouping, labels, pending layers (passes.grouped_labels, build)
+ *   _hotpath.c        what the others use (call-site walks, field layouts, makers, owner lookups), the module
  */
 #include "_hotpath.h"
 
-PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version, *s_rec_version,
-    *s_detach, *s_tensor_ref, *s_index, *s_framework, *s_stack, *s_op_count, *s_time_s,
-    *s_is_internally_generated, *s_grad_fn_name, *s_activation, *s_transformed_activation,
-    *s_inplace, *s_out, *s_setitem, *s_batchnorm, *s_instancenorm, *s_last_op, *s_address,
-    *s_pass_num, *s_output_of_modules, *s_output_records, *s_self, *s_forward, *s_call_template,
-    *s_replay_context, *s_rng_state, *s_callsite, *s_frames, *s_func, *s_layer_type, *s_output_index, *s_module_stack,
-    *s_param_ids, *s_source, *s_empty, *s_original;
+PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version, *s_detach, *s_stack, *s_op_count,
+    *s_inplace, *s_out, *s_setitem, *s_batchnorm, *s_instancenorm, *s_last_op, *s_address, *s_pass_num,
+    *s_output_records, *s_self, *s_forward, *s_source, *s_empty;
 PyObject *hp_one;
 
 /* The walk above frame f when f runs an open module call (above: id(frame) -> (frame, walk above)):
@@ -46,11 +42,11 @@ static PyObject *above_of(PyObject *above, PyFrameObject *f) {
 static PyObject *memo_codes;
 static PyObject *memo[128];
 
-static int note_code(PyObject *codes, PyObject *code, PyObject *cid /* NULL: made here */) {
+static int note_code(PyObject *codes, PyObject *code) {
     size_t slot = ((size_t)code >> 4) & 127;
     if (codes == memo_codes && memo[slot] == code)
         return 0;
-    PyObject *key = cid ? Py_NewRef(cid) : PyLong_FromVoidPtr(code);
+    PyObject *key = PyLong_FromVoidPtr(code);
     int r = key ? PyDict_SetItem(codes, key, code) : -1;
     Py_XDECREF(key);
     if (r < 0)
@@ -61,55 +57,6 @@ static int note_code(PyObject *codes, PyObject *code, PyObject *cid /* NULL: mad
     }
     memo[slot] = code; /* (the dict holds it) */
     return 0;
-}
-
-/* hp_walk for a walk longer than the cache keeps (any length). */
-static PyObject *walk_long(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    Py_XINCREF(f);
-    int check_above = PyDict_GET_SIZE(above) > 0;
-    while (f != NULL) {
-        PyObject *code = (PyObject *)PyFrame_GetCode(f);
-        if (code == stop) {
-            Py_DECREF(code);
-            break;
-        }
-        PyObject *cid = PyLong_FromVoidPtr(code);
-        PyObject *lasti = cid ? PyLong_FromLong(PyFrame_GetLasti(f)) : NULL;
-        int bad = lasti == NULL || note_code(codes, code, cid) < 0 || PyList_Append(out, cid) < 0 ||
-                  PyList_Append(out, lasti) < 0;
-        Py_XDECREF(cid);
-        Py_XDECREF(lasti);
-        Py_DECREF(code);
-        if (bad)
-            goto fail;
-        if (check_above) {
-            PyObject *walk = above_of(above, f);
-            if (walk == NULL && PyErr_Occurred())
-                goto fail;
-            if (walk != NULL) {
-                PyObject *own = PyList_AsTuple(out);
-                PyObject *site = own ? PyTuple_Pack(2, own, walk) : NULL;
-                Py_XDECREF(own);
-                Py_DECREF(out);
-                Py_DECREF(f);
-                return site;
-            }
-        }
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
-    }
-    Py_XDECREF(f);
-    PyObject *site = PyList_AsTuple(out);
-    Py_DECREF(out);
-    return site;
-fail:
-    Py_XDECREF(f);
-    Py_DECREF(out);
-    return NULL;
 }
 
 /* Recent walks (code, offset pairs) and the tuple made for each: a statement run again gets the same
@@ -125,82 +72,125 @@ typedef struct {
 } WalkEntry;
 static WalkEntry walk_cache[WALK_CACHE];
 
-/* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite). */
-PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
-    PyObject *code[WALK_FRAMES], *walk_above = NULL, *own = NULL, *site = NULL;
-    int lasti[WALK_FRAMES];
-    Py_ssize_t n = 0;
-    uint64_t hash = 1469598103934665603ULL;
-    int check_above = PyDict_GET_SIZE(above) > 0, failed = 0;
-    PyFrameObject *start = f;
-    Py_XINCREF(f);
-    while (f != NULL) {
-        PyObject *c = (PyObject *)PyFrame_GetCode(f);
-        if (c == stop || n == WALK_FRAMES) {
-            Py_DECREF(c);
+/* The frames of one walk: their code (held) and offset, in a buffer that grows past WALK_FRAMES. */
+typedef struct {
+    PyObject *inline_code[WALK_FRAMES];
+    int inline_lasti[WALK_FRAMES];
+    PyObject **code;
+    int *lasti;
+    Py_ssize_t n, cap;
+} Frames;
+
+static int frames_add(Frames *w, PyObject *code, int lasti) { /* steals code */
+    if (w->n == w->cap) {
+        Py_ssize_t cap = 2 * w->cap;
+        PyObject **codes = PyMem_Malloc(cap * sizeof(PyObject *));
+        int *lastis = codes ? PyMem_Malloc(cap * sizeof(int)) : NULL;
+        if (lastis == NULL) {
+            PyMem_Free(codes);
+            Py_DECREF(code);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(codes, w->code, w->n * sizeof(PyObject *));
+        memcpy(lastis, w->lasti, w->n * sizeof(int));
+        if (w->code != w->inline_code) {
+            PyMem_Free(w->code);
+            PyMem_Free(w->lasti);
+        }
+        w->code = codes, w->lasti = lastis, w->cap = cap;
+    }
+    w->code[w->n] = code;
+    w->lasti[w->n++] = lasti;
+    return 0;
+}
+
+static void frames_clear(Frames *w) {
+    for (Py_ssize_t i = 0; i < w->n; i++)
+        Py_DECREF(w->code[i]);
+    if (w->code != w->inline_code) {
+        PyMem_Free(w->code);
+        PyMem_Free(w->lasti);
+    }
+}
+
+/* The tuple (code id, offset, ...) of a walk: a short one from walk_cache when it holds the same walk. */
+static PyObject *walk_tuple(const Frames *w) {
+    Py_ssize_t n = w->n;
+    uint64_t hash = 1469598103934665603ULL ^ (uint64_t)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        hash = (hash ^ (uint64_t)(uintptr_t)w->code[i]) * 1099511628211ULL;
+        hash = (hash ^ (uint64_t)(unsigned int)w->lasti[i]) * 1099511628211ULL;
+    }
+    WalkEntry *e = n <= WALK_FRAMES ? &walk_cache[hash % WALK_CACHE] : NULL;
+    int same = e != NULL && e->walk != NULL && e->hash == hash && e->n == n;
+    for (Py_ssize_t i = 0; same && i < n; i++)
+        same = e->code[i] == (void *)w->code[i] && e->lasti[i] == w->lasti[i];
+    if (same)
+        return Py_NewRef(e->walk);
+    PyObject *own = PyTuple_New(2 * n);
+    for (Py_ssize_t i = 0; own != NULL && i < n; i++) {
+        PyObject *cid = PyLong_FromVoidPtr(w->code[i]), *at = cid ? PyLong_FromLong(w->lasti[i]) : NULL;
+        if (at == NULL) {
+            Py_XDECREF(cid);
+            Py_CLEAR(own);
             break;
         }
-        code[n] = c;
-        lasti[n] = PyFrame_GetLasti(f);
-        hash = (hash ^ (uint64_t)(uintptr_t)c) * 1099511628211ULL;
-        hash = (hash ^ (uint64_t)(unsigned int)lasti[n]) * 1099511628211ULL;
-        n++;
+        PyTuple_SET_ITEM(own, 2 * i, cid);
+        PyTuple_SET_ITEM(own, 2 * i + 1, at);
+    }
+    if (own != NULL && e != NULL) {
+        Py_XSETREF(e->walk, Py_NewRef(own));
+        e->hash = hash;
+        e->n = n;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            e->code[i] = w->code[i];
+            e->lasti[i] = w->lasti[i];
+        }
+    }
+    return own;
+}
+
+/* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite),
+ * or (those frames, the walk above) when it meets an open module call's frame. */
+PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f) {
+    Frames w;
+    w.code = w.inline_code, w.lasti = w.inline_lasti, w.n = 0, w.cap = WALK_FRAMES;
+    PyObject *walk_above = NULL, *site = NULL;
+    int check_above = PyDict_GET_SIZE(above) > 0, failed = 0;
+    Py_XINCREF(f);
+    while (f != NULL) {
+        PyObject *code = (PyObject *)PyFrame_GetCode(f);
+        if (code == stop) {
+            Py_DECREF(code);
+            break;
+        }
+        if (note_code(codes, code) < 0) {
+            Py_DECREF(code);
+            failed = 1;
+            break;
+        }
+        if (frames_add(&w, code, PyFrame_GetLasti(f)) < 0) {
+            failed = 1;
+            break;
+        }
         if (check_above) {
             walk_above = Py_XNewRef(above_of(above, f));
-            if (walk_above == NULL && PyErr_Occurred()) {
-                failed = 1;
-                break;
-            }
-            if (walk_above != NULL)
+            if (walk_above != NULL || (failed = PyErr_Occurred() != NULL))
                 break;
         }
         PyFrameObject *back = PyFrame_GetBack(f);
         Py_DECREF(f);
         f = back;
     }
-    int more = f != NULL && walk_above == NULL && !failed && n == WALK_FRAMES; /* (stopped for length) */
     Py_XDECREF(f);
-    for (Py_ssize_t i = 0; !failed && !more && i < n; i++)
-        failed = note_code(codes, code[i], NULL) < 0;
-    if (failed || more)
-        goto done;
-    hash ^= (uint64_t)n;
-    WalkEntry *e = &walk_cache[hash % WALK_CACHE];
-    int same = e->walk != NULL && e->hash == hash && e->n == n;
-    for (Py_ssize_t i = 0; same && i < n; i++)
-        same = e->code[i] == (void *)code[i] && e->lasti[i] == lasti[i];
-    if (same) {
-        own = Py_NewRef(e->walk);
-    } else {
-        own = PyTuple_New(2 * n);
-        for (Py_ssize_t i = 0; own != NULL && i < n; i++) {
-            PyObject *cid = PyLong_FromVoidPtr(code[i]), *at = cid ? PyLong_FromLong(lasti[i]) : NULL;
-            if (at == NULL) {
-                Py_XDECREF(cid);
-                Py_CLEAR(own);
-                break;
-            }
-            PyTuple_SET_ITEM(own, 2 * i, cid);
-            PyTuple_SET_ITEM(own, 2 * i + 1, at);
-        }
-        if (own != NULL) {
-            Py_XSETREF(e->walk, Py_NewRef(own));
-            e->hash = hash;
-            e->n = n;
-            for (Py_ssize_t i = 0; i < n; i++) {
-                e->code[i] = code[i];
-                e->lasti[i] = lasti[i];
-            }
-        }
+    if (!failed) {
+        PyObject *own = walk_tuple(&w);
+        site = own == NULL || walk_above == NULL ? Py_XNewRef(own) : PyTuple_Pack(2, own, walk_above);
+        Py_XDECREF(own);
     }
-    site = own == NULL || walk_above == NULL ? Py_XNewRef(own) : PyTuple_Pack(2, own, walk_above);
-done:
-    for (Py_ssize_t i = 0; i < n; i++)
-        Py_DECREF(code[i]);
-    Py_XDECREF(own);
+    frames_clear(&w);
     Py_XDECREF(walk_above);
-    if (more)
-        return walk_long(stop, codes, above, start);
     return site;
 }
 
@@ -211,14 +201,6 @@ int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value) {
     Py_DECREF(value);
     return r;
 }
-
-static PyObject **const rnames[R_FIELDS] = {&s_index, &s_framework, &s_rec_version, &s_tensor_ref, &s_time_s,
-                                           &s_is_internally_generated, &s_requires_grad, &s_grad_fn_name, &s_activation,
-                                           &s_transformed_activation, &s_call_template, &s_replay_context, &s_rng_state,
-                                           &s_output_of_modules, &s_callsite, &s_frames, &s_func, &s_layer_type,
-                                           &s_output_index, &s_module_stack, &s_param_ids, &s_original};
-static PyTypeObject *rtype; /* held; NULL: every access by name */
-static Py_ssize_t roffset[R_FIELDS];
 
 Py_ssize_t hp_slot_offset(PyTypeObject *type, const char *name) {
     PyMemberDef *members = type->tp_members;
@@ -242,39 +224,57 @@ Py_ssize_t hp_slot_offset(PyTypeObject *type, const char *name) {
     return -1;
 }
 
-void hp_rlayout(PyTypeObject *type) {
-    if (type == rtype)
-        return;
-    Py_CLEAR(rtype);
-    for (int f = 0; f < R_FIELDS; f++)
-        if ((roffset[f] = hp_slot_offset(type, PyUnicode_AsUTF8(*rnames[f]))) < 0)
-            return;
-    rtype = (PyTypeObject *)Py_NewRef((PyObject *)type);
+void hp_layout(HpLayout *l, PyTypeObject *type, const char *const *names, int n) {
+    l->type = type;
+    l->names = names;
+    l->n = n < HP_MAX_FIELDS ? n : HP_MAX_FIELDS;
+    for (int f = 0; f < l->n; f++)
+        l->offset[f] = type != NULL ? hp_slot_offset(type, names[f]) : -1;
 }
 
-PyObject *hp_rget(PyObject *rec, int field) {
-    if (Py_TYPE(rec) == rtype) {
-        PyObject *v = *(PyObject **)((char *)rec + roffset[field]);
+PyObject *hp_get(const HpLayout *l, PyObject *obj, int field) {
+    if (Py_TYPE(obj) == l->type && l->offset[field] >= 0) {
+        PyObject *v = *(PyObject **)((char *)obj + l->offset[field]);
         if (v != NULL)
             return Py_NewRef(v);
     }
-    return PyObject_GetAttr(rec, *rnames[field]);
+    return PyObject_GetAttrString(obj, l->names[field]);
 }
 
-int hp_rset(PyObject *rec, int field, PyObject *value) {
+int hp_set(const HpLayout *l, PyObject *obj, int field, PyObject *value) {
     if (value == NULL)
         return -1;
-    if (Py_TYPE(rec) == rtype) {
-        PyObject **slot = (PyObject **)((char *)rec + roffset[field]);
+    if (Py_TYPE(obj) == l->type && l->offset[field] >= 0) {
+        PyObject **slot = (PyObject **)((char *)obj + l->offset[field]);
         PyObject *old = *slot;
         *slot = value;
         Py_XDECREF(old);
         return 0;
     }
-    int r = PyObject_SetAttr(rec, *rnames[field], value);
+    int r = PyObject_SetAttrString(obj, l->names[field], value);
     Py_DECREF(value);
     return r;
 }
+
+/* OpRecord's fields, in the order of the R_ constants */
+static const char *const record_fields[R_FIELDS] = {
+    "index", "framework", "version", "tensor_ref", "time_s", "is_internally_generated", "requires_grad",
+    "grad_fn_name", "activation", "transformed_activation", "call_template", "replay_context", "rng_state",
+    "output_of_modules", "callsite", "frames", "func", "layer_type", "output_index", "module_stack", "param_ids",
+    "original"};
+static HpLayout record_layout = {NULL, R_FIELDS, record_fields, {0}}; /* (no type yet: every field by name) */
+static PyObject *record_type_held; /* keeps record_layout.type's address from naming another type */
+
+void hp_rlayout(PyTypeObject *type) {
+    if (type == record_layout.type)
+        return;
+    Py_XSETREF(record_type_held, Py_NewRef((PyObject *)type));
+    hp_layout(&record_layout, type, record_fields, R_FIELDS);
+}
+
+PyObject *hp_rget(PyObject *rec, int field) { return hp_get(&record_layout, rec, field); }
+
+int hp_rset(PyObject *rec, int field, PyObject *value) { return hp_set(&record_layout, rec, field, value); }
 
 PyObject *hp_live(PyObject *rec) {
     PyObject *ref = hp_rget(rec, R_TENSOR_REF);
@@ -549,18 +549,9 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_requires_grad, "requires_grad"},
                    {&s_grad_fn, "grad_fn"},
                    {&s_version, "_version"},
-                   {&s_rec_version, "version"},
                    {&s_detach, "detach"},
-                   {&s_tensor_ref, "tensor_ref"},
-                   {&s_index, "index"},
-                   {&s_framework, "framework"},
                    {&s_stack, "stack"},
                    {&s_op_count, "_op_count"},
-                   {&s_time_s, "time_s"},
-                   {&s_is_internally_generated, "is_internally_generated"},
-                   {&s_grad_fn_name, "grad_fn_name"},
-                   {&s_activation, "activation"},
-                   {&s_transformed_activation, "transformed_activation"},
                    {&s_inplace, "inplace"},
                    {&s_out, "out"},
                    {&s_setitem, "__setitem__"},
@@ -569,23 +560,11 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
                    {&s_last_op, "last_op"},
                    {&s_address, "address"},
                    {&s_pass_num, "pass_num"},
-                   {&s_output_of_modules, "output_of_modules"},
                    {&s_output_records, "output_records"},
                    {&s_self, "self"},
                    {&s_forward, "forward"},
-                   {&s_call_template, "call_template"},
-                   {&s_replay_context, "replay_context"},
-                   {&s_rng_state, "rng_state"},
-                   {&s_callsite, "callsite"},
-                   {&s_frames, "frames"},
-                   {&s_func, "func"},
-                   {&s_layer_type, "layer_type"},
-                   {&s_output_index, "output_index"},
-                   {&s_module_stack, "module_stack"},
-                   {&s_param_ids, "param_ids"},
                    {&s_source, "source"},
-                   {&s_empty, ""},
-                   {&s_original, "original"}};
+                   {&s_empty, ""}};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++) {
         *strings[i].slot = PyUnicode_InternFromString(strings[i].text);
         if (*strings[i].slot == NULL)

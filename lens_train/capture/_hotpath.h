@@ -17,25 +17,34 @@
 #endif
 
 /* interned attribute names, and the int 1 (set up by PyInit__hotpath) */
-HP_HIDDEN extern PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version, *s_rec_version, *s_detach,
-    *s_tensor_ref, *s_index, *s_framework, *s_stack, *s_op_count, *s_time_s, *s_is_internally_generated,
-    *s_grad_fn_name, *s_activation, *s_transformed_activation, *s_inplace, *s_out, *s_setitem,
-    *s_batchnorm, *s_instancenorm, *s_last_op, *s_address, *s_pass_num, *s_output_of_modules,
-    *s_output_records, *s_self, *s_forward, *s_call_template, *s_replay_context, *s_rng_state,
-    *s_callsite, *s_frames, *s_func, *s_layer_type, *s_output_index, *s_module_stack, *s_param_ids, *s_source, *s_empty, *s_original;
+HP_HIDDEN extern PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version, *s_detach,
+    *s_stack, *s_op_count, *s_inplace, *s_out, *s_setitem, *s_batchnorm, *s_instancenorm, *s_last_op, *s_address,
+    *s_pass_num, *s_output_records, *s_self, *s_forward, *s_source, *s_empty;
 HP_HIDDEN extern PyObject *hp_one;
 
-/* Fields of OpRecord read and set here (hp_rget, hp_rset): by slot offset on an OpRecord of the layout
- * hp_rlayout checked, by name (getattr, setattr) on anything else. */
+/* Object fields of a type read and set by slot offset: for objects of exactly ``type``, each field whose
+ * slot hp_slot_offset found; by name (getattr, setattr) for anything else. */
+enum { HP_MAX_FIELDS = 32 };
+typedef struct {
+    PyTypeObject *type; /* borrowed: the owner keeps it alive (NULL: every field by name) */
+    int n;
+    const char *const *names;
+    Py_ssize_t offset[HP_MAX_FIELDS]; /* -1: that field by name */
+} HpLayout;
+/* the offset of the object slot ``name`` of ``type`` that plain attribute access reads and sets, or -1
+ * (only for plain object slots, generic attribute access, no property over the slot) */
+HP_HIDDEN Py_ssize_t hp_slot_offset(PyTypeObject *type, const char *name);
+HP_HIDDEN void hp_layout(HpLayout *l, PyTypeObject *type, const char *const *names, int n);
+HP_HIDDEN PyObject *hp_get(const HpLayout *l, PyObject *obj, int field);           /* new reference; NULL: error set */
+HP_HIDDEN int hp_set(const HpLayout *l, PyObject *obj, int field, PyObject *value); /* steals value (NULL: an error set) */
+
+/* OpRecord's fields read and set here, through one process-wide layout (hp_rlayout learns the type) */
 enum { R_INDEX, R_FRAMEWORK, R_VERSION, R_TENSOR_REF, R_TIME_S, R_INTERNAL, R_REQUIRES_GRAD, R_GRAD_FN_NAME,
        R_ACTIVATION, R_TRANSFORMED, R_TEMPLATE, R_CONTEXT, R_RNG, R_OUTPUT_OF_MODULES, R_CALLSITE, R_FRAMES,
        R_FUNC, R_LAYER_TYPE, R_OUTPUT_INDEX, R_MODULE_STACK, R_PARAM_IDS, R_ORIGINAL, R_FIELDS };
-/* the offset of the object slot ``name`` of ``type`` that plain attribute access reads and sets, or -1 */
-HP_HIDDEN Py_ssize_t hp_slot_offset(PyTypeObject *type, const char *name);
-/* learn the slot offsets of ``type`` (OpRecord): only a type of plain object slots with generic attribute access */
 HP_HIDDEN void hp_rlayout(PyTypeObject *type);
-HP_HIDDEN PyObject *hp_rget(PyObject *rec, int field);           /* new reference; NULL: error set */
-HP_HIDDEN int hp_rset(PyObject *rec, int field, PyObject *value); /* steals value (NULL: an error already set) */
+HP_HIDDEN PyObject *hp_rget(PyObject *rec, int field);
+HP_HIDDEN int hp_rset(PyObject *rec, int field, PyObject *value);
 
 /* Makes instances of a slots dataclass whose __init__ only stores its arguments, without calling it:
  * every slot from a prototype (the defaults), the first n_args from the caller (in __init__'s order). */

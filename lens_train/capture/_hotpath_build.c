@@ -4,44 +4,10 @@
  * back into it (passes._split_loops), so every rule of loop detection has one implementation. */
 #include "_hotpath.h"
 
-/* A LayerGroup's fields, read and set by slot where the type is laid out as checked (else by name). */
+/* A LayerGroup's fields, read and set by slot where the type is laid out for it (else by name). */
 enum { G_MEMBERS, G_LAYER_TYPE, G_LABEL, G_TYPE_INDEX, G_LAYER_INDEX, G_BOOKKEEPING, G_FIELDS };
-static const char *const gnames[G_FIELDS] = {"members", "layer_type", "label", "type_index", "layer_index", "bookkeeping"};
-
-typedef struct {
-    PyTypeObject *type;
-    Py_ssize_t offset[G_FIELDS]; /* -1: by name */
-} Groups;
-
-static void groups_layout(Groups *g, PyTypeObject *type) {
-    g->type = type;
-    for (int f = 0; f < G_FIELDS; f++)
-        g->offset[f] = hp_slot_offset(type, gnames[f]);
-}
-
-static int gset(Groups *g, PyObject *group, int field, PyObject *value) { /* steals value */
-    if (value == NULL)
-        return -1;
-    if (Py_TYPE(group) == g->type && g->offset[field] >= 0) {
-        PyObject **slot = (PyObject **)((char *)group + g->offset[field]);
-        PyObject *old = *slot;
-        *slot = value;
-        Py_XDECREF(old);
-        return 0;
-    }
-    int r = PyObject_SetAttrString(group, gnames[field], value);
-    Py_DECREF(value);
-    return r;
-}
-
-static PyObject *gget(Groups *g, PyObject *group, int field) { /* new reference */
-    if (Py_TYPE(group) == g->type && g->offset[field] >= 0) {
-        PyObject *v = *(PyObject **)((char *)group + g->offset[field]);
-        if (v != NULL)
-            return Py_NewRef(v);
-    }
-    return PyObject_GetAttrString(group, gnames[field]);
-}
+static const char *const group_fields[G_FIELDS] = {"members", "layer_type", "label", "type_index", "layer_index",
+                                                   "bookkeeping"};
 
 /* passes._pass_key(rec) (new reference) */
 static PyObject *pass_key(PyObject *rec, PyObject *index, PyObject *layer_type, PyObject *sources) {
@@ -96,8 +62,8 @@ static PyObject *py_group_buckets(PyObject *mod, PyObject *const *args, Py_ssize
     PyObject *records = args[0], *flags = args[1], *sources = args[2], *split = args[6];
     HpMaker maker;
     hp_maker_init(&maker, (PyTypeObject *)args[3], args[4], args[5], 2);
-    Groups layout;
-    groups_layout(&layout, (PyTypeObject *)args[3]);
+    HpLayout layout;
+    hp_layout(&layout, (PyTypeObject *)args[3], group_fields, G_FIELDS);
     PyObject *buckets = PyDict_New(), *side = PyList_New(0), *groups = PyList_New(0), *out = NULL;
     int interleaved = 0;
     if (buckets == NULL || side == NULL || groups == NULL)
@@ -122,7 +88,7 @@ static PyObject *py_group_buckets(PyObject *mod, PyObject *const *args, Py_ssize
             PyObject *argv[2] = {one, layer_type};
             PyObject *group = hp_make(&maker, argv);
             Py_DECREF(one);
-            failed = group == NULL || gset(&layout, group, G_BOOKKEEPING, Py_NewRef(Py_True)) < 0 ||
+            failed = group == NULL || hp_set(&layout, group, G_BOOKKEEPING, Py_NewRef(Py_True)) < 0 ||
                      PyList_Append(side, group) < 0;
             Py_XDECREF(group);
             goto next;
@@ -241,14 +207,14 @@ static PyObject *label_text(PyObject *text, const char *sep, Py_ssize_t a, const
 
 /* Number and label ``groups`` (passes.group_passes' last loops): ``{type}_{count}_{index}``, and
  * ``{type}_bk_{count}`` for the bookkeeping ones (``bookkeeping`` true: layer_index -1). */
-static int number_groups(Groups *layout, PyObject *groups, int bookkeeping) {
+static int number_groups(const HpLayout *layout, PyObject *groups, int bookkeeping) {
     PyObject *counts = PyDict_New();
     if (counts == NULL)
         return -1;
     int failed = 0;
     for (Py_ssize_t i = 0; !failed && i < PyList_GET_SIZE(groups); i++) {
         PyObject *g = Py_NewRef(PyList_GET_ITEM(groups, i));
-        PyObject *type = gget(layout, g, G_LAYER_TYPE), *count = NULL;
+        PyObject *type = hp_get(layout, g, G_LAYER_TYPE), *count = NULL;
         failed = 1;
         if (type != NULL) {
             PyObject *sofar = PyDict_GetItemWithError(counts, type);
@@ -258,9 +224,9 @@ static int number_groups(Groups *layout, PyObject *groups, int bookkeeping) {
                               : bookkeeping ? label_text(type, "_bk_", n, NULL, 0)
                                             : label_text(type, "_", n, "_", i);
             failed = label == NULL || PyDict_SetItem(counts, type, count) < 0 ||
-                     gset(layout, g, G_TYPE_INDEX, Py_NewRef(count)) < 0 ||
-                     gset(layout, g, G_LAYER_INDEX, PyLong_FromSsize_t(bookkeeping ? -1 : i)) < 0 ||
-                     gset(layout, g, G_LABEL, label) < 0;
+                     hp_set(layout, g, G_TYPE_INDEX, Py_NewRef(count)) < 0 ||
+                     hp_set(layout, g, G_LAYER_INDEX, PyLong_FromSsize_t(bookkeeping ? -1 : i)) < 0 ||
+                     hp_set(layout, g, G_LABEL, label) < 0;
         }
         Py_XDECREF(count);
         Py_XDECREF(type);
@@ -277,8 +243,8 @@ static PyObject *py_label_groups(PyObject *mod, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "label_groups(groups: list, side: list, n: int, group_type)");
         return NULL;
     }
-    Groups layout;
-    groups_layout(&layout, (PyTypeObject *)args[3]);
+    HpLayout layout;
+    hp_layout(&layout, (PyTypeObject *)args[3], group_fields, G_FIELDS);
     Py_ssize_t n = PyLong_AsSsize_t(args[2]);
     if (n < 0)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "n is negative");
@@ -296,7 +262,7 @@ static PyObject *py_label_groups(PyObject *mod, PyObject *const *args, Py_ssize_
     }
     for (Py_ssize_t gi = 0; gi < PyList_GET_SIZE(all); gi++) {
         PyObject *g = Py_NewRef(PyList_GET_ITEM(all, gi));
-        PyObject *members = gget(&layout, g, G_MEMBERS), *label = members ? gget(&layout, g, G_LABEL) : NULL;
+        PyObject *members = hp_get(&layout, g, G_MEMBERS), *label = members ? hp_get(&layout, g, G_LABEL) : NULL;
         PyObject *gi_obj = label ? PyLong_FromSsize_t(gi) : NULL;
         int failed = gi_obj == NULL;
         if (!failed && (!PyList_Check(members) || !PyUnicode_Check(label))) {
@@ -346,7 +312,7 @@ done:
 
 /* The fields build._pending_layers sets (layer_log.PENDING_FIELDS), in this order. */
 enum { P_LABEL, P_CONTENTS, P_TRANSFORMED, P_GRADIENT, P_ORIGINAL, P_MATERIALIZE, P_LOOKUP_KEYS, P_KEY_INDEX, P_KEY_POS, P_FIELDS };
-static const char *const pnames[P_FIELDS] = {"layer_label", "tensor_contents", "transformed_activation", "gradient",
+static const char *const pending_fields[P_FIELDS] = {"layer_label", "tensor_contents", "transformed_activation", "gradient",
                                              "original_activation", "_materialize", "_lookup_keys", "_key_index", "_key_pos"};
 
 /* pending_layers(data, labels, keys, layer_type, pending_type): build._pending_layers, or None where the types
@@ -358,9 +324,10 @@ static PyObject *py_pending_layers(PyObject *mod, PyObject *const *args, Py_ssiz
     }
     PyObject *data = args[0], *labels = args[1], *keys = args[2];
     PyTypeObject *layer = (PyTypeObject *)args[3], *pending = (PyTypeObject *)args[4];
-    Py_ssize_t offset[P_FIELDS];
+    HpLayout fields;
+    hp_layout(&fields, layer, pending_fields, P_FIELDS);
     for (int f = 0; f < P_FIELDS; f++)
-        if ((offset[f] = hp_slot_offset(layer, pnames[f])) < 0)
+        if (fields.offset[f] < 0)
             Py_RETURN_NONE;
     if (!PyType_IsSubtype(pending, layer) || pending->tp_basicsize != layer->tp_basicsize ||
         pending->tp_itemsize != 0 || pending->tp_alloc != PyType_GenericAlloc)
@@ -384,7 +351,7 @@ static PyObject *py_pending_layers(PyObject *mod, PyObject *const *args, Py_ssiz
             v[P_LOOKUP_KEYS] = Py_NewRef(Py_None);
             v[P_KEY_INDEX] = Py_NewRef(keys);
             for (int f = 0; f < P_FIELDS; f++) { /* a fresh object: every slot is empty */
-                *(PyObject **)((char *)obj + offset[f]) = v[f];
+                *(PyObject **)((char *)obj + fields.offset[f]) = v[f];
                 v[f] = NULL;
             }
             failed = PyList_Append(out, obj) < 0;

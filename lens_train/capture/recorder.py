@@ -20,7 +20,6 @@ operations.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time

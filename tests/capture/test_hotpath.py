@@ -374,3 +374,29 @@ def test_both_paths_find_the_same_call_sites_at_any_nesting(monkeypatch: pytest.
     assert sites() == hot  # (walks the C side keeps from the first capture)
     monkeypatch.setattr(recorder, "_hotpath", None)
     assert sites() == hot
+
+
+def test_a_prototype_only_for_init_that_just_stores() -> None:
+    """The C side copies a prototype's fields only where ``__init__`` stores arguments and nothing else."""
+    import dataclasses
+
+    from lens_train.capture.records import stored_prototype
+
+    @dataclasses.dataclass(slots=True)
+    class Plain:
+        a: int
+        b: list = dataclasses.field(default_factory=list)
+        c: int = 7
+
+    @dataclasses.dataclass(slots=True)
+    class Posted:
+        a: int
+        c: int = 7
+
+        def __post_init__(self) -> None:
+            self.c += 1
+
+    names, proto = stored_prototype(Plain, 2)
+    assert names == ("a", "b") and proto.c == 7
+    assert stored_prototype(Plain, 1) == (("a",), None)  # a default factory past the passed arguments
+    assert stored_prototype(Posted, 1)[1] is None
