@@ -61,7 +61,7 @@ static int note_code(PyObject *codes, PyObject *code) {
 
 /* Recent walks (code, offset pairs) and the tuple made for each: a statement run again gets the same
  * tuple back instead of new ints and a new tuple. Keyed by content (a tuple of ints: an entry can never
- * hold another walk's tuple), direct-mapped, process-wide; it holds only those tuples. */
+ * hold another walk's tuple), two ways per set, process-wide; it holds only those tuples. */
 enum { WALK_FRAMES = 16, WALK_CACHE = 1024 };
 typedef struct {
     uint64_t hash;
@@ -122,12 +122,21 @@ static PyObject *walk_tuple(const Frames *w) {
         hash = (hash ^ (uint64_t)(uintptr_t)w->code[i]) * 1099511628211ULL;
         hash = (hash ^ (uint64_t)(unsigned int)w->lasti[i]) * 1099511628211ULL;
     }
-    WalkEntry *e = n <= WALK_FRAMES ? &walk_cache[hash % WALK_CACHE] : NULL;
-    int same = e != NULL && e->walk != NULL && e->hash == hash && e->n == n;
-    for (Py_ssize_t i = 0; same && i < n; i++)
-        same = e->code[i] == (void *)w->code[i] && e->lasti[i] == w->lasti[i];
-    if (same)
-        return Py_NewRef(e->walk);
+    WalkEntry *set = n <= WALK_FRAMES ? &walk_cache[2 * (hash % (WALK_CACHE / 2))] : NULL, *e = set;
+    for (int way = 0; set != NULL && way < 2; way++) {
+        e = &set[way];
+        int same = e->walk != NULL && e->hash == hash && e->n == n;
+        for (Py_ssize_t i = 0; same && i < n; i++)
+            same = e->code[i] == (void *)w->code[i] && e->lasti[i] == w->lasti[i];
+        if (same)
+            return Py_NewRef(e->walk);
+    }
+    if (set != NULL) { /* a new walk takes the first way; the one there moves to the second */
+        Py_XDECREF(set[1].walk);
+        set[1] = set[0];
+        set[0].walk = NULL;
+        e = &set[0];
+    }
     PyObject *own = PyTuple_New(2 * n);
     for (Py_ssize_t i = 0; own != NULL && i < n; i++) {
         PyObject *cid = PyLong_FromVoidPtr(w->code[i]), *at = cid ? PyLong_FromLong(w->lasti[i]) : NULL;
@@ -149,6 +158,32 @@ static PyObject *walk_tuple(const Frames *w) {
         }
     }
     return own;
+}
+
+/* Recent (own walk, walk above) pairs and the tuple made for each: with walk_cache, a statement run again in
+ * the same module-call context gets the same raw site object back, capture after capture (resolve_sites keys
+ * on it). Two ways per set, by the two pointers, process-wide; an entry holds its pair and the pair both
+ * parts, so a pointer here never names another object. */
+enum { PAIR_CACHE = 2048 };
+static PyObject *pair_cache[PAIR_CACHE];
+
+/* the first of the two slots of a pointer (or two) in a table of ``size`` slots (a power of 2) */
+static size_t hp_set_of(const void *a, const void *b, size_t size) {
+    uint64_t h = (uint64_t)(uintptr_t)a * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)b * 0xC2B2AE3D27D4EB4FULL;
+    return (size_t)(h >> 40) & (size - 2);
+}
+
+static PyObject *walk_pair(PyObject *own, PyObject *above) {
+    PyObject **set = &pair_cache[hp_set_of(own, above, PAIR_CACHE)];
+    for (int way = 0; way < 2; way++)
+        if (set[way] != NULL && PyTuple_GET_ITEM(set[way], 0) == own && PyTuple_GET_ITEM(set[way], 1) == above)
+            return Py_NewRef(set[way]);
+    PyObject *pair = PyTuple_Pack(2, own, above);
+    if (pair != NULL) { /* the first way; the pair there moves to the second */
+        Py_XSETREF(set[1], set[0]);
+        set[0] = Py_NewRef(pair);
+    }
+    return pair;
 }
 
 /* The raw call site: (code id, offset) of every frame from f up to code ``stop`` (callsites.find_callsite),
@@ -186,7 +221,7 @@ PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObjec
     Py_XDECREF(f);
     if (!failed) {
         PyObject *own = walk_tuple(&w);
-        site = own == NULL || walk_above == NULL ? Py_XNewRef(own) : PyTuple_Pack(2, own, walk_above);
+        site = own == NULL || walk_above == NULL ? Py_XNewRef(own) : walk_pair(own, walk_above);
         Py_XDECREF(own);
     }
     frames_clear(&w);
@@ -499,6 +534,28 @@ static PyObject *resolve_site(Sites *c, PyObject *raw) {
     return found;
 }
 
+/* Raw sites resolved before: raw site -> (site number, user frames), the numbers those of one sites dict
+ * (callsites.shared_sites). walk_cache and pair_cache hand a statement the same raw site object capture after
+ * capture, so most records are found here by that object alone. Two ways per set, by address; an entry holds
+ * its raw site (the address never names another object). The table is emptied when it is handed another sites
+ * dict: callsites hands out a new one when it clears its code cache (a code id in a raw site could then name
+ * a new code). */
+enum { RESOLVED = 4096 };
+typedef struct {
+    PyObject *raw, *number, *frames;
+} Resolved;
+static Resolved resolved[RESOLVED];
+static PyObject *resolved_sites; /* the sites dict of the numbers in resolved (held) */
+
+static void forget_resolved(PyObject *sites) {
+    for (int i = 0; i < RESOLVED; i++) {
+        Py_CLEAR(resolved[i].raw);
+        Py_CLEAR(resolved[i].number);
+        Py_CLEAR(resolved[i].frames);
+    }
+    Py_XSETREF(resolved_sites, Py_XNewRef(sites));
+}
+
 /* resolve_sites(records, codes, sites, done, aboves, walks, resolve_walk): callsites.resolve_callsites's loop */
 static PyObject *py_resolve_sites(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) || !PyDict_Check(args[3]) ||
@@ -508,20 +565,41 @@ static PyObject *py_resolve_sites(PyObject *mod, PyObject *const *args, Py_ssize
         return NULL;
     }
     Sites c = {args[1], args[2], args[3], args[4], args[5], args[6]};
+    if (c.sites != resolved_sites)
+        forget_resolved(c.sites);
     PyObject *records = args[0];
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = Py_NewRef(PyList_GET_ITEM(records, i));
-        PyObject *frames = hp_rget(rec, R_FRAMES), *raw = NULL, *found = NULL;
+        PyObject *frames = hp_rget(rec, R_FRAMES), *raw = NULL, *number = NULL, *user = NULL;
         int failed = frames == NULL;
         if (frames == Py_None) {
             raw = hp_rget(rec, R_CALLSITE);
-            found = raw ? resolve_site(&c, raw) : NULL;
-            failed = found == NULL || hp_rset(rec, R_CALLSITE, Py_NewRef(PyTuple_GET_ITEM(found, 0))) < 0 ||
-                     hp_rset(rec, R_FRAMES, Py_NewRef(PyTuple_GET_ITEM(found, 1))) < 0;
+            Resolved *set = raw ? &resolved[hp_set_of(raw, NULL, RESOLVED)] : NULL;
+            Resolved *e = set != NULL && set[0].raw == raw ? &set[0] : set != NULL && set[1].raw == raw ? &set[1] : NULL;
+            if (e != NULL) {
+                number = Py_NewRef(e->number), user = Py_NewRef(e->frames);
+            } else if (raw != NULL) {
+                PyObject *found = resolve_site(&c, raw); /* (may run Python: e is looked at again after it) */
+                if (found != NULL) {
+                    number = Py_NewRef(PyTuple_GET_ITEM(found, 0)), user = Py_NewRef(PyTuple_GET_ITEM(found, 1));
+                    if (c.sites == resolved_sites) { /* the first way; the entry there moves to the second */
+                        Resolved gone = set[1];
+                        set[1] = set[0];
+                        set[0] = (Resolved){Py_NewRef(raw), Py_NewRef(number), Py_NewRef(user)};
+                        Py_XDECREF(gone.raw);
+                        Py_XDECREF(gone.number);
+                        Py_XDECREF(gone.frames);
+                    }
+                    Py_DECREF(found);
+                }
+            }
+            failed = number == NULL || hp_rset(rec, R_CALLSITE, Py_NewRef(number)) < 0 ||
+                     hp_rset(rec, R_FRAMES, Py_NewRef(user)) < 0;
         }
         Py_XDECREF(frames);
         Py_XDECREF(raw);
-        Py_XDECREF(found);
+        Py_XDECREF(number);
+        Py_XDECREF(user);
         Py_DECREF(rec);
         if (failed)
             return NULL;

@@ -67,6 +67,24 @@ _MAX_CODES = 50_000  # code compiled at run time (exec, doctests) must not grow 
 # here never names another code; both caches are cleared together.
 _WALKS: dict[tuple, tuple[tuple, tuple]] = {}
 _MAX_WALKS = 200_000
+# call-site key -> its number, shared by every capture (numbers only tell keys apart, so one numbering
+# serves all, and the C side keeps each raw site's number from one capture to the next: see
+# shared_sites). A new dict when it grows past _MAX_SITES or when _CODE_INFO is cleared.
+_SITES: dict[tuple, int] = {}
+_MAX_SITES = 100_000
+
+
+def shared_sites() -> dict[tuple, int]:
+    """The call-site numbering a capture resolves its records in (keep it: one capture, one dict).
+
+    Example:
+        >>> shared_sites() is shared_sites()
+        True
+    """
+    global _SITES
+    if len(_SITES) >= _MAX_SITES:
+        _SITES = {}
+    return _SITES
 
 
 def find_callsite(stop: Any, codes: dict[int, Any], above: dict[int, tuple[Any, tuple]] | None = None,
@@ -182,6 +200,7 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
             if len(info) >= _MAX_CODES:
                 info.clear()
                 _WALKS.clear()
+                _new_numbering()
                 cleared = True
             entry = info[code_id] = (code, _frame_kind(code), _canonical_offsets(code), _line_numbers(code))
         kind = entry[1]
@@ -201,6 +220,12 @@ def _resolve_walk(raw: tuple, codes: dict[int, Any]) -> tuple[tuple, tuple]:
     return found
 
 
+def _new_numbering() -> None:
+    """Captures resolved from now on number their sites in a new dict (a code id may soon name another code)."""
+    global _SITES
+    _SITES = {}
+
+
 def resolve_callsites(records: Any, codes: dict[int, Any], sites: dict[tuple, int] | None = None,
                       loop: Any = None) -> None:
     """Give every record whose call site is still raw its site number and user frames.
@@ -211,7 +236,9 @@ def resolve_callsites(records: Any, codes: dict[int, Any], sites: dict[tuple, in
     walk above each module call (shared by every op inside it) and each op's own walk
     up to it, and the records of one statement in every call of a module share their
     number and frames. ``loop``: the C version of this function's loop and :func:`_site`
-    (``_hotpath.resolve_sites``), which calls :func:`_resolve_walk` for walks not resolved before.
+    (``_hotpath.resolve_sites``), which calls :func:`_resolve_walk` for walks not resolved before;
+    given the same ``sites`` dict (:func:`shared_sites`) capture after capture, it finds most raw
+    sites resolved already, by object.
     """
     sites = {} if sites is None else sites
     done: dict[Any, tuple[int, tuple]] = {}

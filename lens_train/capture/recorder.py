@@ -50,7 +50,7 @@ from .calls import (
     op_type,
 )
 from .bookkeeping import own_data_freedom
-from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites
+from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites, shared_sites
 from .model_index import ModelIndex, index_model
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .recorder_edits import _VALUE_READS, InterventionHooks, _grad_fn_name, rng_states
@@ -117,7 +117,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self.records: list[OpRecord] = []
         self.index = index if index is not None else index_model(model)
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
-        self._sites: dict[tuple, int] = {}  # call-site key -> the number records carry once resolved
+        self._sites: dict[tuple, int] | None = None  # call-site key -> number (shared_sites(), at the first resolve)
         self._open_calls = OpenCalls(stop_code, self._codes, _hotpath.walk if _hotpath is not None else None)
         self._above = self._open_calls.above
         self._owner: dict[int, OpRecord] = {}
@@ -212,6 +212,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
 
     def resolve_callsites(self, extra: list[OpRecord] | None = None) -> None:
         """Turn the raw call sites of the records (and ``extra`` ones) into site numbers and user frames."""
+        if self._sites is None:
+            self._sites = shared_sites()
         resolve_callsites(self.records if extra is None else [*self.records, *extra], self._codes, self._sites,
                           _hotpath.resolve_sites if _hotpath is not None else None)
 

@@ -400,3 +400,61 @@ def test_a_prototype_only_for_init_that_just_stores() -> None:
     assert names == ("a", "b") and proto.c == 7
     assert stored_prototype(Plain, 1) == (("a",), None)  # a default factory past the passed arguments
     assert stored_prototype(Posted, 1)[1] is None
+
+
+def _raw_sites(model: nn.Module, x: torch.Tensor) -> list[Any]:
+    from lens_train.capture.api import record_forward
+    from lens_train.capture.recorder import CapturePlan
+
+    return [rec.callsite for rec in record_forward(model, (x,), None, CapturePlan(save="none"), 0)[0].records]
+
+
+@pytest.mark.skipif(recorder._hotpath is None, reason="the C extension is not built")
+def test_a_statement_keeps_one_raw_site_object_across_captures() -> None:
+    """The C walk hands a statement the same raw site (walks above module calls included) every time it
+    runs in the same context, so resolving a capture's records mostly finds each site by its object."""
+    torch.manual_seed(0)
+    model, x = _Nest(4), torch.randn(2, 3)
+    _raw_sites(model, x)  # (a first capture in a process learns the thin functionals: some ops walk from elsewhere)
+    first, second = _raw_sites(model, x), _raw_sites(model, x)
+    assert len(first) == len(second) > 12
+    nested = [a for a in first if a and type(a[0]) is tuple and a[1] and type(a[1][0]) is tuple]  # (own, (own, above))
+    assert nested and all(a is b for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("hot", [True, False])
+def test_call_sites_stay_true_when_the_code_cache_is_cleared(monkeypatch: pytest.MonkeyPatch, hot: bool) -> None:
+    """Clearing the code cache starts a new site numbering, and with it no site resolved before is taken."""
+    from lens_train.capture import callsites
+
+    def sites() -> list[tuple]:
+        log = lt.log_forward_pass(_Nest(3), torch.randn(2, 3), layers_to_save=None, random_seed=0)
+        return [(layer.layer_label, [(f.function, f.line) for f in layer.func_call_stack]) for layer in log.layers]
+
+    if not hot:
+        monkeypatch.setattr(recorder, "_hotpath", None)
+    expected = sites()
+    monkeypatch.setattr(callsites, "_CODE_INFO", {})
+    monkeypatch.setattr(callsites, "_WALKS", {})
+    monkeypatch.setattr(callsites, "_MAX_CODES", 1)  # every code resolved clears the caches first
+    callsites._new_numbering()  # (as a clear does: no site resolved before is taken now)
+    before = callsites.shared_sites()
+    assert sites() == expected and sites() == expected
+    assert callsites.shared_sites() is not before
+    monkeypatch.setattr(callsites, "_MAX_SITES", 1)  # a full numbering is replaced before the next capture
+    numbering = callsites.shared_sites()
+    assert sites() == expected and callsites.shared_sites() is not numbering
+    monkeypatch.undo()
+    if not hot:
+        monkeypatch.setattr(recorder, "_hotpath", None)
+    callsites._new_numbering()
+    assert sites() == expected
+    from lens_train.capture.api import record_forward
+    from lens_train.capture.recorder import CapturePlan
+
+    callsites._new_numbering()
+    rec = record_forward(_Nest(3), (torch.randn(2, 3),), None, CapturePlan(save="none"), 0)[0]
+    rec.resolve_callsites()
+    assert rec._sites is callsites.shared_sites()  # numbered afresh, none taken from before:
+    numbers = [r.callsite for r in rec.records if r.callsite != ()]  # (inputs and outputs have no call site)
+    assert len(numbers) >= 8 and set(numbers) <= set(rec._sites.values())
