@@ -339,7 +339,7 @@ int hp_lookup(PyObject *owner, PyObject *t, PyObject **found) {
     return 0;
 }
 
-void hp_maker_init(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *names, Py_ssize_t n_args) {
+static void maker_compute(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *names, Py_ssize_t n_args) {
     m->type = type;
     m->proto = proto;
     m->n_args = n_args;
@@ -368,6 +368,30 @@ void hp_maker_init(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *na
     }
     if (found == m->n_args && rest == n)
         m->n_slots = n;
+}
+
+/* Makers worked out lately (matching slots to argument names costs ~50k instructions, once per capture
+ * otherwise), by (type, prototype, names, n_args); an entry holds those objects, so their addresses name them. */
+enum { MAKERS = 4 };
+static struct {
+    PyObject *type, *proto, *names;
+    HpMaker maker;
+} makers[MAKERS];
+static int makers_next;
+
+void hp_maker_init(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *names, Py_ssize_t n_args) {
+    for (int i = 0; i < MAKERS; i++)
+        if (makers[i].type == (PyObject *)type && makers[i].proto == proto && makers[i].names == names &&
+            makers[i].maker.n_args == n_args) {
+            *m = makers[i].maker;
+            return;
+        }
+    maker_compute(m, type, proto, names, n_args);
+    int i = makers_next++ % MAKERS;
+    Py_XSETREF(makers[i].type, Py_NewRef((PyObject *)type));
+    Py_XSETREF(makers[i].proto, Py_NewRef(proto));
+    Py_XSETREF(makers[i].names, Py_NewRef(names));
+    makers[i].maker = *m;
 }
 
 PyObject *hp_make(HpMaker *m, PyObject *const *values) {

@@ -458,3 +458,47 @@ def test_call_sites_stay_true_when_the_code_cache_is_cleared(monkeypatch: pytest
     assert rec._sites is callsites.shared_sites()  # numbered afresh, none taken from before:
     numbers = [r.callsite for r in rec.records if r.callsite != ()]  # (inputs and outputs have no call site)
     assert len(numbers) >= 8 and set(numbers) <= set(rec._sites.values())
+
+
+class _GradMix(nn.Module):
+    """Ops with and without autograd in turn: leaves that require grad, no-grad regions, detached values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x).relu()
+        with torch.no_grad():
+            z = (x * 2).exp()
+            w = self.lin(z)
+        leaf = torch.ones(3, requires_grad=True)
+        v = leaf * 2 + y.detach()
+        u = (y + leaf).sum(0) * w.mean()
+        return torch.ones(2, requires_grad=True) + u[:2] + v.sum()
+
+
+def test_both_paths_read_grad_metadata_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C side reads a tensor's grad_fn before requires_grad while tensors need grad, and tensor
+    metadata through torch.Tensor's getters directly: records the same on both paths, in every mode."""
+
+    def grads(**plan: object) -> list[tuple]:
+        from lens_train.capture.api import record_forward
+        from lens_train.capture.recorder import CapturePlan
+
+        torch.manual_seed(0)
+        records = record_forward(_GradMix(), (torch.randn(2, 3),), None, CapturePlan(**plan), 0)[0].records
+        return [(r.func_name, r.requires_grad, r.grad_fn_name, r.shape, r.dtype, r.device, r.version) for r in records]
+
+    for plan in ({"save": "none"}, {"save": "all", "train_mode": True}):
+        hot = grads(**plan)
+        kinds = {(rg, fn is None) for _, rg, fn, *_ in hot}
+        assert kinds == {(True, False), (True, True), (False, True)}  # with a grad_fn, leaves, no grad
+        monkeypatch.setattr(recorder, "_hotpath", None)
+        assert grads(**plan) == hot
+        monkeypatch.undo()
+    if recorder._hotpath is not None:
+        from lens_train.capture.recorder import CapturePlan
+
+        rec = recorder.Recorder(nn.Linear(1, 1), CapturePlan(save="all"), None)
+        assert rec._hot_handler().tensor_version != 0  # the getters are called directly
