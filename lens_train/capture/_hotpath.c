@@ -229,6 +229,42 @@ PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObjec
     return site;
 }
 
+static PyObject *tensor_attr_name(int which) {
+    switch (which) {
+    case T_SHAPE: return s_shape;
+    case T_DTYPE: return s_dtype;
+    case T_DEVICE: return s_device;
+    case T_REQUIRES_GRAD: return s_requires_grad;
+    case T_GRAD_FN: return s_grad_fn;
+    default: return s_version;
+    }
+}
+
+void hp_tensor_getters(HpTensorGetters *g, PyTypeObject *type) {
+    g->type = NULL;
+    g->version = 0;
+    if (type->tp_getattro != PyObject_GenericGetAttr)
+        return;
+    for (int i = 0; i < T_GETTERS; i++) {
+        PyObject *d = _PyType_Lookup(type, tensor_attr_name(i));
+        if (d == NULL || !Py_IS_TYPE(d, &PyGetSetDescr_Type) || ((PyGetSetDescrObject *)d)->d_getset->get == NULL)
+            return;
+        g->get[i] = ((PyGetSetDescrObject *)d)->d_getset->get;
+        g->closure[i] = ((PyGetSetDescrObject *)d)->d_getset->closure;
+    }
+    if (PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        g->version = type->tp_version_tag;
+        g->type = type;
+    }
+}
+
+PyObject *hp_tensor_attr(const HpTensorGetters *g, PyObject *t, int which) {
+    PyTypeObject *tp = Py_TYPE(t);
+    if (tp == g->type && tp->tp_version_tag == g->version && PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG))
+        return g->get[which](t, g->closure[which]);
+    return PyObject_GetAttr(t, tensor_attr_name(which));
+}
+
 int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value) {
     if (value == NULL)
         return -1;
@@ -679,7 +715,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddIntConstant(m, "ABI", 8) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddIntConstant(m, "ABI", 9) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

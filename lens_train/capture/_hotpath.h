@@ -61,6 +61,19 @@ typedef struct {
 HP_HIDDEN void hp_maker_init(HpMaker *m, PyTypeObject *type, PyObject *proto, PyObject *names, Py_ssize_t n_args);
 HP_HIDDEN PyObject *hp_make(HpMaker *m, PyObject *const *values); /* type(*values): new reference */
 
+/* The getters of tensor metadata (t.shape, ...) of one tensor type, called directly for a tensor of exactly
+ * that type: what generic attribute access would call (a data descriptor of the type, generic getattr),
+ * without the type lookup, for as long as the type is not modified (its version tag). */
+enum { T_SHAPE, T_DTYPE, T_DEVICE, T_REQUIRES_GRAD, T_GRAD_FN, T_VERSION, T_GETTERS };
+typedef struct {
+    PyTypeObject *type; /* borrowed (the owner holds it); NULL: every read by name */
+    unsigned int version;
+    getter get[T_GETTERS];
+    void *closure[T_GETTERS];
+} HpTensorGetters;
+HP_HIDDEN void hp_tensor_getters(HpTensorGetters *g, PyTypeObject *type);
+HP_HIDDEN PyObject *hp_tensor_attr(const HpTensorGetters *g, PyObject *t, int which); /* t.<which>: new reference */
+
 /* the raw call site from frame ``f`` up to code ``stop`` (callsites.find_callsite) */
 HP_HIDDEN PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f);
 /* obj.name = value, stealing value (NULL: an error already set) */

@@ -367,6 +367,79 @@ static PyObject *py_pending_layers(PyObject *mod, PyObject *const *args, Py_ssiz
     return out;
 }
 
+/* param_info(params) -> {id(p): (address, shape, element count, bytes)}: build._param_info (each parameter
+ * once, under its first name), its metadata read through the type's getters. */
+static PyObject *py_param_info(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1 || !PyTuple_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "param_info(params: tuple of (address, parameter) pairs)");
+        return NULL;
+    }
+    PyObject *params = args[0], *out = PyDict_New();
+    HpTensorGetters g = {NULL};
+    PyTypeObject *read_type = NULL;
+    enum { DTYPES = 8 };
+    PyObject *dtypes[DTYPES] = {NULL}; /* the dtypes met, and their item sizes (borrowed: torch keeps dtypes) */
+    long long itemsizes[DTYPES];
+    int n_dtypes = 0;
+    for (Py_ssize_t i = 0; out != NULL && i < PyTuple_GET_SIZE(params); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(params, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "params holds (address, parameter) pairs");
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject *p = PyTuple_GET_ITEM(pair, 1);
+        PyObject *key = PyLong_FromVoidPtr(p), *size = NULL, *shape = NULL, *dtype = NULL, *info = NULL;
+        int failed = key == NULL, known = key ? PyDict_Contains(out, key) : 0;
+        if (failed || known)
+            goto next;
+        failed = 1;
+        if (known < 0)
+            goto next;
+        if (Py_TYPE(p) != read_type) {
+            hp_tensor_getters(&g, Py_TYPE(p));
+            read_type = Py_TYPE(p);
+        }
+        size = hp_tensor_attr(&g, p, T_SHAPE);
+        shape = size ? PySequence_Tuple(size) : NULL;
+        dtype = shape ? hp_tensor_attr(&g, p, T_DTYPE) : NULL;
+        if (dtype == NULL)
+            goto next;
+        long long count = 1, itemsize = -1;
+        for (Py_ssize_t d = 0; d < PyTuple_GET_SIZE(shape); d++) {
+            long long extent = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+            if (extent == -1 && PyErr_Occurred())
+                goto next;
+            count *= extent;
+        }
+        for (int k = 0; k < n_dtypes; k++)
+            if (dtypes[k] == dtype)
+                itemsize = itemsizes[k];
+        if (itemsize < 0) {
+            PyObject *bytes = PyObject_GetAttrString(dtype, "itemsize");
+            itemsize = bytes ? PyLong_AsLongLong(bytes) : -1;
+            Py_XDECREF(bytes);
+            if (itemsize == -1 && PyErr_Occurred())
+                goto next;
+            if (n_dtypes < DTYPES) {
+                dtypes[n_dtypes] = dtype;
+                itemsizes[n_dtypes++] = itemsize;
+            }
+        }
+        info = Py_BuildValue("(OOLL)", PyTuple_GET_ITEM(pair, 0), shape, count, count * itemsize);
+        failed = info == NULL || PyDict_SetItem(out, key, info) < 0;
+    next:
+        Py_XDECREF(info);
+        Py_XDECREF(dtype);
+        Py_XDECREF(shape);
+        Py_XDECREF(size);
+        Py_XDECREF(key);
+        if (failed)
+            Py_CLEAR(out);
+    }
+    return out;
+}
+
 PyMethodDef hp_build_functions[] = {
     {"pending_layers", (PyCFunction)(void (*)(void))py_pending_layers, METH_FASTCALL,
      "build._pending_layers: one PendingLayerLog per data-path record."},
@@ -374,5 +447,7 @@ PyMethodDef hp_build_functions[] = {
      "passes.group_passes up to the numbering: (groups, bookkeeping groups, interleaved)."},
     {"label_groups", (PyCFunction)(void (*)(void))py_label_groups, METH_FASTCALL,
      "The numbering of passes.group_passes, then passes.pass_labels."},
+    {"param_info", (PyCFunction)(void (*)(void))py_param_info, METH_FASTCALL,
+     "build._param_info: id(parameter) -> (address, shape, element count, bytes)."},
     {NULL},
 };

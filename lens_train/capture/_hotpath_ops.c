@@ -26,53 +26,6 @@ static double now(void) {
 
 enum { KIND_OP = 0, KIND_METADATA = 2 };
 
-/* The getters of the tensor metadata a record reads (t.shape, ...), called directly for an exact
- * torch.Tensor: what generic attribute access would call (a data descriptor of the type, generic
- * getattr), without the type lookup, for as long as the type is not modified (its version tag). */
-enum { T_SHAPE, T_DTYPE, T_DEVICE, T_REQUIRES_GRAD, T_GRAD_FN, T_VERSION, T_GETTERS };
-typedef struct {
-    PyTypeObject *type; /* borrowed (the handler holds it); NULL: every read by name */
-    unsigned int version;
-    getter get[T_GETTERS];
-    void *closure[T_GETTERS];
-} TensorGetters;
-
-static PyObject *tensor_attr_name(int which) {
-    switch (which) {
-    case T_SHAPE: return s_shape;
-    case T_DTYPE: return s_dtype;
-    case T_DEVICE: return s_device;
-    case T_REQUIRES_GRAD: return s_requires_grad;
-    case T_GRAD_FN: return s_grad_fn;
-    default: return s_version;
-    }
-}
-
-static void tensor_getters(TensorGetters *g, PyTypeObject *type) {
-    g->type = NULL;
-    g->version = 0;
-    if (type->tp_getattro != PyObject_GenericGetAttr)
-        return;
-    for (int i = 0; i < T_GETTERS; i++) {
-        PyObject *d = _PyType_Lookup(type, tensor_attr_name(i));
-        if (d == NULL || !Py_IS_TYPE(d, &PyGetSetDescr_Type) || ((PyGetSetDescrObject *)d)->d_getset->get == NULL)
-            return;
-        g->get[i] = ((PyGetSetDescrObject *)d)->d_getset->get;
-        g->closure[i] = ((PyGetSetDescrObject *)d)->d_getset->closure;
-    }
-    if (PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
-        g->version = type->tp_version_tag;
-        g->type = type;
-    }
-}
-
-/* t.<which> (new reference) */
-static PyObject *tensor_attr(const TensorGetters *g, PyObject *t, int which) {
-    PyTypeObject *tp = Py_TYPE(t);
-    if (tp == g->type && tp->tp_version_tag == g->version && PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG))
-        return g->get[which](t, g->closure[which]);
-    return PyObject_GetAttr(t, tensor_attr_name(which));
-}
 enum { RECORD_ARGS = 14 };
 
 typedef struct {
@@ -103,7 +56,7 @@ typedef struct {
     PyObject *record_proto;  /* None, or an OpRecord its __init__ made: the defaults of new records (see hp_make) */
     PyObject *record_init;   /* the names of OpRecord.__init__'s first RECORD_ARGS arguments */
     HpMaker maker;           /* makes new records */
-    TensorGetters getters;   /* torch.Tensor's metadata getters, called directly */
+    HpTensorGetters getters;   /* torch.Tensor's metadata getters, called directly */
     int expect_grad;         /* the last record's tensor required grad: read its grad_fn first */
     int save_all;
     int detach;              /* saved values are detached (not train mode) */
@@ -262,8 +215,8 @@ static int collect_parents(Handler *h, PyObject *args, PyObject *kwargs, PyObjec
 static PyObject *grad_fn_names;
 
 /* grad_fn's type name, or NULL with no error when there is none (autograd refuses some no_grad views). */
-static PyObject *grad_fn_name(const TensorGetters *g, PyObject *t) {
-    PyObject *fn = tensor_attr(g, t, T_GRAD_FN);
+static PyObject *grad_fn_name(const HpTensorGetters *g, PyObject *t) {
+    PyObject *fn = hp_tensor_attr(g, t, T_GRAD_FN);
     if (fn == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RuntimeError))
             PyErr_Clear();
@@ -326,11 +279,11 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
                          const Extras *extras) {
     int r = -1;
     PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(h->records));
-    const TensorGetters *g = &h->getters;
-    PyObject *size = tensor_attr(g, t, T_SHAPE);
+    const HpTensorGetters *g = &h->getters;
+    PyObject *size = hp_tensor_attr(g, t, T_SHAPE);
     PyObject *shape = size ? (PyTuple_Check(size) ? PyTuple_GetSlice(size, 0, PY_SSIZE_T_MAX) : PySequence_Tuple(size)) : NULL;
-    PyObject *dtype = tensor_attr(g, t, T_DTYPE);
-    PyObject *device = tensor_attr(g, t, T_DEVICE);
+    PyObject *dtype = hp_tensor_attr(g, t, T_DTYPE);
+    PyObject *device = hp_tensor_attr(g, t, T_DEVICE);
     PyObject *grad_fn = NULL;
     PyObject *rec = NULL, *key = NULL;
     if (!index || !shape || !dtype || !device)
@@ -352,7 +305,7 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
     else if (PyErr_Occurred())
         goto done;
     if (requires_grad < 0) {
-        PyObject *rg = tensor_attr(g, t, T_REQUIRES_GRAD);
+        PyObject *rg = hp_tensor_attr(g, t, T_REQUIRES_GRAD);
         if (rg == NULL)
             goto done;
         requires_grad = PyObject_IsTrue(rg);
@@ -367,7 +320,7 @@ static int record_tensor(Handler *h, PyObject *func, PyObject *names, PyObject *
         goto done;
     if (grad_fn != NULL && hp_rset(rec, R_GRAD_FN_NAME, Py_NewRef(grad_fn)) < 0)
         goto done;
-    if (hp_rset(rec, R_VERSION, tensor_attr(g, t, T_VERSION)) < 0)
+    if (hp_rset(rec, R_VERSION, hp_tensor_attr(g, t, T_VERSION)) < 0)
         goto done;
     if (hp_rset(rec, R_TENSOR_REF, PyWeakref_NewRef(t, NULL)) < 0)
         goto done;
@@ -571,7 +524,7 @@ static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         return NULL;
     hp_maker_init(&h->maker, (PyTypeObject *)h->record_type, h->record_proto, h->record_init, RECORD_ARGS);
     hp_rlayout((PyTypeObject *)h->record_type);
-    tensor_getters(&h->getters, (PyTypeObject *)h->tensor_type);
+    hp_tensor_getters(&h->getters, (PyTypeObject *)h->tensor_type);
     h->expect_grad = 1;
     h->save_all = save_all;
     h->detach = detach;

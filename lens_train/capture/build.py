@@ -69,20 +69,16 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     """
     recorder.resolve_callsites()
     records = recorder.records
-    # id -> (address, shape, count, bytes) of each parameter (first name): read now, the log never holds the model's
-    param_info: dict[int, tuple] = {}
-    for a, p in recorder.index.params:  # (a shared parameter under its first name, as unique_params gives it)
-        key = id(p)
-        if key not in param_info:
-            n = p.numel()
-            param_info[key] = (a, tuple(p.shape), n, n * p.itemsize)
+    hot = recorder_module._hotpath
+    # read now: the log never holds the model's parameters
+    param_info = hot.param_info(recorder.index.params) if hot is not None else _param_info(recorder.index.params)
     counts = _param_counts((info[0], info[2]) for info in param_info.values())
     side = bookkeeping_flags(records)
-    groups, pass_label, group_of, pass_num = grouped_labels(records, frozenset(counts), side, recorder_module._hotpath)
+    groups, pass_label, group_of, pass_num = grouped_labels(records, frozenset(counts), side, hot)
     data = [rec for rec in records if not side[rec.index]]
     source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, param_info)
     keys = LayerKeys(source=source)
-    layers = _pending_layers(data, pass_label, keys, recorder_module._hotpath)
+    layers = _pending_layers(data, pass_label, keys, hot)
     meta = dict(meta)
     meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping])
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
@@ -91,6 +87,23 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
                 param_bytes_total=sum(info[3] for info in param_info.values()))
     table = partial(_modules, records, recorder.module_calls, counts, pass_label, side)  # made when first read
     return ModelLog(type(model).__name__, layers, table, meta, keys)
+
+
+def _param_info(params: tuple[tuple[str, Any], ...]) -> dict[int, tuple[str, tuple[int, ...], int, int]]:
+    """``id(p) -> (address, shape, element count, bytes)`` of each parameter, under its first name.
+
+    Example:
+        >>> info = _param_info(tuple(nn.Linear(2, 3).named_parameters()))
+        >>> sorted(info.values())
+        [('bias', (3,), 3, 12), ('weight', (3, 2), 6, 24)]
+    """
+    param_info: dict[int, tuple] = {}
+    for a, p in params:  # (a shared parameter under its first name, as unique_params gives it)
+        key = id(p)
+        if key not in param_info:
+            n = p.numel()
+            param_info[key] = (a, tuple(p.shape), n, n * p.itemsize)
+    return param_info
 
 
 def _pending_layers(data: list[Any], labels: list[str], keys: LayerKeys, hot: Any = None) -> list[LayerLog]:

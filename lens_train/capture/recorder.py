@@ -59,7 +59,7 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 8  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
+HOT_PATH_ABI = 9  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
 try:  # the common op in C (built with the package where a compiler is available; optional)
     from . import _hotpath
 except ImportError:

@@ -502,3 +502,34 @@ def test_both_paths_read_grad_metadata_alike(monkeypatch: pytest.MonkeyPatch) ->
 
         rec = recorder.Recorder(nn.Linear(1, 1), CapturePlan(save="all"), None)
         assert rec._hot_handler().tensor_version != 0  # the getters are called directly
+
+
+class _ParamKinds(nn.Module):
+    """Parameters of several dtypes and shapes, one shared under two names, a 0-d one, an empty one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 4).double()
+        self.c = nn.Sequential(self.a)
+        self.scale = nn.Parameter(torch.tensor(2.0, dtype=torch.float16))
+        self.empty = nn.Parameter(torch.zeros(0, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.c(x).double()).float() * self.scale.float() + self.empty.sum()
+
+
+@pytest.mark.skipif(recorder._hotpath is None, reason="the C extension is not built")
+def test_c_param_info_is_the_python_one() -> None:
+    from lens_train.capture.build import _param_info
+    from lens_train.capture.model_index import index_model
+
+    model = _ParamKinds()
+    params = index_model(model).params
+    assert len(params) == 8
+    expected = _param_info(params)
+    assert recorder._hotpath.param_info(params) == expected
+    assert expected[id(model.scale)] == ("scale", (), 1, 2) and expected[id(model.empty)] == ("empty", (0, 5), 0, 0)
+    assert expected[id(model.b.weight)][3] == 128 and expected[id(model.a.weight)][0] == "a.weight"
+    log = lt.log_forward_pass(model, torch.randn(2, 3))
+    assert log.meta["num_params_total"] == sum(p.numel() for p in model.parameters())
