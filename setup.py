@@ -12,7 +12,7 @@ from setuptools import Extension, find_namespace_packages, find_packages, setup
 # The recorder's common cases in C (lens_train/capture/_hotpath*.c), CPython 3.11+. Optional: where it
 # cannot be built (no compiler, another Python) the package installs and captures on the Python path.
 HOTPATH = [Extension("lens_train.capture._hotpath",
-                     [f"lens_train/capture/_hotpath{part}.c" for part in ("", "_ops", "_calls", "_build")],
+                     [f"lens_train/capture/_hotpath{part}.c" for part in ("", "_ops", "_calls", "_build", "_model")],
                      depends=["lens_train/capture/_hotpath.h"], optional=True)]
 
 CONFIGS = ["lens_train.configs", *(f"lens_train.configs.{group}" for group in find_namespace_packages(where="configs"))]

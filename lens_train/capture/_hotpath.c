@@ -7,6 +7,7 @@
  *   _hotpath_ops.c    Handler: the recorder's instance __torch_function__ during a pass
  *   _hotpath_calls.c  Calls, Wrapper: module calls opened and closed around forward
  *   _hotpath_build.c  after the pass: pass grouping, labels, pending layers (passes.grouped_labels, build)
+ *   _hotpath_model.c  before the pass: the module walk and its parameters and buffers (model_index)
  *   _hotpath.c        what the others use (call-site walks, field layouts, makers, owner lookups), the module
  */
 #include "_hotpath.h"
@@ -715,7 +716,8 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     if (m == NULL)
         return NULL;
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
-    if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddIntConstant(m, "ABI", 9) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+    if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddFunctions(m, hp_model_functions) < 0 ||
+        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 10) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

@@ -99,5 +99,7 @@ HP_HIDDEN void hp_dealloc(PyObject *self, Py_ssize_t n);
 HP_HIDDEN extern PyTypeObject HandlerType; /* _hotpath_ops.c */
 HP_HIDDEN extern PyTypeObject CallsType, WrapperType; /* _hotpath_calls.c */
 HP_HIDDEN extern PyMethodDef hp_build_functions[];    /* _hotpath_build.c */
+HP_HIDDEN extern PyMethodDef hp_model_functions[];    /* _hotpath_model.c */
+HP_HIDDEN int hp_model_init(void);                    /* its interned names: -1 on error */
 
 #endif

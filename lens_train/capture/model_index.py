@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+HOT_PATH_ABI = 10  # what this package passes to _hotpath (bumped in _hotpath.c with every change of it)
+try:  # the common cases of capture in C (built with the package where a compiler is available; optional)
+    from . import _hotpath as loaded_hotpath
+except ImportError:
+    loaded_hotpath = None
+# LENS_TRAIN_PURE_PYTHON=1: every part on the Python path (debugging); a build older than this code is not used
+if os.environ.get("LENS_TRAIN_PURE_PYTHON") or getattr(loaded_hotpath, "ABI", None) != HOT_PATH_ABI:
+    loaded_hotpath = None
+# parent address -> {name: address}: the address strings of every capture's walk, made once (see _hotpath_model.c)
+_ADDRESSES: dict[str, dict[str, str]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,9 @@ def index_model(model: nn.Module, modules: tuple[tuple[str, nn.Module], ...] | N
     buffers are read now: a module's buffers may have been swapped since).
     """
     modules = walk_modules(model) if modules is None else modules
+    found = loaded_hotpath.index_tensors(modules, _ADDRESSES) if loaded_hotpath is not None else None
+    if found is not None:
+        return ModelIndex(modules, *found)
     params = tuple((f"{a}.{n}" if a else n, p) for a, m in modules for n, p in m._parameters.items() if p is not None)
     buffers = tuple((f"{a}.{n}" if a else n, b) for a, m in modules for n, b in m._buffers.items() if b is not None)
     return ModelIndex(modules, params, buffers)
@@ -57,6 +72,9 @@ def walk_modules(model: nn.Module) -> tuple[tuple[str, nn.Module], ...]:
         >>> walk_modules(model) == tuple(model.named_modules(remove_duplicate=False))
         True
     """
+    walked = loaded_hotpath.walk_modules(model, _NAMED_MODULES, _ADDRESSES) if loaded_hotpath is not None else None
+    if walked is not None:
+        return walked
     out = []
     stack = [("", model)]
     pop, push = stack.pop, stack.append

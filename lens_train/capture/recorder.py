@@ -20,7 +20,6 @@ operations.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import weakref
@@ -51,7 +50,7 @@ from .calls import (
 )
 from .bookkeeping import own_data_freedom
 from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites, shared_sites
-from .model_index import ModelIndex, index_model
+from .model_index import ModelIndex, index_model, loaded_hotpath
 from .module_calls import ModuleCall, ModuleCalls, first_names
 from .recorder_edits import _VALUE_READS, InterventionHooks, _grad_fn_name, rng_states
 from .records import OpRecord, TensorArg, ViewBaseTemplate, stored_prototype
@@ -59,14 +58,8 @@ from .scoping import release_mode_frames, remove_mode
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
-HOT_PATH_ABI = 9  # what this code passes to _hotpath (bumped in _hotpath.c with every change of it)
-try:  # the common op in C (built with the package where a compiler is available; optional)
-    from . import _hotpath
-except ImportError:
-    _hotpath = None
-# LENS_TRAIN_PURE_PYTHON=1: every op on the Python path (debugging); a build older than this code is not used
-if os.environ.get("LENS_TRAIN_PURE_PYTHON") or getattr(_hotpath, "ABI", None) != HOT_PATH_ABI:
-    _hotpath = None
+# the common op in C, or None (loaded in model_index: see there); tests set it to None for the Python path
+_hotpath = loaded_hotpath
 
 
 # the OpRecord fields the C handler passes for each new record (the first 14 of __init__, in order), and the

@@ -533,3 +533,47 @@ def test_c_param_info_is_the_python_one() -> None:
     assert expected[id(model.b.weight)][3] == 128 and expected[id(model.a.weight)][0] == "a.weight"
     log = lt.log_forward_pass(model, torch.randn(2, 3))
     assert log.meta["num_params_total"] == sum(p.numel() for p in model.parameters())
+
+
+class _Odd(nn.Module):
+    """Shared modules, None entries in every dict, a buffer and parameters at several depths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = nn.Linear(2, 2)
+        self.a = nn.Sequential(shared, nn.ReLU(), nn.Sequential(shared, nn.BatchNorm1d(2)))
+        self.b = shared
+        self.register_module("missing", None)
+        self.register_parameter("no_param", None)
+        self.register_buffer("no_buffer", None)
+        self.register_buffer("steps", torch.zeros(()))
+        self.w = nn.Parameter(torch.ones(2))
+
+
+class _OwnWalk(nn.Sequential):
+    def named_modules(self, *args: Any, **kwargs: Any) -> Any:
+        return super().named_modules(*args, **kwargs)
+
+
+class _OwnGetattribute(nn.Linear):
+    def __getattribute__(self, name: str) -> Any:
+        return super().__getattribute__(name)
+
+
+@pytest.mark.skipif(recorder._hotpath is None, reason="the C extension is not built")
+@pytest.mark.parametrize("make", [_Odd, lambda: nn.Sequential(_Odd(), _OwnWalk(nn.ReLU())),
+                                  lambda: nn.Sequential(nn.ReLU(), _OwnGetattribute(2, 2))])
+def test_c_model_walk_and_index_are_the_python_ones(monkeypatch: pytest.MonkeyPatch, make: Any) -> None:
+    from lens_train.capture import model_index
+
+    model = make()
+    walk, index = model_index.walk_modules(model), model_index.index_model(model)
+    assert walk == tuple(model.named_modules(remove_duplicate=False))
+    assert index.params == tuple(model.named_parameters(remove_duplicate=False))
+    assert index.buffers == tuple(model.named_buffers(remove_duplicate=False))
+    hot = model_index.loaded_hotpath
+    # (a module with its own walk or attribute access: the C side declines, the Python path runs)
+    assert (hot.walk_modules(model, nn.Module.named_modules, {}) is None) == (make is not _Odd)
+    assert (hot.index_tensors(walk, {}) is None) == any(isinstance(m, _OwnGetattribute) for m in model.modules())
+    monkeypatch.setattr(model_index, "loaded_hotpath", None)
+    assert model_index.walk_modules(model) == walk and model_index.index_model(model) == index
