@@ -1,5 +1,6 @@
-/* What a capture reads of the model before its pass, in C: the module walk (model_index.walk_modules) and
- * the parameters and buffers of the walked modules (model_index.index_model). model_index.py stays the one
+/* What a capture reads of the model before its pass, in C: the module walk (model_index.walk_modules), what
+ * the capture keeps of the walked modules (model_index.module_facts) and their parameters and buffers
+ * (model_index.index_model). model_index.py stays the one
  * description of both: these give the same tuples, or None where a module is not laid out as they expect
  * (its own named_modules, a property over _modules, a name that is not a str...), and the Python runs. */
 #include "_hotpath.h"
@@ -148,11 +149,64 @@ static PyObject *py_index_tensors(PyObject *mod, PyObject *const *args, Py_ssize
     return out;
 }
 
+/* module_facts(modules, prefix) -> (unique, names, types, with_buffers, bare, prefixed) as
+ * model_index.module_facts, or None for a module not laid out for it */
+static PyObject *py_module_facts(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "module_facts(modules: tuple, prefix: str)");
+        return NULL;
+    }
+    PyObject *modules = args[0], *prefix = args[1], *out = NULL;
+    PyObject *unique = PyList_New(0), *names = PyDict_New(), *types = PyDict_New(), *with_buffers = PyList_New(0),
+             *bare = PyList_New(0);
+    int prefixed = 0;
+    if (!unique || !names || !types || !with_buffers || !bare)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(modules); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(modules, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "modules holds (address, module) pairs");
+            goto done;
+        }
+        PyObject *module = PyTuple_GET_ITEM(pair, 1), *key = PyLong_FromVoidPtr(module);
+        if (key == NULL)
+            goto done;
+        int seen = PyDict_Contains(names, key);
+        PyObject *type_name = seen == 0 ? PyType_GetName(Py_TYPE(module)) : NULL;
+        PyObject *buffers = type_name ? own_dict(module, s_buffers) : NULL;
+        int failed = seen < 0 || (seen == 0 && (type_name == NULL || (buffers == NULL && !PyErr_Occurred())));
+        if (!failed && seen == 0) {
+            Py_ssize_t match = PyUnicode_Tailmatch(type_name, prefix, 0, PY_SSIZE_T_MAX, -1);
+            prefixed = prefixed || match > 0;
+            failed = match < 0 || PyDict_SetItem(names, key, PyTuple_GET_ITEM(pair, 0)) < 0 ||
+                     PyDict_SetItem(types, key, type_name) < 0 || PyList_Append(unique, module) < 0 ||
+                     PyList_Append(PyDict_GET_SIZE(buffers) ? with_buffers : bare, module) < 0;
+        }
+        Py_XDECREF(type_name);
+        Py_DECREF(key);
+        if (failed) {
+            if (!PyErr_Occurred())
+                out = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    out = PyTuple_Pack(6, unique, names, types, with_buffers, bare, prefixed ? Py_True : Py_False);
+done:
+    Py_XDECREF(unique);
+    Py_XDECREF(names);
+    Py_XDECREF(types);
+    Py_XDECREF(with_buffers);
+    Py_XDECREF(bare);
+    return out;
+}
+
 PyMethodDef hp_model_functions[] = {
     {"walk_modules", (PyCFunction)(void (*)(void))py_walk_modules, METH_FASTCALL,
      "model_index.walk_modules, or None for a model not laid out for it."},
     {"index_tensors", (PyCFunction)(void (*)(void))py_index_tensors, METH_FASTCALL,
      "The parameters and buffers of model_index.index_model, or None."},
+    {"module_facts", (PyCFunction)(void (*)(void))py_module_facts, METH_FASTCALL,
+     "model_index.module_facts, or None."},
     {NULL},
 };
 

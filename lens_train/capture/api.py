@@ -19,7 +19,7 @@ from .arguments import check_capture_arguments
 from .build import build_log, failure_note
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
-from .model_index import index_model, walk_modules
+from .model_index import ModuleFacts, index_model, module_facts, walk_modules
 from .model_log import ModelLog
 from .gradients import GradientHooks
 from .outlets import open_stream
@@ -248,9 +248,10 @@ def record_forward(model: nn.Module, input_args: Any, input_kwargs: Mapping[str,
     args, kwargs = normalize_inputs(model, input_args, input_kwargs)
     modules = walk_modules(model) if modules is None else modules
     # the buffers are swapped and put back inside this guard's deferred sections (one guard, not two)
+    facts = module_facts(modules)
     with interrupt_guard() as guard, forked_rng(seed, _devices(args, kwargs, model)), gc_paused(), \
-            BufferSwap(model, modules):
-        recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules))  # the buffers swapped in
+            BufferSwap(model, modules, facts):
+        recorder = Recorder(model, plan, _STOP_CODE, index_model(model, modules, facts))  # the buffers swapped in
         start = time.perf_counter()
         try:
             with recorder:
@@ -315,12 +316,14 @@ class BufferSwap:
         ([0.0, 0.0], True)
     """
 
-    def __init__(self, model: nn.Module, modules: Any = None) -> None:
-        """``modules``: ``(address, module)`` pairs of ``model`` when the caller walked it already."""
-        unique = {id(m): m for _, m in (modules if modules is not None else walk_modules(model))}.values()
-        self._saved = [(m, dict(m._buffers)) for m in unique if m._buffers]
+    def __init__(self, model: nn.Module, modules: Any = None, facts: ModuleFacts | None = None) -> None:
+        """``modules``: ``(address, module)`` pairs of ``model`` when the caller walked it already, and
+        ``facts`` their :func:`~lens_train.capture.model_index.module_facts`."""
+        if facts is None:
+            facts = module_facts(modules if modules is not None else walk_modules(model))
+        self._saved = [(m, dict(m._buffers)) for m in facts.with_buffers]
         # modules without buffers (most): any a pass gives them is dropped, as a new buffer of the others
-        self._bare = [m for m in unique if not m._buffers]
+        self._bare = facts.bare
 
     def __enter__(self) -> BufferSwap:
         try:

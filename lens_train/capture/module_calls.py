@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .calls import _flatten_output, _tensors_in
-from .model_index import walk_modules
+from .model_index import ModuleFacts, module_facts, walk_modules
 from .records import OpRecord, stored_prototype
 
 _Tensor = torch.Tensor
@@ -64,7 +64,7 @@ class ModuleCalls:
     def __init__(self, model: nn.Module, lookup: Callable[[torch.Tensor], OpRecord | None], records: list[OpRecord],
                  modules: tuple[tuple[str, nn.Module], ...] | None = None, open_calls: Any = None,
                  edit_output: Callable[[ModuleCall, Any], Any] | None = None, hot: Any = None,
-                 owner: dict[int, OpRecord] | None = None) -> None:
+                 owner: dict[int, OpRecord] | None = None, facts: ModuleFacts | None = None) -> None:
         self.model = model
         self.edit_output = edit_output  # (call, output) -> replacement output or None (interventions)
         self.open_calls = open_calls  # told the frame of each call (lens_train.capture.callsites.OpenCalls)
@@ -83,8 +83,9 @@ class ModuleCalls:
         self._hot = hot if owner is not None and open_calls is not None else None
         self._owner = owner
         self._modules = modules if modules is not None else walk_modules(model)
-        self._addresses = first_names(self._modules)
-        self._types = {id(m): type(m).__name__ for _, m in self._modules}
+        self._facts = facts if facts is not None else module_facts(self._modules)
+        self._addresses = self._facts.names
+        self._types = self._facts.types
 
     def attach(self) -> None:
         """Start tracking every submodule (once per module, also when it is shared).
@@ -108,7 +109,7 @@ class ModuleCalls:
         root = self.model
         # calls tracked in C: its version of _wrapper's tracked_forward (it passes torch's frame, not its own)
         hot = self._hot.Wrapper if len(live) == 1 else None
-        for module in {id(m): m for _, m in self._modules}.values():
+        for module in self._facts.unique:
             if module is root:
                 continue
             if wrap and not (module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
@@ -250,15 +251,3 @@ _CALL_IMPL = nn.Module._call_impl.__code__
 _CALL_WITH_HOOKS = next(c for c in _CALL_IMPL.co_consts if isinstance(c, CodeType) and c.co_name == "inner")
 
 
-def first_names(named: Any) -> dict[int, str]:
-    """``id(object) -> name`` from ``named_modules()``-style pairs, keeping the first name of shared objects.
-
-    Example:
-        >>> lin = torch.nn.Linear(1, 1)
-        >>> list(first_names([("a", lin), ("b", lin)]).values())
-        ['a']
-    """
-    out: dict[int, str] = {}
-    for name, obj in named:
-        out.setdefault(id(obj), name)
-    return out

@@ -50,8 +50,8 @@ from .calls import (
 )
 from .bookkeeping import own_data_freedom
 from .callsites import OpenCalls, find_callsite, inside_sharding_hooks, resolve_callsites, shared_sites
-from .model_index import ModelIndex, index_model, loaded_hotpath
-from .module_calls import ModuleCall, ModuleCalls, first_names
+from .model_index import ModelIndex, first_names, index_model, loaded_hotpath
+from .module_calls import ModuleCall, ModuleCalls
 from .recorder_edits import _VALUE_READS, InterventionHooks, _grad_fn_name, rng_states
 from .records import OpRecord, TensorArg, ViewBaseTemplate, stored_prototype
 from .scoping import release_mode_frames, remove_mode
@@ -117,9 +117,10 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         # a lookup that holds the owner map, not the recorder: no reference cycle, so a
         # capture's records (and the tensors they hold) are freed as soon as it is dropped
         self._lookup = owner_lookup(self._owner)
+        facts = self.index.module_facts()
         self.module_tracker = ModuleCalls(model, self._lookup, self.records, self.index.modules, self._open_calls,
                                           self._edit_module_output if plan.module_edits else None, _hotpath,
-                                          self._owner)
+                                          self._owner, facts)
         self.module_calls: list[ModuleCall] = self.module_tracker.calls
         # (exception, the record its op would have had): the op that raised, for the error note
         self.failure: tuple[BaseException, OpRecord] | None = None
@@ -142,7 +143,7 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self._saved_from_numpy: Any = None
         self.buffer_addresses = first_names(self.index.buffers)
         # FSDP runs ops of its own in its hooks; only a sharded model pays for finding them
-        self._sharded = any(type(m).__name__.startswith("FSDP") for _, m in self.index.modules)
+        self._sharded = facts.sharded
         # the common op in C when it is built (see _hot_handler); the rare cases always run here, in Python
         self._hot_path = _hotpath is not None and not (plan.edits is not None or self._read_values or self._sharded)
         if self._sharded:  # FSDP swaps parameter storages during forward: file them as they are now

@@ -32,7 +32,7 @@ from ..capture.calls import (
     is_thin_wrapper,
     op_outputs,
 )
-from ..capture.module_calls import first_names
+from ..capture.model_index import first_names
 from .context import RecordContext
 
 _Tensor = torch.Tensor

@@ -575,5 +575,8 @@ def test_c_model_walk_and_index_are_the_python_ones(monkeypatch: pytest.MonkeyPa
     # (a module with its own walk or attribute access: the C side declines, the Python path runs)
     assert (hot.walk_modules(model, nn.Module.named_modules, {}) is None) == (make is not _Odd)
     assert (hot.index_tensors(walk, {}) is None) == any(isinstance(m, _OwnGetattribute) for m in model.modules())
+    facts = model_index.module_facts(walk)
+    assert (hot.module_facts(walk, "FSDP") is None) == any(isinstance(m, _OwnGetattribute) for m in model.modules())
     monkeypatch.setattr(model_index, "loaded_hotpath", None)
     assert model_index.walk_modules(model) == walk and model_index.index_model(model) == index
+    assert model_index.module_facts(walk) == facts and len(facts.unique) == len({id(m) for m in model.modules()})
