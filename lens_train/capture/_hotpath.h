@@ -100,6 +100,10 @@ HP_HIDDEN extern PyTypeObject HandlerType; /* _hotpath_ops.c */
 HP_HIDDEN extern PyTypeObject CallsType, WrapperType; /* _hotpath_calls.c */
 HP_HIDDEN extern PyMethodDef hp_build_functions[];    /* _hotpath_build.c */
 HP_HIDDEN extern PyMethodDef hp_model_functions[];    /* _hotpath_model.c */
+HP_HIDDEN extern PyMethodDef hp_calls_functions[];    /* _hotpath_calls.c */
+HP_HIDDEN int hp_calls_init(void);                    /* its interned names: -1 on error */
 HP_HIDDEN int hp_model_init(void);                    /* its interned names: -1 on error */
+/* what ``module.<attr>`` names when it is a plain instance attribute (borrowed), or NULL (an error set, or not) */
+HP_HIDDEN PyObject *hp_own_attr(PyObject *module, PyObject *attr);
 
 #endif

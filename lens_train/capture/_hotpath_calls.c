@@ -448,3 +448,107 @@ PyTypeObject WrapperType = {
     .tp_methods = wrapper_methods,
 };
 
+static PyObject *s_hook_dicts[4]; /* the four hook dicts a module without hooks has empty */
+
+/* Whether module has no hooks of its own: 1, 0, or -1 when its hook dicts are not plain instance
+ * attributes holding a dict or OrderedDict (an error set or not) */
+static int without_hooks(PyObject *module) {
+    for (int i = 0; i < 4; i++) {
+        PyObject *d = hp_own_attr(module, s_hook_dicts[i]);
+        if (d == NULL || !(PyDict_CheckExact(d) || PyODict_CheckExact(d)))
+            return -1;
+        if (PyDict_GET_SIZE(d) > 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* attach(modules, root, live, call_impl, with_hooks, wrapped, absent) -> the modules left to ModuleCalls.attach's
+ * loop: its wrapping of each module without hooks of its own (wrapped gets (module, previous forward or absent,
+ * wrapper) before the wrapper is installed, so a detach also undoes a half-finished attach) */
+static PyObject *py_attach(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_Check(args[0]) || !PyList_Check(args[2]) || !PyList_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "attach(modules: list, root, live: list, call_impl, with_hooks, wrapped: list, absent)");
+        return NULL;
+    }
+    PyObject *modules = args[0], *root = args[1], *wrapped = args[5], *absent = args[6];
+    PyObject *rest = PyList_New(0);
+    for (Py_ssize_t i = 0; rest != NULL && i < PyList_GET_SIZE(modules); i++) {
+        PyObject *module = PyList_GET_ITEM(modules, i);
+        if (module == root)
+            continue;
+        int plain = without_hooks(module);
+        PyObject **dictptr = plain > 0 ? _PyObject_GetDictPtr(module) : NULL;
+        if (plain < 0 && PyErr_Occurred()) {
+            Py_CLEAR(rest);
+            break;
+        }
+        if (dictptr == NULL || *dictptr == NULL) {
+            if (PyList_Append(rest, module) < 0)
+                Py_CLEAR(rest);
+            continue;
+        }
+        PyObject *state = *dictptr;
+        PyObject *forward = PyObject_GetAttr(module, s_forward), *wrapper = NULL, *entry = NULL;
+        PyObject *fields[5] = {module, forward, args[2], args[3], args[4]};
+        if (forward != NULL && (wrapper = hp_alloc(&WrapperType, fields, WRAPPER_FIELDS)) != NULL)
+            ((Wrapper *)wrapper)->vectorcall = (vectorcallfunc)wrapper_vectorcall;
+        PyObject *previous = wrapper ? PyDict_GetItemWithError(state, s_forward) : NULL;
+        if (wrapper != NULL && (previous != NULL || !PyErr_Occurred()))
+            entry = PyTuple_Pack(3, module, previous ? previous : absent, wrapper);
+        if (entry == NULL || PyList_Append(wrapped, entry) < 0 || PyDict_SetItem(state, s_forward, wrapper) < 0)
+            Py_CLEAR(rest);
+        Py_XDECREF(entry);
+        Py_XDECREF(wrapper);
+        Py_XDECREF(forward);
+    }
+    return rest;
+}
+
+/* detach(wrapped, absent): ModuleCalls.detach's removal of the wrappers (a forward the model set
+ * meanwhile is its own); wrapped is emptied */
+static PyObject *py_detach(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "detach(wrapped: list, absent)");
+        return NULL;
+    }
+    PyObject *wrapped = args[0], *absent = args[1];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(wrapped); i++) {
+        PyObject *entry = PyList_GET_ITEM(wrapped, i);
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            PyErr_SetString(PyExc_TypeError, "wrapped holds (module, previous forward, wrapper) entries");
+            return NULL;
+        }
+        PyObject **dictptr = _PyObject_GetDictPtr(PyTuple_GET_ITEM(entry, 0));
+        PyObject *state = dictptr ? *dictptr : NULL;
+        PyObject *now = state ? PyDict_GetItemWithError(state, s_forward) : NULL;
+        if (now == NULL || now != PyTuple_GET_ITEM(entry, 2)) {
+            if (PyErr_Occurred())
+                return NULL;
+            continue;
+        }
+        PyObject *previous = PyTuple_GET_ITEM(entry, 1);
+        if ((previous == absent ? PyDict_DelItem(state, s_forward) : PyDict_SetItem(state, s_forward, previous)) < 0)
+            return NULL;
+    }
+    if (PyList_SetSlice(wrapped, 0, PyList_GET_SIZE(wrapped), NULL) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyMethodDef hp_calls_functions[] = {
+    {"attach", (PyCFunction)(void (*)(void))py_attach, METH_FASTCALL,
+     "ModuleCalls.attach's wrapping of the modules without hooks: the modules left to it."},
+    {"detach", (PyCFunction)(void (*)(void))py_detach, METH_FASTCALL, "ModuleCalls.detach's removal of the wrappers."},
+    {NULL},
+};
+
+int hp_calls_init(void) {
+    const char *names[4] = {"_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks"};
+    for (int i = 0; i < 4; i++)
+        if ((s_hook_dicts[i] = PyUnicode_InternFromString(names[i])) == NULL)
+            return -1;
+    return 0;
+}
+
+

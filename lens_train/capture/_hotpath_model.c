@@ -35,16 +35,22 @@ static PyObject *joined(PyObject *memo, PyObject *prefix, PyObject *name) {
     return r < 0 ? NULL : full;
 }
 
-/* The dict ``module.<attr>`` names when it is a plain instance attribute holding a dict (borrowed);
- * NULL with no error set when it is not. */
-static PyObject *own_dict(PyObject *module, PyObject *attr) {
+/* What ``module.<attr>`` names when it is a plain instance attribute (borrowed); NULL with no error set
+ * when it is not. */
+PyObject *hp_own_attr(PyObject *module, PyObject *attr) {
     PyObject **dictptr = _PyObject_GetDictPtr(module);
     /* attribute access looks in the instance dict when the type has no attribute of that name and keeps
      * object.__getattribute__ (nn.Module's __getattr__ only runs for names found nowhere) */
     if (dictptr == NULL || *dictptr == NULL || _PyType_Lookup(Py_TYPE(module), attr) != NULL ||
         _PyType_Lookup(Py_TYPE(module), s_getattribute) != object_getattribute)
         return NULL;
-    PyObject *d = PyDict_GetItemWithError(*dictptr, attr);
+    return PyDict_GetItemWithError(*dictptr, attr);
+}
+
+/* The dict ``module.<attr>`` names when it is a plain instance attribute holding a dict (borrowed);
+ * NULL with no error set when it is not. */
+static PyObject *own_dict(PyObject *module, PyObject *attr) {
+    PyObject *d = hp_own_attr(module, attr);
     return d != NULL && PyDict_CheckExact(d) ? d : NULL;
 }
 

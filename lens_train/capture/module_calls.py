@@ -109,7 +109,10 @@ class ModuleCalls:
         root = self.model
         # calls tracked in C: its version of _wrapper's tracked_forward (it passes torch's frame, not its own)
         hot = self._hot.Wrapper if len(live) == 1 else None
-        for module in self._facts.unique:
+        modules: list[nn.Module] = self._facts.unique
+        if hot is not None and wrap:  # the modules without hooks wrapped in C, the others left to this loop
+            modules = self._hot.attach(modules, root, live, _CALL_IMPL, _CALL_WITH_HOOKS, wrapped, _ABSENT)
+        for module in modules:
             if module is root:
                 continue
             if wrap and not (module._forward_pre_hooks or module._forward_hooks or module._backward_hooks
@@ -129,6 +132,8 @@ class ModuleCalls:
     def detach(self) -> None:
         """Remove every wrapper and hook :meth:`attach` installed."""
         self._live.clear()
+        if self._hot is not None:
+            self._hot.detach(self._wrapped, _ABSENT)
         for module, previous, wrapper in self._wrapped:
             state = module.__dict__
             if state.get("forward") is wrapper:  # (a forward the model set meanwhile is its own)

@@ -195,3 +195,29 @@ def test_a_copy_kept_after_the_pass_holds_nothing_of_the_capture() -> None:
         else:
             todo.extend(gc.get_referents(obj))
     assert torch.allclose(kept[0](x), model.lin(x))  # and it runs its own forward
+
+
+class _NoForward(nn.Module):
+    """A module whose forward cannot even be read: wrapping it fails half-way through attaching."""
+
+    @property
+    def forward(self) -> None:  # type: ignore[override]
+        raise RuntimeError("no forward here")
+
+
+@pytest.mark.parametrize("hot", [True, False])
+def test_a_half_finished_attach_is_undone(monkeypatch: pytest.MonkeyPatch, hot: bool) -> None:
+    from lens_train.capture import recorder
+
+    if not hot:
+        monkeypatch.setattr(recorder, "_hotpath", None)
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), _NoForward(), nn.Linear(3, 3))
+    model[1].register_forward_pre_hook(lambda m, a: None)
+    hooks = dict(model[1]._forward_pre_hooks)
+    with pytest.raises(RuntimeError, match="no forward here"):
+        lt.log_forward_pass(model, torch.randn(2, 3))
+    assert all("forward" not in vars(m) for m in model.modules()) and not model[0]._forward_hooks
+    assert dict(model[1]._forward_pre_hooks) == hooks and not model[1]._forward_hooks
+    del model[2]
+    log = lt.log_forward_pass(model, torch.randn(2, 3))  # (and the model captures as before)
+    assert [m for m in log.modules] == ["0", "1", "2"] and _no_trace(nn.Sequential(model[0], model[2]))
