@@ -718,7 +718,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
     if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddFunctions(m, hp_model_functions) < 0 ||
         PyModule_AddFunctions(m, hp_calls_functions) < 0 || hp_calls_init() < 0 ||
-        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 12) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 13) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

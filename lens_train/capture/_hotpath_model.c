@@ -206,6 +206,35 @@ done:
     return out;
 }
 
+/* any_of(modules, cls, type_name) -> whether a module is an instance of cls or of a type of that name
+ * (api.check_supported then runs its own loop, for its error) */
+static PyObject *py_any_of(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "any_of(modules: tuple, cls, type_name: str)");
+        return NULL;
+    }
+    PyObject *modules = args[0];
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(modules); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(modules, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "modules holds (address, module) pairs");
+            return NULL;
+        }
+        PyObject *module = PyTuple_GET_ITEM(pair, 1);
+        int found = PyObject_IsInstance(module, args[1]);
+        if (found == 0) {
+            PyObject *name = PyType_GetName(Py_TYPE(module));
+            found = name ? PyUnicode_Compare(name, args[2]) == 0 : -1;
+            if (found == 0 && PyErr_Occurred())
+                found = -1;
+            Py_XDECREF(name);
+        }
+        if (found != 0)
+            return found < 0 ? NULL : Py_NewRef(Py_True);
+    }
+    Py_RETURN_FALSE;
+}
+
 PyMethodDef hp_model_functions[] = {
     {"walk_modules", (PyCFunction)(void (*)(void))py_walk_modules, METH_FASTCALL,
      "model_index.walk_modules, or None for a model not laid out for it."},
@@ -213,6 +242,8 @@ PyMethodDef hp_model_functions[] = {
      "The parameters and buffers of model_index.index_model, or None."},
     {"module_facts", (PyCFunction)(void (*)(void))py_module_facts, METH_FASTCALL,
      "model_index.module_facts, or None."},
+    {"any_of", (PyCFunction)(void (*)(void))py_any_of, METH_FASTCALL,
+     "Whether a module is an instance of a class or of a type of that name."},
     {NULL},
 };
 

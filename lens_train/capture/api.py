@@ -19,7 +19,7 @@ from .arguments import check_capture_arguments
 from .build import build_log, failure_note
 from .inputs import named_tensors, normalize_inputs
 from .lookup import build_key_map, select
-from .model_index import ModuleFacts, index_model, module_facts, walk_modules
+from .model_index import ModuleFacts, index_model, loaded_hotpath, module_facts, walk_modules
 from .model_log import ModelLog
 from .gradients import GradientHooks
 from .outlets import open_stream
@@ -173,6 +173,8 @@ def check_supported(model: Any) -> tuple[tuple[str, nn.Module], ...]:
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}{shown}.{hint}")
     modules = walk_modules(model)
     script = torch.jit.ScriptModule
+    if loaded_hotpath is not None and not loaded_hotpath.any_of(modules, script, "OptimizedModule"):
+        return modules  # (the loop below, in C: none of them is either)
     for address, m in modules:
         if isinstance(m, script):
             raise UnsupportedModelError(

@@ -200,6 +200,15 @@ def test_unsupported_models_raise_clearly() -> None:
         lt.log_forward_pass(scripted, torch.ones(1, 2))
     with pytest.raises(UnsupportedModelError, match="nn.Module"):
         lt.log_forward_pass(lambda x: x, torch.ones(1))  # type: ignore[arg-type]
+    nested = nn.Sequential(nn.ReLU(), nn.Sequential(torch.jit.script(nn.Linear(2, 2))))
+    with pytest.raises(UnsupportedModelError, match=r"TorchScript modules cannot be logged \(at '1.0'\)"):
+        lt.log_forward_pass(nested, torch.ones(1, 2))
+
+    class OptimizedModule(nn.Module):  # the name alone (no compiled module inside) is no reason to refuse
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+    assert len(lt.log_forward_pass(nn.Sequential(OptimizedModule()), torch.ones(1, 2))) == 3
 
 
 @pytest.mark.gpu
