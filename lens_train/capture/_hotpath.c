@@ -17,6 +17,33 @@ PyObject *s_shape, *s_dtype, *s_device, *s_requires_grad, *s_grad_fn, *s_version
     *s_output_records, *s_self, *s_forward, *s_source, *s_empty;
 PyObject *hp_one;
 
+/* The codes of the frames that open calls (module calls, decomposed functionals) run in: only a frame of
+ * one of them can be in an ``above`` dict, so the walk looks there for no other frame. Every entry put in
+ * an above dict notes its frame's code first (hp_note_call_code, _hotpath.note_call_code); past CALL_CODES
+ * codes every frame is looked up. Held. */
+enum { CALL_CODES = 8 };
+static PyObject *call_codes[CALL_CODES];
+static int n_call_codes, call_codes_full;
+
+void hp_note_call_code(PyObject *code) {
+    for (int i = 0; i < n_call_codes; i++)
+        if (call_codes[i] == code)
+            return;
+    if (n_call_codes == CALL_CODES)
+        call_codes_full = 1;
+    else
+        call_codes[n_call_codes++] = Py_NewRef(code);
+}
+
+static int is_call_code(PyObject *code) {
+    if (call_codes_full)
+        return 1;
+    for (int i = 0; i < n_call_codes; i++)
+        if (call_codes[i] == code)
+            return 1;
+    return 0;
+}
+
 /* The walk above frame f when f runs an open module call (above: id(frame) -> (frame, walk above)):
  * borrowed, or NULL (an error set, or none). A few open calls are compared directly, more looked up. */
 static PyObject *above_of(PyObject *above, PyFrameObject *f) {
@@ -210,7 +237,7 @@ PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObjec
             failed = 1;
             break;
         }
-        if (check_above) {
+        if (check_above && is_call_code(code)) {
             walk_above = Py_XNewRef(above_of(above, f));
             if (walk_above != NULL || (failed = PyErr_Occurred() != NULL))
                 break;
@@ -474,6 +501,16 @@ void hp_dealloc(PyObject *self, Py_ssize_t n) {
     Py_TYPE(self)->tp_free(self);
 }
 
+/* note_call_code(code): the code of a frame put in an above dict (see hp_note_call_code) */
+static PyObject *py_note_call_code(PyObject *mod, PyObject *code) {
+    if (!PyCode_Check(code)) {
+        PyErr_SetString(PyExc_TypeError, "note_call_code(code)");
+        return NULL;
+    }
+    hp_note_call_code(code);
+    Py_RETURN_NONE;
+}
+
 /* walk(stop, codes, above, frame): callsites.find_callsite(stop, codes, above, frame)[0], in C */
 static PyObject *py_walk(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) || !PyFrame_Check(args[3])) {
@@ -670,6 +707,7 @@ static PyObject *py_resolve_sites(PyObject *mod, PyObject *const *args, Py_ssize
 
 static PyMethodDef functions[] = {
     {"walk", (PyCFunction)(void (*)(void))py_walk, METH_FASTCALL, "The raw call site from frame up to code stop."},
+    {"note_call_code", (PyCFunction)py_note_call_code, METH_O, "The code of a frame put in an above dict."},
     {"resolve_sites", (PyCFunction)(void (*)(void))py_resolve_sites, METH_FASTCALL,
      "The loop of callsites.resolve_callsites."},
     {NULL},
@@ -718,7 +756,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
     if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddFunctions(m, hp_model_functions) < 0 ||
         PyModule_AddFunctions(m, hp_calls_functions) < 0 || hp_calls_init() < 0 ||
-        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 13) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 14) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

@@ -74,6 +74,8 @@ typedef struct {
 HP_HIDDEN void hp_tensor_getters(HpTensorGetters *g, PyTypeObject *type);
 HP_HIDDEN PyObject *hp_tensor_attr(const HpTensorGetters *g, PyObject *t, int which); /* t.<which>: new reference */
 
+/* the code of a frame put in an above dict: walks look for no frame of another code there */
+HP_HIDDEN void hp_note_call_code(PyObject *code);
 /* the raw call site from frame ``f`` up to code ``stop`` (callsites.find_callsite) */
 HP_HIDDEN PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f);
 /* obj.name = value, stealing value (NULL: an error already set) */

@@ -175,6 +175,9 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     if (PyObject_SetAttr(c->tracker, s_stack, new_stack) < 0)
         goto done;
     /* OpenCalls.enter(frame): the walk above this call, shared by every op inside it */
+    PyCodeObject *frame_code = PyFrame_GetCode(frame);
+    hp_note_call_code((PyObject *)frame_code);
+    Py_DECREF(frame_code);
     PyFrameObject *parent = PyFrame_GetBack(frame);
     walked = parent ? hp_walk(c->stop, c->codes, c->above, parent) : PyTuple_New(0);
     Py_XDECREF(parent);

@@ -147,15 +147,18 @@ class OpenCalls:
         (True, {})
     """
 
-    def __init__(self, stop: Any, codes: dict[int, Any], walk: Any = None) -> None:
+    def __init__(self, stop: Any, codes: dict[int, Any], walk: Any = None, note: Any = None) -> None:
         self.stop = stop
         self.codes = codes
         self.above: dict[int, tuple[Any, tuple]] = {}
         # walk(stop, codes, above, frame): find_callsite's raw site (its C version, when built)
         self._walk = walk or (lambda stop, codes, above, frame: find_callsite(stop, codes, above, frame)[0])
+        self._note = note  # note(code) of every frame put in ``above`` (the C walk looks up no other frame)
 
     def enter(self, frame: Any) -> None:
         """A module call starts in ``frame``."""
+        if self._note is not None:
+            self._note(frame.f_code)
         parent = frame.f_back
         self.above[id(frame)] = (frame, self._walk(self.stop, self.codes, self.above, parent) if parent else ())
 

@@ -111,7 +111,8 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         self.index = index if index is not None else index_model(model)
         self._codes: dict[int, Any] = {}  # code objects of the raw call sites, by id
         self._sites: dict[tuple, int] | None = None  # call-site key -> number (shared_sites(), at the first resolve)
-        self._open_calls = OpenCalls(stop_code, self._codes, _hotpath.walk if _hotpath is not None else None)
+        self._open_calls = (OpenCalls(stop_code, self._codes, _hotpath.walk, _hotpath.note_call_code)
+                            if _hotpath is not None else OpenCalls(stop_code, self._codes))
         self._above = self._open_calls.above
         self._owner: dict[int, OpRecord] = {}
         # a lookup that holds the owner map, not the recorder: no reference cycle, so a

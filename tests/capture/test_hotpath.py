@@ -196,7 +196,7 @@ def test_the_c_walk_is_find_callsite() -> None:
         finally:
             calls.exit(sys._getframe())
 
-    for calls in (OpenCalls(None, {}, recorder._hotpath.walk), OpenCalls(None, {})):  # one offset here for both
+    for calls in (OpenCalls(None, {}, recorder._hotpath.walk, recorder._hotpath.note_call_code), OpenCalls(None, {})):
         outer(calls)
     flat, shared = walks[0], walks[1]
     assert flat[0] == flat[1] and shared[0] == shared[1]
