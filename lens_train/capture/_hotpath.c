@@ -360,7 +360,7 @@ static const char *const record_fields[R_FIELDS] = {
     "index", "framework", "version", "tensor_ref", "time_s", "is_internally_generated", "requires_grad",
     "grad_fn_name", "activation", "transformed_activation", "call_template", "replay_context", "rng_state",
     "output_of_modules", "callsite", "frames", "func", "layer_type", "output_index", "module_stack", "param_ids",
-    "original"};
+    "original", "buffer_write", "bool_values"};
 static HpLayout record_layout = {NULL, R_FIELDS, record_fields, {0}}; /* (no type yet: every field by name) */
 static PyObject *record_type_held; /* keeps record_layout.type's address from naming another type */
 
@@ -756,7 +756,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     /* bumped with every change of Handler's arguments: a stale build is not used (recorder.py) */
     if (PyModule_AddFunctions(m, hp_build_functions) < 0 || PyModule_AddFunctions(m, hp_model_functions) < 0 ||
         PyModule_AddFunctions(m, hp_calls_functions) < 0 || hp_calls_init() < 0 ||
-        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 14) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
+        hp_model_init() < 0 || PyModule_AddIntConstant(m, "ABI", 15) < 0 || PyModule_AddObjectRef(m, "Handler", (PyObject *)&HandlerType) < 0 ||
         PyModule_AddObjectRef(m, "Calls", (PyObject *)&CallsType) < 0 ||
         PyModule_AddObjectRef(m, "Wrapper", (PyObject *)&WrapperType) < 0) {
         Py_DECREF(m);

@@ -41,7 +41,8 @@ HP_HIDDEN int hp_set(const HpLayout *l, PyObject *obj, int field, PyObject *valu
 /* OpRecord's fields read and set here, through one process-wide layout (hp_rlayout learns the type) */
 enum { R_INDEX, R_FRAMEWORK, R_VERSION, R_TENSOR_REF, R_TIME_S, R_INTERNAL, R_REQUIRES_GRAD, R_GRAD_FN_NAME,
        R_ACTIVATION, R_TRANSFORMED, R_TEMPLATE, R_CONTEXT, R_RNG, R_OUTPUT_OF_MODULES, R_CALLSITE, R_FRAMES,
-       R_FUNC, R_LAYER_TYPE, R_OUTPUT_INDEX, R_MODULE_STACK, R_PARAM_IDS, R_ORIGINAL, R_FIELDS };
+       R_FUNC, R_LAYER_TYPE, R_OUTPUT_INDEX, R_MODULE_STACK, R_PARAM_IDS, R_ORIGINAL, R_BUFFER_WRITE, R_BOOL_VALUES,
+       R_FIELDS };
 HP_HIDDEN void hp_rlayout(PyTypeObject *type);
 HP_HIDDEN PyObject *hp_rget(PyObject *rec, int field);
 HP_HIDDEN int hp_rset(PyObject *rec, int field, PyObject *value);

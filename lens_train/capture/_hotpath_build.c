@@ -64,7 +64,12 @@ static PyObject *py_group_buckets(PyObject *mod, PyObject *const *args, Py_ssize
     hp_maker_init(&maker, (PyTypeObject *)args[3], args[4], args[5], 2);
     HpLayout layout;
     hp_layout(&layout, (PyTypeObject *)args[3], group_fields, G_FIELDS);
-    PyObject *buckets = PyDict_New(), *side = PyList_New(0), *groups = PyList_New(0), *out = NULL;
+#if PY_VERSION_HEX < 0x030D0000 /* sized for a bucket per record (most places run once): no rehashing */
+    PyObject *buckets = _PyDict_NewPresized(PyList_GET_SIZE(records));
+#else
+    PyObject *buckets = PyDict_New();
+#endif
+    PyObject *side = PyList_New(0), *groups = PyList_New(0), *out = NULL;
     int interleaved = 0;
     if (buckets == NULL || side == NULL || groups == NULL)
         goto done;
@@ -440,6 +445,32 @@ static PyObject *py_param_info(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return out;
 }
 
+/* scan_records(records) -> (side, conditions): whether some record wrote into a buffer or ran inside a
+ * sharding wrapper (a bookkeeping candidate: bookkeeping.bookkeeping_flags), and whether some record
+ * holds the values of Python conditions (bool_values) */
+static PyObject *py_scan_records(PyObject *mod, PyObject *records) {
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "scan_records(records: list)");
+        return NULL;
+    }
+    int side = 0, conditions = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records) && !(side && conditions); i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        for (int f = side ? 2 : 0; f < (conditions ? 2 : 3); f++) {
+            PyObject *v = hp_rget(rec, f == 0 ? R_BUFFER_WRITE : f == 1 ? R_FRAMEWORK : R_BOOL_VALUES);
+            int truth = v == NULL ? -1 : f == 0 ? v != Py_None : PyObject_IsTrue(v);
+            Py_XDECREF(v);
+            if (truth < 0)
+                return NULL;
+            if (truth && f < 2)
+                side = 1;
+            else if (truth)
+                conditions = 1;
+        }
+    }
+    return Py_BuildValue("(OO)", side ? Py_True : Py_False, conditions ? Py_True : Py_False);
+}
+
 PyMethodDef hp_build_functions[] = {
     {"pending_layers", (PyCFunction)(void (*)(void))py_pending_layers, METH_FASTCALL,
      "build._pending_layers: one PendingLayerLog per data-path record."},
@@ -447,6 +478,8 @@ PyMethodDef hp_build_functions[] = {
      "passes.group_passes up to the numbering: (groups, bookkeeping groups, interleaved)."},
     {"label_groups", (PyCFunction)(void (*)(void))py_label_groups, METH_FASTCALL,
      "The numbering of passes.group_passes, then passes.pass_labels."},
+    {"scan_records", (PyCFunction)py_scan_records, METH_O,
+     "(whether a record wrote into a buffer or ran in a sharding wrapper, whether one holds condition values)."},
     {"param_info", (PyCFunction)(void (*)(void))py_param_info, METH_FASTCALL,
      "build._param_info: id(parameter) -> (address, shape, element count, bytes)."},
     {NULL},

@@ -28,7 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .model_index import loaded_hotpath
 from .records import OpRecord
+
+
+def side_candidates(records: Sequence[OpRecord]) -> bool:
+    """Whether some record wrote into a buffer or ran inside a sharding wrapper (else none is bookkeeping)."""
+    if loaded_hotpath is not None and type(records) is list:
+        return loaded_hotpath.scan_records(records)[0]
+    return any(r.buffer_write is not None or r.framework for r in records)
 
 
 def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
@@ -43,7 +51,7 @@ def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
     """
     n = len(records)
     flags = bytearray(n)
-    if not any(r.buffer_write is not None or r.framework for r in records):
+    if not side_candidates(records):
         return flags
     free = bytearray(n)
     consumers: list[list[int]] = [[] for _ in records]

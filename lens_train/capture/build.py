@@ -74,15 +74,19 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     param_info = hot.param_info(recorder.index.params) if hot is not None else _param_info(recorder.index.params)
     counts = _param_counts((info[0], info[2]) for info in param_info.values())
     side = bookkeeping_flags(records)
+    bookkeeping = side.find(1) >= 0
     groups, pass_label, group_of, pass_num = grouped_labels(records, frozenset(counts), side, hot)
-    data = [rec for rec in records if not side[rec.index]]
+    data = [rec for rec in records if not side[rec.index]] if bookkeeping else records[:]
     source = LayerSource(records, data, groups, group_of, pass_label, pass_num, side, param_info)
     keys = LayerKeys(source=source)
     layers = _pending_layers(data, pass_label, keys, hot)
     meta = dict(meta)
-    meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping])
-    meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in records if side[rec.index] and not rec.framework]
-    meta["sharding_ops"] = sum(1 for rec in records if side[rec.index] and rec.framework)
+    conditions = hot.scan_records(records)[1] if hot is not None else True  # (False: no record holds any)
+    meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping] if bookkeeping else groups,
+                                   conditions)
+    side_records = [rec for rec in records if side[rec.index]] if bookkeeping else []
+    meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in side_records if not rec.framework]
+    meta["sharding_ops"] = sum(1 for rec in side_records if rec.framework)
     meta.update(num_params_total=sum(info[2] for info in param_info.values()), num_param_tensors=len(param_info),
                 param_bytes_total=sum(info[3] for info in param_info.values()))
     table = partial(_modules, records, recorder.module_calls, counts, pass_label, side)  # made when first read
@@ -339,8 +343,9 @@ def _children(records: list[Any], side: bytearray) -> list[list[int]]:
     return children
 
 
-def _structure(records: list[Any], data: list[Any], groups: list[LayerGroup]) -> dict[str, Any]:
-    max_passes = max((len(g.members) for g in groups), default=1)
+def _structure(records: list[Any], data: list[Any], groups: list[LayerGroup], conditions: bool = True) -> dict[str, Any]:
+    """``meta["structure"]``; ``conditions`` False: no record holds condition values (no need to look)."""
+    max_passes = max(map(len, [g.members for g in groups]), default=1)
     # branching: some record is read by two distinct data-path ops (the output records aside)
     first_op = [-1] * len(records)
     branching = False
@@ -361,7 +366,7 @@ def _structure(records: list[Any], data: list[Any], groups: list[LayerGroup]) ->
         "is_recurrent": max_passes > 1,
         "max_passes": max_passes,
         "is_branching": branching,
-        "has_conditionals": any(r.bool_values for r in data),
+        "has_conditionals": conditions and any(r.bool_values for r in data),
     }
 
 

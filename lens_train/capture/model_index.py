@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-HOT_PATH_ABI = 14  # what this package passes to _hotpath (bumped in _hotpath.c with every change of it)
+HOT_PATH_ABI = 15  # what this package passes to _hotpath (bumped in _hotpath.c with every change of it)
 try:  # the common cases of capture in C (built with the package where a compiler is available; optional)
     from . import _hotpath as loaded_hotpath
 except ImportError:

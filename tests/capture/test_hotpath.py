@@ -580,3 +580,28 @@ def test_c_model_walk_and_index_are_the_python_ones(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(model_index, "loaded_hotpath", None)
     assert model_index.walk_modules(model) == walk and model_index.index_model(model) == index
     assert model_index.module_facts(walk) == facts and len(facts.unique) == len({id(m) for m in model.modules()})
+
+
+class _Branches(nn.Module):
+    """A buffer counter (bookkeeping) and a Python condition on a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+@pytest.mark.skipif(recorder._hotpath is None, reason="the C extension is not built")
+@pytest.mark.parametrize(("make", "expected"), [(_Branches, (True, True)),
+                                                (lambda: nn.Sequential(nn.Linear(3, 3), nn.ReLU()), (False, False)),
+                                                (lambda: nn.BatchNorm1d(3).train(), (True, False))])
+def test_c_record_scan_is_the_python_one(make: Any, expected: tuple) -> None:
+    from lens_train.capture.api import record_forward
+    from lens_train.capture.recorder import CapturePlan
+
+    records = record_forward(make(), (torch.randn(4, 3),), None, CapturePlan(save="none"), 0)[0].records
+    side = any(r.buffer_write is not None or r.framework for r in records)
+    assert recorder._hotpath.scan_records(records) == (side, any(r.bool_values for r in records)) == expected
