@@ -31,18 +31,28 @@ def check_capture_arguments(input_kwargs: Any, layers_to_save: Any, train_mode: 
     check_layers_to_save(layers_to_save)
     for name, value in (("train_mode", train_mode), ("save_raw_activation", save_raw_activation),
                         ("save_gradients", save_gradients), ("keep_activations_in_memory", keep_activations_in_memory)):
-        check_bool(name, value, _CALL.format(f"{name}={not value if isinstance(value, bool) else True}"))
-    check_callable("activation_postfunc", activation_postfunc, _CALL.format("activation_postfunc=lambda t: t.mean(0)"))
-    check_int("random_seed", random_seed, _CALL.format("random_seed=0"), low=0, high=SEED_LIMIT, optional=True)
-    check_path("save_activations_to", save_activations_to, _CALL.format("save_activations_to='runs/bundle'"), optional=True)
+        if type(value) is not bool:  # (the example is written only for a value that fails)
+            check_bool(name, value, _CALL.format(f"{name}=True"))
+    if activation_postfunc is not None:
+        check_callable("activation_postfunc", activation_postfunc, _POSTFUNC_EXAMPLE)
+    if random_seed is not None:
+        check_int("random_seed", random_seed, _SEED_EXAMPLE, low=0, high=SEED_LIMIT, optional=True)
+    if save_activations_to is not None:
+        check_path("save_activations_to", save_activations_to, _PATH_EXAMPLE, optional=True)
+
+
+_POSTFUNC_EXAMPLE = _CALL.format("activation_postfunc=lambda t: t.mean(0)")
+_SEED_EXAMPLE = _CALL.format("random_seed=0")
+_PATH_EXAMPLE = _CALL.format("save_activations_to='runs/bundle'")
+_LAYERS_EXAMPLE = _CALL.format("layers_to_save=['conv2d_3_7', 'features.6', -1, 'linear']")
 
 
 def check_layers_to_save(value: Any) -> None:
     """``"all"``, ``None``, a name or int, or a list/tuple of names and ints."""
-    example = _CALL.format("layers_to_save=['conv2d_3_7', 'features.6', -1, 'linear']")
-    what = "'all', None, a layer name or int, or a list of them"
     if value is None or isinstance(value, str) or (type(value) is int):
         return
+    example = _LAYERS_EXAMPLE
+    what = "'all', None, a layer name or int, or a list of them"
     if not isinstance(value, (list, tuple)):
         fail("layers_to_save", value, what, example, wrong_type=True)
     for entry in value:

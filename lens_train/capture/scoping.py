@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
+import _signal
 import signal
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,9 @@ class InterruptGuard:
         self.critical = True
 
 
+_SIGINT = int(signal.SIGINT)
+
+
 def _forward(handler: Any, signum: int, frame: Any) -> None:
     if callable(handler):
         handler(signum, frame)
@@ -83,12 +87,13 @@ def interrupt_guard() -> Iterator[InterruptGuard]:
         guard.critical = False
         yield guard
         return
-    guard.previous = signal.signal(signal.SIGINT, guard._handle)
+    # (_signal: the handlers as they are, without signal's enum conversions each way)
+    guard.previous = _signal.signal(_SIGINT, guard._handle)
     try:
         yield guard
     finally:
         guard.critical = True
-        signal.signal(signal.SIGINT, guard.previous)
+        _signal.signal(_SIGINT, guard.previous)
         if guard.pending:
             # delivered again rather than raised here: inside a finalizer a raised
             # KeyboardInterrupt would be swallowed, a pending signal reaches the caller
