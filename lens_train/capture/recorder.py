@@ -615,7 +615,12 @@ class Recorder(InterventionHooks, TorchFunctionMode):
         finally:
             TorchFunctionMode.__exit__(self, None, None, None)
             self._open_calls.exit(_getframe())
-        new = [r for r in self.records[start:] if r.func is not None]  # inputs/buffers first seen inside do not count
+        records = self.records
+        if len(records) - start > 1:  # ops are numbered in order: ops at both ends that differ are two ops, not one
+            first, last = records[start], records[-1]
+            if first.func is not None and last.func is not None and first.op_id != last.op_id:
+                return result
+        new = [r for r in records[start:] if r.func is not None]  # inputs/buffers first seen inside do not count
         outputs = sum(1 for r in new if r.source_name != "view-base")
         if new and is_thin_wrapper(len({r.op_id for r in new}), outputs, result):
             # a thin wrapper around one op: name the op after the function the user called, and
