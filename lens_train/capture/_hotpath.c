@@ -293,7 +293,32 @@ PyObject *hp_tensor_attr(const HpTensorGetters *g, PyObject *t, int which) {
     return PyObject_GetAttr(t, tensor_attr_name(which));
 }
 
+/* The instance dict of obj when plain attribute access of ``name`` is a lookup there: generic get and set
+ * on the type and no attribute of that name on it (borrowed; NULL: not so). */
+static PyObject *plain_state(PyObject *obj, PyObject *name) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr ||
+        _PyType_Lookup(tp, name) != NULL)
+        return NULL;
+    PyObject **dictptr = _PyObject_GetDictPtr(obj);
+    return dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr) ? *dictptr : NULL;
+}
+
+PyObject *hp_get_attr(PyObject *obj, PyObject *name) {
+    PyObject *state = plain_state(obj, name);
+    PyObject *v = state ? PyDict_GetItemWithError(state, name) : NULL;
+    if (v != NULL)
+        return Py_NewRef(v);
+    return PyErr_Occurred() ? NULL : PyObject_GetAttr(obj, name);
+}
+
 int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value) {
+    PyObject *state = value ? plain_state(obj, name) : NULL;
+    if (state != NULL) {
+        int r = PyDict_SetItem(state, name, value);
+        Py_DECREF(value);
+        return r;
+    }
     if (value == NULL)
         return -1;
     int r = PyObject_SetAttr(obj, name, value);

@@ -79,8 +79,11 @@ HP_HIDDEN PyObject *hp_tensor_attr(const HpTensorGetters *g, PyObject *t, int wh
 HP_HIDDEN void hp_note_call_code(PyObject *code);
 /* the raw call site from frame ``f`` up to code ``stop`` (callsites.find_callsite) */
 HP_HIDDEN PyObject *hp_walk(PyObject *stop, PyObject *codes, PyObject *above, PyFrameObject *f);
-/* obj.name = value, stealing value (NULL: an error already set) */
+/* obj.name = value, stealing value (NULL: an error already set); in the instance dict directly where plain
+ * attribute access would set it there */
 HP_HIDDEN int hp_set_attr(PyObject *obj, PyObject *name, PyObject *value);
+/* obj.name (new reference), from the instance dict directly where plain attribute access would read it there */
+HP_HIDDEN PyObject *hp_get_attr(PyObject *obj, PyObject *name);
 /* the tensor a record's tensor_ref names, or None (new reference; NULL: error set) */
 HP_HIDDEN PyObject *hp_live(PyObject *rec);
 /* *found = the record in ``owner`` of that very tensor (borrowed) or NULL; -1 on error */

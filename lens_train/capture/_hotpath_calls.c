@@ -138,7 +138,7 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     n = sofar ? PyNumber_Add(sofar, hp_one) : Py_NewRef(hp_one);
     if (n == NULL || PyDict_SetItem(c->count, address, n) < 0)
         goto done;
-    stack = PyObject_GetAttr(c->tracker, s_stack);
+    stack = hp_get_attr(c->tracker, s_stack);
     if (stack == NULL || !PyTuple_Check(stack))
         goto done;
     inputs = PyList_New(0);
@@ -172,7 +172,7 @@ static PyObject *calls_opened(Calls *c, PyObject *module, PyObject *args, PyFram
     for (Py_ssize_t i = 0; i < depth; i++)
         PyTuple_SET_ITEM(new_stack, i, Py_NewRef(PyTuple_GET_ITEM(stack, i)));
     PyTuple_SET_ITEM(new_stack, depth, Py_NewRef(pair));
-    if (PyObject_SetAttr(c->tracker, s_stack, new_stack) < 0)
+    if (hp_set_attr(c->tracker, s_stack, Py_NewRef(new_stack)) < 0)
         goto done;
     /* OpenCalls.enter(frame): the walk above this call, shared by every op inside it */
     PyCodeObject *frame_code = PyFrame_GetCode(frame);
@@ -249,7 +249,7 @@ static PyObject *calls_closed(Calls *c, PyObject *call, PyObject *output, PyFram
     }
     if (PyList_SetSlice(c->open, depth - 1, depth, NULL) < 0)
         goto done;
-    PyObject *stack = PyObject_GetAttr(c->tracker, s_stack);
+    PyObject *stack = hp_get_attr(c->tracker, s_stack);
     if (stack == NULL)
         goto done;
     PyObject *shorter = PyTuple_Check(stack) && PyTuple_GET_SIZE(stack)

@@ -58,7 +58,6 @@ typedef struct {
     HpMaker maker;           /* makes new records */
     HpTensorGetters getters;   /* torch.Tensor's metadata getters, called directly */
     int expect_grad;         /* the last record's tensor required grad: read its grad_fn first */
-    int count_in_dict;       /* recorder._op_count is a plain instance attribute (no class attribute of that name) */
     int save_all;
     int detach;              /* saved values are detached (not train mode) */
     int save_raw;
@@ -359,24 +358,10 @@ static int record_op(Handler *h, PyObject *func, PyObject *names, PyObject *cons
     if (callsite == NULL)
         return -1;
     int r = -1;
-    /* recorder._op_count, read and bumped in the recorder's instance dict where plain attribute access
-     * would find it there (checked in handler_new) */
-    PyObject **state = h->count_in_dict ? _PyObject_GetDictPtr(h->recorder) : NULL;
-    PyObject *op_id = state && *state ? Py_XNewRef(PyDict_GetItemWithError(*state, s_op_count)) : NULL;
-    int in_dict = op_id != NULL;
-    if (op_id == NULL && !PyErr_Occurred())
-        op_id = PyObject_GetAttr(h->recorder, s_op_count);
-    PyObject *stack = PyObject_GetAttr(h->tracker, s_stack);
+    PyObject *op_id = hp_get_attr(h->recorder, s_op_count);
+    PyObject *stack = hp_get_attr(h->tracker, s_stack);
     PyObject *elapsed = PyFloat_FromDouble(seconds);
-    if (!op_id || !stack || !elapsed)
-        goto done;
-    PyObject *next = PyNumber_Add(op_id, hp_one);
-    if (in_dict) {
-        int set = next ? PyDict_SetItem(*state, s_op_count, next) : -1;
-        Py_XDECREF(next);
-        if (set < 0)
-            goto done;
-    } else if (hp_set_attr(h->recorder, s_op_count, next) < 0)
+    if (!op_id || !stack || !elapsed || hp_set_attr(h->recorder, s_op_count, PyNumber_Add(op_id, hp_one)) < 0)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *own = n == 1 ? Py_NewRef(parents) : PyList_GetSlice(parents, 0, PY_SSIZE_T_MAX);
@@ -541,9 +526,6 @@ static PyObject *handler_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     hp_rlayout((PyTypeObject *)h->record_type);
     hp_tensor_getters(&h->getters, (PyTypeObject *)h->tensor_type);
     h->expect_grad = 1;
-    PyTypeObject *rt = Py_TYPE(h->recorder);
-    h->count_in_dict = rt->tp_getattro == PyObject_GenericGetAttr && rt->tp_setattro == PyObject_GenericSetAttr &&
-                       _PyType_Lookup(rt, s_op_count) == NULL;
     h->save_all = save_all;
     h->detach = detach;
     h->save_raw = save_raw;
