@@ -35,6 +35,15 @@ static PyObject *joined(PyObject *memo, PyObject *prefix, PyObject *name) {
     return r < 0 ? NULL : full;
 }
 
+/* modules[i], an (address, module) pair of a module walk (borrowed; NULL with TypeError set: not one) */
+static PyObject *walk_pair(PyObject *modules, Py_ssize_t i) {
+    PyObject *pair = PyTuple_GET_ITEM(modules, i);
+    if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2)
+        return pair;
+    PyErr_SetString(PyExc_TypeError, "modules holds (address, module) pairs");
+    return NULL;
+}
+
 /* What ``module.<attr>`` names when it is a plain instance attribute (borrowed); NULL with no error set
  * when it is not. */
 PyObject *hp_own_attr(PyObject *module, PyObject *attr) {
@@ -113,13 +122,9 @@ done:
 static PyObject *named_tensors(PyObject *modules, PyObject *attr, PyObject *memo) {
     PyObject *out = PyList_New(0);
     for (Py_ssize_t i = 0; out != NULL && i < PyTuple_GET_SIZE(modules); i++) {
-        PyObject *pair = PyTuple_GET_ITEM(modules, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
-            PyErr_SetString(PyExc_TypeError, "modules holds (address, module) pairs");
-            Py_CLEAR(out);
-            break;
-        }
-        PyObject *d = own_dict(PyTuple_GET_ITEM(pair, 1), attr);
+        PyObject *pair = walk_pair(modules, i);
+        /* (an address that is no str, from a module's own named_modules: the Python path) */
+        PyObject *d = pair && PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 0)) ? own_dict(PyTuple_GET_ITEM(pair, 1), attr) : NULL;
         if (d == NULL) {
             Py_CLEAR(out);
             break;
@@ -169,11 +174,9 @@ static PyObject *py_module_facts(PyObject *mod, PyObject *const *args, Py_ssize_
     if (!unique || !names || !types || !with_buffers || !bare)
         goto done;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(modules); i++) {
-        PyObject *pair = PyTuple_GET_ITEM(modules, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "modules holds (address, module) pairs");
+        PyObject *pair = walk_pair(modules, i);
+        if (pair == NULL)
             goto done;
-        }
         PyObject *module = PyTuple_GET_ITEM(pair, 1), *key = PyLong_FromVoidPtr(module);
         if (key == NULL)
             goto done;
@@ -215,11 +218,9 @@ static PyObject *py_any_of(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     }
     PyObject *modules = args[0];
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(modules); i++) {
-        PyObject *pair = PyTuple_GET_ITEM(modules, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "modules holds (address, module) pairs");
+        PyObject *pair = walk_pair(modules, i);
+        if (pair == NULL)
             return NULL;
-        }
         PyObject *module = PyTuple_GET_ITEM(pair, 1);
         int found = PyObject_IsInstance(module, args[1]);
         if (found == 0) {
