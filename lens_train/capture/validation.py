@@ -39,6 +39,7 @@ from torch import nn
 from .api import check_supported, forked_rng, preserved_buffers, record_forward
 from .arguments import check_validation_arguments
 from .build import module_param_counts
+from .model_index import index_model
 from .inputs import normalize_inputs
 from .passes import group_passes, pass_labels
 from .records import OpRecord, TensorArg, ViewBaseTemplate
@@ -140,11 +141,11 @@ def validate_model_activations(
 
 def _validate(model: nn.Module, args: tuple, kwargs: dict, seed: int, restore: Any) -> _Report:
     report = _Report()
-    versions = [p._version for p in model.parameters()]
+    versions = _param_versions(model)
     with forked_rng(seed):
         copied = _cloned((args, kwargs))
         expected = model(*copied[0], **copied[1])
-    if [p._version for p in model.parameters()] != versions:
+    if _param_versions(model) != versions:
         report.failures.append((-1, "the forward pass changes parameters in place, so no two passes compute the same "
                                     "values; validate a model whose forward leaves its parameters unchanged"))
         return report
@@ -154,7 +155,7 @@ def _validate(model: nn.Module, args: tuple, kwargs: dict, seed: int, restore: A
     recorder, output, _ = record_forward(model, copied[0], copied[1], plan, seed)
     recorder.resolve_callsites()
     records = recorder.records
-    groups = group_passes(records, frozenset(module_param_counts(model)))
+    groups = group_passes(records, frozenset(module_param_counts(model, recorder.index.unique_params())))
     report.labels = pass_labels(groups, len(records))[0]
     reason = _compare_outputs(expected, output)
     del expected, output
@@ -456,6 +457,11 @@ def _cloned(value: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
         return type(value)(_cloned(v, memo) for v in value)
     return value
+
+
+def _param_versions(model: nn.Module) -> list[int]:
+    """The autograd version of each of ``model.parameters()``, in that order (one walk of the model)."""
+    return [p._version for _, p in index_model(model).unique_params()]
 
 
 def _cuda_devices() -> list[int]:

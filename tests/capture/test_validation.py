@@ -201,3 +201,20 @@ def test_unsupported_contexts_raise_clear_errors() -> None:
         lt.validate_model_activations(compiled, torch.randn(2, 3))
     with pytest.raises(UnsupportedModelError, match="torch.compile"):
         lt.log_forward_pass(nn.Sequential(compiled), torch.randn(2, 3))
+
+
+def test_a_forward_that_changes_parameters_in_place_is_reported(capsys: pytest.CaptureFixture) -> None:
+    class Drifts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.shared = self.lin  # (a parameter under two names is one parameter)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                self.lin.bias.mul_(1.0)  # the same values, a new version: no two passes are alike
+            return self.lin(x)
+
+    assert lt.validate_model_activations(Drifts(), torch.randn(2, 3), verbose=True) is False
+    assert "changes parameters in place" in capsys.readouterr().out
+    assert lt.validate_model_activations(nn.Sequential(nn.Linear(3, 3)), torch.randn(2, 3))
