@@ -25,7 +25,6 @@ static double now(void) {
 
 
 enum { KIND_OP = 0, KIND_METADATA = 2 };
-
 enum { RECORD_ARGS = 14 };
 
 typedef struct {
@@ -56,7 +55,7 @@ typedef struct {
     PyObject *record_proto;  /* None, or an OpRecord its __init__ made: the defaults of new records (see hp_make) */
     PyObject *record_init;   /* the names of OpRecord.__init__'s first RECORD_ARGS arguments */
     HpMaker maker;           /* makes new records */
-    HpTensorGetters getters;   /* torch.Tensor's metadata getters, called directly */
+    HpTensorGetters getters; /* torch.Tensor's metadata getters, called directly */
     int expect_grad;         /* the last record's tensor required grad: read its grad_fn first */
     int save_all;
     int detach;              /* saved values are detached (not train mode) */

@@ -28,19 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model_index import loaded_hotpath
 from .records import OpRecord
 
 
-def side_candidates(records: Sequence[OpRecord]) -> bool:
-    """Whether some record wrote into a buffer or ran inside a sharding wrapper (else none is bookkeeping)."""
-    if loaded_hotpath is not None and type(records) is list:
-        return loaded_hotpath.scan_records(records)[0]
-    return any(r.buffer_write is not None or r.framework for r in records)
-
-
-def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
+def bookkeeping_flags(records: Sequence[OpRecord], candidates: bool | None = None) -> bytearray:
     """``flags[i]`` is 1 when record ``i`` is bookkeeping (see the module docstring).
+
+    ``candidates``: whether some record wrote into a buffer or ran inside a sharding
+    wrapper, when the caller knows (``_hotpath.scan_records``); without one none is bookkeeping.
 
     Example:
         >>> import torch, lens_train as lt
@@ -51,7 +46,9 @@ def bookkeeping_flags(records: Sequence[OpRecord]) -> bytearray:
     """
     n = len(records)
     flags = bytearray(n)
-    if not side_candidates(records):
+    if candidates is None:
+        candidates = any(r.buffer_write is not None or r.framework for r in records)
+    if not candidates:
         return flags
     free = bytearray(n)
     consumers: list[list[int]] = [[] for _ in records]

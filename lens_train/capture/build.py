@@ -73,7 +73,9 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     # read now: the log never holds the model's parameters
     param_info = hot.param_info(recorder.index.params) if hot is not None else _param_info(recorder.index.params)
     counts = _param_counts((info[0], info[2]) for info in param_info.values())
-    side = bookkeeping_flags(records)
+    # (bookkeeping candidates, condition values): whether any record has them, in one C pass over the records
+    scan = hot.scan_records(records) if hot is not None else (None, True)
+    side = bookkeeping_flags(records, scan[0])
     bookkeeping = side.find(1) >= 0
     groups, pass_label, group_of, pass_num = grouped_labels(records, frozenset(counts), side, hot)
     data = [rec for rec in records if not side[rec.index]] if bookkeeping else records[:]
@@ -81,9 +83,8 @@ def build_log(recorder: Recorder, model: nn.Module, meta: dict[str, Any]) -> Mod
     keys = LayerKeys(source=source)
     layers = _pending_layers(data, pass_label, keys, hot)
     meta = dict(meta)
-    conditions = hot.scan_records(records)[1] if hot is not None else True  # (False: no record holds any)
     meta["structure"] = _structure(records, data, [g for g in groups if not g.bookkeeping] if bookkeeping else groups,
-                                   conditions)
+                                   scan[1])
     side_records = [rec for rec in records if side[rec.index]] if bookkeeping else []
     meta["buffer_updates"] = [_buffer_update(rec, pass_label) for rec in side_records if not rec.framework]
     meta["sharding_ops"] = sum(1 for rec in side_records if rec.framework)

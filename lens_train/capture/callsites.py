@@ -81,9 +81,8 @@ def shared_sites() -> dict[tuple, int]:
         >>> shared_sites() is shared_sites()
         True
     """
-    global _SITES
     if len(_SITES) >= _MAX_SITES:
-        _SITES = {}
+        _new_numbering()
     return _SITES
 
 
